@@ -1,0 +1,286 @@
+"""The MiniMax-Remover DiT: Wan2.1 with text embedding and cross-attention removed.
+
+One file, read top-down: config, rotary embedding, blocks, model. Module and parameter names
+follow the released checkpoint (diffusers layout), so its state dict loads by key name.
+Modulation, norms and RoPE run in fp32 whatever the weights' dtype, as in the reference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from runtime.attention import attention
+from runtime.errors import RemoverError
+from runtime.models.config import ANY
+
+ROPE_THETA = 10000.0
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """The keys of transformer/config.json that shape the computation."""
+
+    patch_size: tuple[int, int, int]
+    num_attention_heads: int
+    attention_head_dim: int
+    in_channels: int
+    out_channels: int
+    ffn_dim: int
+    num_layers: int
+    freq_dim: int
+    eps: float
+    qk_norm: str
+    rope_max_seq_len: int
+
+    # Keys the released file carries that change nothing here (no cross-attention, no image input).
+    IGNORED_KEYS = {"cross_attn_norm": ANY, "added_kv_proj_dim": None}
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    def validate(self, source: str) -> None:
+        """Reject configs this implementation would silently compute wrongly."""
+        if self.qk_norm != "rms_norm_across_heads":
+            raise RemoverError(f"{source}: qk_norm={self.qk_norm!r} is not supported (rms_norm_across_heads)")
+        if len(self.patch_size) != 3:
+            raise RemoverError(f"{source}: patch_size must have 3 entries, got {self.patch_size}")
+        if self.in_channels != 3 * self.out_channels:
+            raise RemoverError(
+                f"{source}: in_channels={self.in_channels} must be 3 x out_channels={self.out_channels} "
+                "(noisy | masked-video | mask latents)"
+            )
+        if self.attention_head_dim % 2 or self.freq_dim % 2:
+            raise RemoverError(f"{source}: attention_head_dim and freq_dim must be even")
+
+
+RELEASED_TRANSFORMER = TransformerConfig(
+    patch_size=(1, 2, 2),
+    num_attention_heads=12,
+    attention_head_dim=128,
+    in_channels=48,
+    out_channels=16,
+    ffn_dim=8960,
+    num_layers=30,
+    freq_dim=256,
+    eps=1e-6,
+    qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=1024,
+)
+
+
+# --- rotary position embedding (3D, real cos/sin form) -------------------------------------------
+
+
+def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
+    """Split of the head dim into (frame, row, column) rotary dims: 128 -> (44, 42, 42)."""
+    hw = 2 * (head_dim // 6)
+    return head_dim - 2 * hw, hw, hw
+
+
+def rope_cos_sin(grid: tuple[int, int, int], head_dim: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """cos and sin tables [L, head_dim // 2] in fp32 for a token grid (frames, rows, columns).
+
+    Token order is frame-major, as the patch embedding flattens. The angles are computed once in
+    float64 (off the hot path) so the fp32 tables match the reference's complex128 rotation.
+    """
+    angles = []
+    for axis, (size, dim) in enumerate(zip(grid, rope_axis_dims(head_dim))):
+        inv_freq = ROPE_THETA ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+        axis_angles = torch.arange(size, dtype=torch.float64)[:, None] * inv_freq[None, :]
+        shape = [1, 1, 1, dim // 2]
+        shape[axis] = size
+        angles.append(axis_angles.view(shape).expand(*grid, dim // 2))
+    table = torch.cat(angles, dim=-1).reshape(-1, head_dim // 2)
+    return table.cos().float().to(device), table.sin().float().to(device)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate adjacent pairs (x0, x1), (x2, x3), ... of x [B, L, heads, head_dim] in fp32."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = pairs.unbind(-1)
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return rotated.flatten(-2).to(x.dtype)
+
+
+# --- building blocks --------------------------------------------------------------------------
+
+
+def timestep_features(timestep: Tensor, dim: int) -> Tensor:
+    """Sinusoidal features [B, dim] of the timestep, cosines first (flip_sin_to_cos, no shift)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=timestep.device) / half)
+    angles = timestep.float()[:, None] * freqs[None, :]
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+def layer_norm_fp32(x: Tensor, eps: float) -> Tensor:
+    """LayerNorm without affine parameters, computed in fp32 (returns fp32)."""
+    return F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a weight, statistics in fp32."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * self.weight.float()).to(x.dtype)
+
+
+class TimestepMLP(nn.Module):
+    """linear_1 -> SiLU -> linear_2 (diffusers' TimestepEmbedding)."""
+
+    def __init__(self, freq_dim: int, dim: int) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(freq_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.linear_2(F.silu(self.linear_1(features)))
+
+
+class ConditionEmbedder(nn.Module):
+    """Timestep -> (temb [B, D] for the head, per-block modulation [B, 6, D])."""
+
+    def __init__(self, freq_dim: int, dim: int) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.time_embedder = TimestepMLP(freq_dim, dim)
+        self.time_proj = nn.Linear(dim, 6 * dim)
+
+    def forward(self, timestep: Tensor) -> tuple[Tensor, Tensor]:
+        dtype = self.time_embedder.linear_1.weight.dtype
+        temb = self.time_embedder(timestep_features(timestep, self.freq_dim).to(dtype))
+        modulation = self.time_proj(F.silu(temb)).unflatten(1, (6, -1))
+        return temb, modulation
+
+
+class SelfAttention(nn.Module):
+    """Self-attention with RMSNorm across heads on q and k and 3D RoPE ("attn1" in the checkpoint)."""
+
+    def __init__(self, dim: int, heads: int, eps: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])  # a list so the key reads "to_out.0"
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+        q = self.norm_q(self.to_q(x)).unflatten(-1, (self.heads, -1))  # [B, L, heads, head_dim]
+        k = self.norm_k(self.to_k(x)).unflatten(-1, (self.heads, -1))
+        v = self.to_v(x).unflatten(-1, (self.heads, -1))
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return self.to_out[0](attention(q, k, v).flatten(2))
+
+
+class GELUProjection(nn.Module):
+    """Linear followed by tanh-approximated GELU (diffusers' GELU module, key "proj")."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.gelu(self.proj(x), approximate="tanh")
+
+
+class FeedForward(nn.Module):
+    """net.0 = Linear + GELU(tanh), net.1 = (parameter-free dropout slot), net.2 = Linear."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(GELUProjection(dim, hidden), nn.Identity(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class TransformerBlock(nn.Module):
+    """adaLN-modulated self-attention and feed-forward, each with a gated residual."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        dim = config.inner_dim
+        self.eps = config.eps
+        self.attn1 = SelfAttention(dim, config.num_attention_heads, config.eps)
+        self.ffn = FeedForward(dim, config.ffn_dim)
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(self, x: Tensor, modulation: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+        # modulation [B, 6, D] -> six [B, 1, D] fp32 vectors
+        shift, scale, gate, c_shift, c_scale, c_gate = (self.scale_shift_table.float() + modulation.float()).chunk(
+            6, dim=1
+        )
+        h = (layer_norm_fp32(x, self.eps) * (1 + scale) + shift).to(x.dtype)
+        x = (x.float() + self.attn1(h, rope).float() * gate).to(x.dtype)
+        h = (layer_norm_fp32(x, self.eps) * (1 + c_scale) + c_shift).to(x.dtype)
+        return (x.float() + self.ffn(h).float() * c_gate).to(x.dtype)
+
+
+# --- the model ------------------------------------------------------------------------------
+
+
+class RemoverTransformer(nn.Module):
+    """Velocity model: [B, 48, T, H, W] latents (noisy | masked video | mask) and timestep -> [B, 16, T, H, W]."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.inner_dim
+        self.patch_embedding = nn.Conv3d(config.in_channels, dim, config.patch_size, stride=config.patch_size)
+        self.condition_embedder = ConditionEmbedder(config.freq_dim, dim)
+        self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        self.proj_out = nn.Linear(dim, config.out_channels * math.prod(config.patch_size))
+        self._rope_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def rope(self, grid: tuple[int, int, int], device: torch.device) -> tuple[Tensor, Tensor]:
+        """cos/sin tables for a token grid, computed once per grid and device."""
+        key = (grid, str(device))
+        if key not in self._rope_cache:
+            self._rope_cache[key] = rope_cos_sin(grid, self.config.attention_head_dim, device)
+        return self._rope_cache[key]
+
+    def forward(self, latents: Tensor, timestep: Tensor) -> Tensor:
+        """latents [B, in_channels, T, H, W] in the weights' dtype, timestep [B] in [0, 1000)."""
+        batch, _, frames, height, width = latents.shape
+        pt, ph, pw = self.config.patch_size
+        if frames % pt or height % ph or width % pw:
+            raise RemoverError(f"latent size {frames}x{height}x{width} is not divisible by patch {pt}x{ph}x{pw}")
+        grid = (frames // pt, height // ph, width // pw)
+
+        # 1. Patch embedding and rotary tables; tokens are frame-major [B, L, D]
+        x = self.patch_embedding(latents).flatten(2).transpose(1, 2)
+        rope = self.rope(grid, latents.device)
+
+        # 2. Timestep embedding and per-block modulation
+        temb, modulation = self.condition_embedder(timestep)
+
+        # 3. Transformer blocks
+        for block in self.blocks:
+            x = block(x, modulation, rope)
+
+        # 4. Output norm, modulation and projection
+        shift, scale = (self.scale_shift_table.float() + temb.float()[:, None]).chunk(2, dim=1)
+        x = (layer_norm_fp32(x, self.config.eps) * (1 + scale) + shift).to(x.dtype)
+        x = self.proj_out(x)
+
+        # 5. Unpatchify [B, L, pt*ph*pw*C] -> [B, C, T, H, W]
+        x = x.reshape(batch, *grid, pt, ph, pw, self.config.out_channels)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return x.reshape(batch, self.config.out_channels, frames, height, width)
