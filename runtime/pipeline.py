@@ -1,0 +1,222 @@
+"""`Remover`: frames + masks in, the video with the masked object removed out.
+
+preprocess -> VAE encode (streamed) -> sampler steps over the transformer -> VAE decode
+(streamed) -> trim the frame padding -> paste back into the original frames
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from runtime import composite
+from runtime.errors import RemoverError
+from runtime.models.transformer import RemoverTransformer
+from runtime.models.vae import WanVAE
+from runtime.preprocess import (
+    as_frames,
+    as_masks,
+    output_size,
+    pad_frames,
+    padded_frame_count,
+    prepare_masks,
+    prepare_video,
+    resize,
+)
+from runtime.scheduler import SchedulerConfig, make_sampler
+from runtime.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class EmptyMaskWarning(UserWarning):
+    """The mask selects nothing, so the input is returned unchanged."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """bf16 on GPU and fp32 on the CPU unless given ("fp32", "bf16", "fp16" or a torch dtype)."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise RemoverError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+class Remover:
+    """The MiniMax-Remover pipeline on PyTorch modules. Build it with `Remover.from_pretrained`."""
+
+    def __init__(
+        self,
+        transformer: RemoverTransformer,
+        vae: WanVAE,
+        scheduler: SchedulerConfig,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        sampler: str = "unipc",
+    ) -> None:
+        self.transformer = transformer
+        self.vae = vae
+        self.scheduler = scheduler
+        self.device = device
+        self.dtype = dtype
+        self.sampler = sampler
+        self.timings: dict[str, float] = {}  # seconds per stage of the last call
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        *,
+        vae: str | Path | None = None,
+        sampler: str = "unipc",
+    ) -> Remover:
+        """Load a released checkpoint folder, or a single-file repack with `vae` naming the VAE's folder."""
+        device = torch.device(device) if device is not None else default_device()
+        dtype = resolve_dtype(dtype, device)
+        paths = locate_checkpoint(path, vae)
+        scheduler = load_scheduler_config(paths.scheduler)
+        make_sampler(sampler, scheduler, 1)  # fail early on a bad sampler name
+        return cls(
+            load_transformer(paths.transformer, device, dtype),
+            load_vae(paths.vae, device, dtype),
+            scheduler,
+            device=device,
+            dtype=dtype,
+            sampler=sampler,
+        )
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        """Time a stage (synchronizing the GPU so the time is the stage's own)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        frames: np.ndarray | Sequence,
+        masks: np.ndarray | Sequence,
+        *,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 6,
+        mask_dilation: int = 6,
+        seed: int = 42,
+        latents: Tensor | None = None,
+        paste_back: bool = True,
+        progress: bool = True,
+    ) -> np.ndarray:
+        """Remove the masked object from every frame.
+
+        frames: uint8 [F, H, W, 3] (or a list of PIL images); masks: [F, H, W] or [H, W] for all
+        frames, nonzero = remove. Returns float32 [F, H, W, 3] in [0, 1]: with `paste_back` the
+        input size, with the generated pixels composited in through the dilated mask (everything
+        outside it is the input, bit-exact); without it, the raw generation at (height, width),
+        as the released pipeline returns it. `latents` replaces the seeded initial noise.
+        """
+        self.timings = {}
+        with self._stage("preprocess"):
+            frames = as_frames(frames)
+            masks = as_masks(masks, frames)
+            if mask_dilation < 0:
+                raise RemoverError(f"mask dilation must be >= 0, got {mask_dilation}")
+            size = output_size(*frames.shape[1:3], height, width)
+            if not masks.any():
+                warnings.warn("the mask is empty: returning the input unchanged", EmptyMaskWarning, stacklevel=2)
+                return self._unchanged(frames, size, paste_back)
+            count = padded_frame_count(len(frames), self.vae.config.temporal_factor)
+            video = prepare_video(pad_frames(frames, count), size, self.device)
+            dilated, mask = prepare_masks(pad_frames(masks, count), mask_dilation, size, self.device)
+            noise = self._initial_noise(count, size, seed, latents)
+
+        with self._stage("encode"):
+            condition = self.encode(video, mask, progress)
+        del video
+        with self._stage("denoise"):
+            clean = self.denoise(noise, condition, num_inference_steps, progress)
+        with self._stage("decode"):
+            generated = self.decode(clean, progress)[: len(frames)]
+        if not paste_back:
+            return generated
+        with self._stage("composite"):
+            return composite.paste_back(frames, generated, dilated[: len(frames)], mask_dilation)
+
+    def encode(self, video: Tensor, mask: Tensor, progress: bool = False) -> Tensor:
+        """Masked video and mask video -> condition latents [1, 2 z_dim, T', h, w] in the model dtype.
+
+        video [3, F, H, W] in [-1, 1]; mask [F, H, W] in {0, 1}. The hole of the masked video is 0
+        (mid-grey) and the mask video is 2 m - 1; both go through the VAE as one batch of two.
+        """
+        pair = torch.stack([video * (1.0 - mask), (2.0 * mask - 1.0).expand_as(video)])
+        chunks = self.vae.video_chunks(video.shape[1])
+        latents = [z for z in tqdm(self.vae.iter_encode(pair), total=len(chunks), desc="encode", disable=not progress)]
+        masked_latents, mask_latents = torch.cat(latents, dim=2).to(self.dtype)
+        return torch.cat([masked_latents, mask_latents])[None]
+
+    def denoise(self, noise: Tensor, condition: Tensor, num_steps: int, progress: bool = False) -> Tensor:
+        """Run the sampler from noise [1, z_dim, T', h, w] (fp32) to clean latents (fp32)."""
+        sampler = make_sampler(self.sampler, self.scheduler, num_steps)
+        latents = noise
+        for timestep in tqdm(sampler.timesteps, desc="denoise", disable=not progress):
+            model_input = torch.cat([latents.to(self.dtype), condition], dim=1)
+            velocity = self.transformer(model_input, timestep.to(self.device, torch.float32).expand(1))
+            latents = sampler.step(velocity, latents)
+        return latents
+
+    def decode(self, latents: Tensor, progress: bool = False) -> np.ndarray:
+        """Clean latents [1, z_dim, T', h, w] -> float32 frames [F, H, W, 3] in [0, 1], streamed to host."""
+        _, _, latent_frames, height, width = latents.shape
+        factor, spatial = self.vae.config.temporal_factor, self.vae.config.spatial_factor
+        out = np.empty((1 + factor * (latent_frames - 1), height * spatial, width * spatial, 3), dtype=np.float32)
+        start = 0
+        chunks = self.vae.iter_decode(latents.to(self.dtype))
+        for chunk in tqdm(chunks, total=latent_frames, desc="decode", disable=not progress):
+            pixels = (chunk[0] / 2 + 0.5).clamp(0.0, 1.0).permute(1, 2, 3, 0)
+            out[start : start + len(pixels)] = pixels.cpu().numpy()
+            start += len(pixels)
+        return out
+
+    def _initial_noise(self, frame_count: int, size: tuple[int, int], seed: int, latents: Tensor | None) -> Tensor:
+        """Standard normal latents from a CPU generator (same noise on every device), or `latents`."""
+        z = self.vae.config
+        shape = (
+            1,
+            z.z_dim,
+            1 + (frame_count - 1) // z.temporal_factor,
+            size[0] // z.spatial_factor,
+            size[1] // z.spatial_factor,
+        )
+        if latents is None:
+            return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        if tuple(latents.shape) != shape:
+            raise RemoverError(f"latents must have shape {list(shape)} for this input, got {list(latents.shape)}")
+        return latents.to(self.device, torch.float32)
+
+    def _unchanged(self, frames: np.ndarray, size: tuple[int, int], paste_back: bool) -> np.ndarray:
+        """The input as float32 [0, 1], at the size the call would have returned."""
+        if paste_back:
+            return frames.astype(np.float32) / 255.0
+        video = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+        return resize(video, size).clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy()

@@ -1,0 +1,135 @@
+"""Input handling exactly as the released pipeline does it, plus the checks and padding it lacks.
+
+frames uint8 [F, H, W, 3] -> [-1, 1] -> bilinear resize (no antialias) to (height, width)
+masks [F, H, W] != 0 -> 4-connected dilation at the mask's own resolution -> bilinear resize -> > 0
+Frame counts that are not 4k+1 are padded by repeating the last frame (the caller trims back).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from runtime.errors import RemoverError
+
+SIZE_MULTIPLE = 16  # VAE 8x, then 2x2 patches
+DEFAULT_SHORT_SIDE = 480
+LONG_SIDE_MULTIPLE = 32  # 16:9 -> 832x480, the Wan2.1 480p size
+ASPECT_TOLERANCE = 0.01  # a mask of another size is accepted when its aspect ratio matches this well
+FRAMES_PER_CHUNK = 8  # frames converted at once, bounding the memory of full-resolution floats
+
+
+def as_frames(frames: np.ndarray | Sequence) -> np.ndarray:
+    """Frames as a uint8 array [F, H, W, 3]; a list of PIL images or arrays is stacked."""
+    if not isinstance(frames, np.ndarray):
+        frames = np.stack([np.asarray(f.convert("RGB") if hasattr(f, "convert") else f) for f in frames])
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise RemoverError(f"frames must be uint8 [F, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+    if len(frames) == 0:
+        raise RemoverError("no frames")
+    return frames
+
+
+def as_masks(masks: np.ndarray | Sequence, frames: np.ndarray) -> np.ndarray:
+    """Masks as a bool array [F, h, w] (nonzero = remove), checked against the frames.
+
+    One mask [h, w] serves every frame. A mask of another size than the frames is accepted when its
+    aspect ratio is the same (it is resized, as the released pipeline resizes masks on their own).
+    """
+    if not isinstance(masks, np.ndarray):
+        masks = np.stack([np.asarray(m.convert("L") if hasattr(m, "convert") else m) for m in masks])
+    if masks.ndim == 2:
+        masks = np.broadcast_to(masks, (len(frames), *masks.shape))
+    if masks.ndim != 3:
+        raise RemoverError(f"masks must be [F, H, W] or [H, W], got shape {list(masks.shape)}")
+    if len(masks) != len(frames):
+        raise RemoverError(f"got {len(masks)} masks for {len(frames)} frames")
+    (mask_h, mask_w), (frame_h, frame_w) = masks.shape[1:], frames.shape[1:3]
+    if (mask_h, mask_w) != (frame_h, frame_w) and abs(mask_w / mask_h - frame_w / frame_h) > ASPECT_TOLERANCE * (
+        frame_w / frame_h
+    ):
+        raise RemoverError(f"mask size {mask_w}x{mask_h} does not match the video's {frame_w}x{frame_h}")
+    return masks != 0
+
+
+def output_size(frame_h: int, frame_w: int, height: int | None, width: int | None) -> tuple[int, int]:
+    """The model's working size. Default: the short side 480 and the long side 480 x aspect rounded
+    down to a multiple of 32 (16:9 -> 832x480, 4:3 -> 640x480). Giving one side derives the other
+    (nearest multiple of 16). Both must be positive multiples of 16."""
+    aspect = frame_w / frame_h
+    if height is None and width is None:
+        if frame_w >= frame_h:
+            height = DEFAULT_SHORT_SIDE
+            width = max(
+                LONG_SIDE_MULTIPLE, math.floor(DEFAULT_SHORT_SIDE * aspect / LONG_SIDE_MULTIPLE) * LONG_SIDE_MULTIPLE
+            )
+        else:
+            width = DEFAULT_SHORT_SIDE
+            height = max(
+                LONG_SIDE_MULTIPLE, math.floor(DEFAULT_SHORT_SIDE / aspect / LONG_SIDE_MULTIPLE) * LONG_SIDE_MULTIPLE
+            )
+    elif height is None:
+        height = max(SIZE_MULTIPLE, round(width / aspect / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+    elif width is None:
+        width = max(SIZE_MULTIPLE, round(height * aspect / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+    if height <= 0 or width <= 0 or height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+        raise RemoverError(f"height and width must be positive multiples of {SIZE_MULTIPLE}, got {width}x{height}")
+    return height, width
+
+
+def padded_frame_count(num_frames: int, temporal_factor: int = 4) -> int:
+    """The smallest k * temporal_factor + 1 >= num_frames."""
+    return 1 + math.ceil((num_frames - 1) / temporal_factor) * temporal_factor
+
+
+def pad_frames(array: np.ndarray, count: int) -> np.ndarray:
+    """Repeat the last frame of `array` [F, ...] until it has `count` frames."""
+    if count == len(array):
+        return array
+    return np.concatenate([array, np.repeat(array[-1:], count - len(array), axis=0)])
+
+
+def dilate(masks: Tensor, iterations: int) -> Tensor:
+    """Binary dilation [F, H, W] with the 3x3 cross, `iterations` times (scipy's binary_dilation)."""
+    m = masks.float()[:, None]
+    for _ in range(iterations):
+        # the cross is the union of a 1x3 and a 3x1 window
+        m = torch.maximum(F.max_pool2d(m, (1, 3), 1, (0, 1)), F.max_pool2d(m, (3, 1), 1, (1, 0)))
+    return m[:, 0] > 0
+
+
+def resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of [N, C, H, W] (align_corners False, no antialias), as the reference."""
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def prepare_video(frames: np.ndarray, size: tuple[int, int], device: torch.device) -> Tensor:
+    """uint8 [F, H, W, 3] -> fp32 [3, F, height, width] in [-1, 1] on `device`."""
+    out = torch.empty(3, len(frames), *size, device=device)
+    for start in range(0, len(frames), FRAMES_PER_CHUNK):
+        chunk = torch.from_numpy(frames[start : start + FRAMES_PER_CHUNK]).to(device)
+        scaled = chunk.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        out[:, start : start + len(chunk)] = resize(scaled, size).transpose(0, 1)
+    return out
+
+
+def prepare_masks(
+    masks: np.ndarray, iterations: int, size: tuple[int, int], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """bool [F, h, w] -> (dilated masks at their own resolution [F, h, w] bool, fp32 {0, 1} [F, height, width])."""
+    dilated = torch.empty(masks.shape, dtype=torch.bool, device=device)
+    resized = torch.empty(len(masks), *size, device=device)
+    for start in range(0, len(masks), FRAMES_PER_CHUNK):
+        chunk = dilate(
+            torch.from_numpy(np.ascontiguousarray(masks[start : start + FRAMES_PER_CHUNK])).to(device), iterations
+        )
+        dilated[start : start + len(chunk)] = chunk
+        resized[start : start + len(chunk)] = (resize(chunk.float()[:, None], size)[:, 0] > 0).float()
+    return dilated, resized
