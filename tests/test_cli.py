@@ -1,0 +1,220 @@
+"""`python -m runtime.run`: the demo, and one clear line with a non-zero exit for each bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from runtime import run
+from runtime.preprocess import dilate
+from runtime.video import read_clip
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = run.main([*args, "--quiet"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture
+def tennis(data_dir, tmp_path):
+    """The first 9 tennis frames and masks (links, so nothing is copied)."""
+    frames, masks = tmp_path / "frames", tmp_path / "masks"
+    frames.mkdir(), masks.mkdir()
+    for name in sorted(p.name for p in (data_dir / "tennis" / "frames").iterdir())[:9]:
+        (frames / name).symlink_to(data_dir / "tennis" / "frames" / name)
+        (masks / name).symlink_to(data_dir / "tennis" / "masks" / name)
+    return frames, masks
+
+
+def test_demo_runs_end_to_end_as_a_subprocess(tmp_path):
+    """The README's demo command, from a fresh process: exit 0, a summary line, a playable video."""
+    out = tmp_path / "demo.mp4"
+    result = subprocess.run(
+        [sys.executable, "-m", "runtime.run", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"wrote {out} (21 frames)")
+    for stage in ("encode", "denoise", "decode", "write"):
+        assert f"{stage} " in result.stdout
+    assert "denoise" in result.stderr  # progress bars
+    clip = read_clip(out)
+    assert clip.frames.shape == (21, 144, 256, 3) and clip.fps == 16
+
+
+def test_tennis_to_png_folder_at_input_size(tennis, checkpoint, tmp_path, capsys):
+    frames, masks = tennis
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(
+        [
+            "--video",
+            str(frames),
+            "--mask",
+            str(masks),
+            "--weights",
+            str(checkpoint),
+            "--height",
+            "64",
+            "--width",
+            "112",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    assert code == 0 and stdout.startswith("wrote")
+    result = read_clip(out).frames
+    source = read_clip(frames).frames
+    assert result.shape == source.shape == (9, 240, 432, 3)
+    outside = ~dilate(torch.from_numpy(read_clip(masks).frames.any(axis=-1)), 6).numpy()
+    np.testing.assert_array_equal(result[outside], source[outside])  # PNGs are lossless: bit-exact
+    assert (result[~outside] != source[~outside]).mean() > 0.5
+
+
+def test_empty_mask_warns_and_writes_the_input(tennis, checkpoint, tmp_path, capsys):
+    from PIL import Image
+
+    frames, _ = tennis
+    Image.new("L", (432, 240)).save(tmp_path / "empty.png")
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(
+        [
+            "--video",
+            str(frames),
+            "--mask",
+            str(tmp_path / "empty.png"),
+            "--weights",
+            str(checkpoint),
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    assert code == 0
+    assert "warning: the mask is empty" in stderr
+    np.testing.assert_array_equal(read_clip(out).frames, read_clip(frames).frames)
+
+
+def _corrupt_checkpoint(checkpoint: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "corrupt"
+    shutil.copytree(checkpoint, folder)
+    weights = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights.chmod(0o644)
+    weights.write_bytes(b"\x00" * 64)
+    return folder
+
+
+def _wrong_config(checkpoint: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "wrong"
+    shutil.copytree(checkpoint, folder)
+    config = folder / "vae" / "config.json"
+    config.chmod(0o644)
+    config.write_text(json.dumps({**json.loads(config.read_text()), "base_dim": 32}))
+    return folder
+
+
+def _mask_folder(masks: Path, tmp_path: Path, count: int, size: tuple[int, int] | None = None) -> Path:
+    from PIL import Image
+
+    folder = tmp_path / f"masks_{count}_{size}"
+    folder.mkdir()
+    for path in sorted(masks.iterdir())[:count]:
+        image = Image.open(path)
+        (image.resize(size) if size else image).save(folder / path.name)
+    return folder
+
+
+BAD_INPUTS = {
+    "mask count": (lambda f, m, c, t: ["--video", f, "--mask", _mask_folder(m, t, 8)], "8 masks for 9 frames"),
+    "mask size": (lambda f, m, c, t: ["--video", f, "--mask", _mask_folder(m, t, 9, (100, 100))], "mask size 100x100"),
+    "height not a multiple of 16": (
+        lambda f, m, c, t: ["--video", f, "--mask", m, "--height", "100"],
+        "multiples of 16",
+    ),
+    "missing checkpoint": (
+        lambda f, m, c, t: ["--video", f, "--mask", m, "--weights", t / "none"],
+        "weights not found",
+    ),
+    "corrupt checkpoint": (
+        lambda f, m, c, t: ["--video", f, "--mask", m, "--weights", _corrupt_checkpoint(c, t)],
+        "cannot read weights",
+    ),
+    "wrong config": (
+        lambda f, m, c, t: ["--video", f, "--mask", m, "--weights", _wrong_config(c, t)],
+        "do not fit the model config",
+    ),
+    "unreadable video": (lambda f, m, c, t: ["--video", t / "x.mp4", "--mask", m], "cannot read video"),
+    "missing output folder": (
+        lambda f, m, c, t: ["--video", f, "--mask", m, "--out", t / "no" / "x.mp4"],
+        "does not exist",
+    ),
+    "mask without video": (lambda f, m, c, t: ["--mask", m], "--mask needs --video"),
+    "bad device": (lambda f, m, c, t: ["--video", f, "--mask", m, "--device", "tpu"], "device"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_gives_one_error_line_and_no_output(case, tennis, checkpoint, tmp_path, capsys):
+    frames, masks = tennis
+    (tmp_path / "x.mp4").write_bytes(b"garbage" * 100)
+    make_args, message = BAD_INPUTS[case]
+    out_dir = tmp_path / "results"
+    out_dir.mkdir()
+    args = [str(a) for a in make_args(frames, masks, checkpoint, tmp_path)]
+    if "--out" not in args:
+        args += ["--out", str(out_dir / "out.mp4")]
+    if "--weights" not in args:
+        args += ["--weights", str(checkpoint)]
+    code, stdout, stderr = run_cli(args, capsys)
+    assert code == 2
+    assert len(error_lines(stderr)) == 1 and message in error_lines(stderr)[0], stderr
+    assert "Traceback" not in stderr and stdout == ""
+    assert list(out_dir.iterdir()) == []
+
+
+def test_bad_input_in_a_fresh_process_prints_no_traceback(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runtime.run",
+            "--video",
+            str(tmp_path / "none.mp4"),
+            "--mask",
+            str(tmp_path / "none.png"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: video not found: {tmp_path / 'none.mp4'}"
+
+
+def test_interrupt_exits_130_without_output(tennis, checkpoint, tmp_path, capsys, monkeypatch):
+    frames, masks = tennis
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run.Remover, "__call__", interrupted)
+    code, _, stderr = run_cli(
+        ["--video", str(frames), "--mask", str(masks), "--weights", str(checkpoint), "--out", str(tmp_path / "o.mp4")],
+        capsys,
+    )
+    assert code == 130 and "interrupted" in stderr
+    assert not (tmp_path / "o.mp4").exists()

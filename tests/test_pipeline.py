@@ -1,0 +1,124 @@
+"""The whole pipeline: reference parity, frame padding, paste-back, sizes and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from runtime import Remover, RemoverError
+from runtime.pipeline import EmptyMaskWarning
+from runtime.preprocess import dilate, output_size, padded_frame_count
+
+PIXEL_TOLERANCE = 2e-3  # fixture README: whole pipeline within 2e-3 max absolute error per pixel
+
+
+@pytest.fixture(scope="module")
+def remover(checkpoint):
+    return Remover.from_pretrained(checkpoint, device="cpu")
+
+
+def test_defaults_on_cpu(remover):
+    assert remover.device == torch.device("cpu")
+    assert remover.dtype == torch.float32
+
+
+def test_matches_reference_pipeline(remover, expected, fixture_inputs):
+    frames, masks = fixture_inputs
+    out = remover(frames, masks, height=64, width=96, latents=expected["noise"], paste_back=False, progress=False)
+    assert out.dtype == np.float32 and out.shape == (9, 64, 96, 3)
+    assert np.abs(out - expected["expected_frames"].numpy()).max() < PIXEL_TOLERANCE
+
+
+def test_pil_images_are_accepted(remover, expected, fixture_inputs):
+    from PIL import Image
+
+    frames, masks = fixture_inputs
+    out = remover(
+        [Image.fromarray(f) for f in frames],
+        [Image.fromarray(m) for m in masks],
+        height=64,
+        width=96,
+        latents=expected["noise"],
+        paste_back=False,
+        progress=False,
+    )
+    assert np.abs(out - expected["expected_frames"].numpy()).max() < PIXEL_TOLERANCE
+
+
+@pytest.mark.parametrize("count", [1, 2, 6, 7])
+def test_every_input_frame_gets_an_output_frame(remover, fixture_inputs, count):
+    """Counts that are not 4k+1 are padded with the last frame and trimmed back; the padded run is
+    the same as running the explicitly padded clip."""
+    frames, masks = fixture_inputs[0][:count], fixture_inputs[1][:count]
+    out = remover(frames, masks, height=32, width=48, paste_back=False, progress=False)
+    assert out.shape == (count, 32, 48, 3)
+    padded = padded_frame_count(count)
+    repeat = np.r_[np.arange(count), np.full(padded - count, count - 1)]
+    explicit = remover(frames[repeat], masks[repeat], height=32, width=48, paste_back=False, progress=False)
+    np.testing.assert_array_equal(out, explicit[:count])
+
+
+def test_paste_back_keeps_everything_outside_the_mask_bit_exact(remover, fixture_inputs):
+    frames, masks = fixture_inputs
+    out = remover(frames, masks, height=64, width=96, progress=False)
+    assert out.shape == frames.shape and out.dtype == np.float32
+    outside = ~dilate(torch.from_numpy(masks != 0), 6).numpy()
+    np.testing.assert_array_equal(out[outside], frames[outside].astype(np.float32) / 255.0)
+    inside = masks != 0
+    assert np.abs(out[inside] - frames[inside] / 255.0).mean() > 0.01  # the object region was regenerated
+
+
+def test_empty_mask_returns_the_input_without_running_the_model(remover, fixture_inputs, monkeypatch):
+    frames, _ = fixture_inputs
+    monkeypatch.setattr(remover, "transformer", None)  # any model call would fail
+    with pytest.warns(EmptyMaskWarning, match="empty"):
+        out = remover(frames, np.zeros(frames.shape[1:3], np.uint8), progress=False)
+    np.testing.assert_array_equal(out, frames.astype(np.float32) / 255.0)
+
+
+@pytest.mark.parametrize(
+    ("frame_size", "expected_hw"),
+    [((1080, 1920), (480, 832)), ((1920, 1080), (832, 480)), ((480, 640), (480, 640)), ((540, 972), (480, 864))],
+)
+def test_default_size_is_480p_keeping_the_aspect_ratio(frame_size, expected_hw):
+    assert output_size(*frame_size, None, None) == expected_hw
+
+
+def test_one_given_side_derives_the_other():
+    assert output_size(1080, 1920, 720, None) == (720, 1280)
+    assert output_size(1080, 1920, None, 832) == (464, 832)
+
+
+def test_single_mask_for_all_frames_and_a_proportional_mask_size(remover, fixture_inputs):
+    frames, masks = fixture_inputs
+    half = masks[0][::2, ::2]  # 216x120: same aspect ratio as the 432x240 frames
+    out = remover(frames[:5], half, height=32, width=48, paste_back=False, progress=False)
+    assert out.shape == (5, 32, 48, 3)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f, m: (f, m[:8]), "8 masks for 9 frames"),
+        (lambda f, m: (f, m[:, :100, :100]), "mask size 100x100 does not match the video's 432x240"),
+        (lambda f, m: (f.astype(np.float32), m), "frames must be uint8"),
+        (lambda f, m: (f[..., :2], m), "frames must be uint8"),
+        (lambda f, m: (f[:0], m[:0]), "no frames"),
+    ],
+)
+def test_bad_input_is_a_clear_error(remover, fixture_inputs, change, message):
+    frames, masks = change(*fixture_inputs)
+    with pytest.raises(RemoverError, match=message):
+        remover(frames, masks, height=32, width=48, progress=False)
+
+
+@pytest.mark.parametrize(("height", "width"), [(100, 48), (32, 50), (0, 48)])
+def test_size_not_a_multiple_of_16_is_an_error(remover, fixture_inputs, height, width):
+    with pytest.raises(RemoverError, match="multiples of 16"):
+        remover(*fixture_inputs, height=height, width=width, progress=False)
+
+
+def test_wrong_latents_shape_is_an_error(remover, fixture_inputs):
+    with pytest.raises(RemoverError, match="latents must have shape"):
+        remover(*fixture_inputs, height=64, width=96, latents=torch.zeros(1, 16, 3, 4, 4), progress=False)
