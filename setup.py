@@ -1,0 +1,22 @@
+"""MiniMax-Remover: an optimized inference runtime and the training code that makes its weights."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="minimax-remover-runtime",
+    version="0.1.0",
+    description="Fast, lean video object removal with MiniMax-Remover (Wan2.1 DiT, 6 steps, no CFG)",
+    packages=find_packages(include=["runtime*", "kernels*", "export*", "training*", "bench*"]),
+    package_data={"runtime": ["demo/*.mp4", "demo/weights/*/*.json", "demo/weights/*/*.safetensors"]},
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4", "numpy", "safetensors", "av", "tqdm", "pillow"],
+    extras_require={
+        # diffusers at the version the released checkpoint was written with: an independent oracle
+        "test": ["pytest", "ruff", "diffusers==0.33.1"],
+        "export": ["onnx", "onnxruntime"],
+        "gpu": ["flash-attn", "nvidia-ml-py"],
+        "tensorrt": ["tensorrt"],
+        "train": [],
+    },
+    entry_points={"console_scripts": ["minimax-remover=runtime.run:main"]},
+)
