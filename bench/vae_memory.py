@@ -42,7 +42,7 @@ def measure(implementation: str, config_name: str, frames: int, height: int, wid
     baseline = peak_rss_mb()
     with torch.inference_mode():
         if implementation == "diffusers":
-            model.decode(latents).sample
+            model.decode(latents)
         elif implementation == "ours-streamed":
             for _chunk in model.iter_decode(latents):
                 pass

@@ -126,6 +126,7 @@ class Remover:
         seed: int = 42,
         latents: Tensor | None = None,
         paste_back: bool = True,
+        guidance_scale: float | None = None,
         progress: bool = True,
     ) -> np.ndarray:
         """Remove the masked object from every frame.
@@ -135,6 +136,8 @@ class Remover:
         input size, with the generated pixels composited in through the dilated mask (everything
         outside it is the input, bit-exact); without it, the raw generation at (height, width),
         as the released pipeline returns it. `latents` replaces the seeded initial noise.
+        `guidance_scale` (models with condition tokens only) mixes the remove and regenerate
+        predictions, v = v_neg + g (v_pos - v_neg); without it the model is sampled with "remove".
         """
         self.timings = {}
         with self._stage("preprocess"):
@@ -152,10 +155,10 @@ class Remover:
             noise = self._initial_noise(count, size, seed, latents)
 
         with self._stage("encode"):
-            condition = self.encode(video, mask, progress)
+            context = self.encode(video, mask, progress)
         del video
         with self._stage("denoise"):
-            clean = self.denoise(noise, condition, num_inference_steps, progress)
+            clean = self.denoise(noise, context, num_inference_steps, progress, guidance_scale)
         with self._stage("decode"):
             generated = self.decode(clean, progress)[: len(frames)]
         if not paste_back:
@@ -164,7 +167,7 @@ class Remover:
             return composite.paste_back(frames, generated, dilated[: len(frames)], mask_dilation)
 
     def encode(self, video: Tensor, mask: Tensor, progress: bool = False) -> Tensor:
-        """Masked video and mask video -> condition latents [1, 2 z_dim, T', h, w] in the model dtype.
+        """Masked video and mask video -> context latents [1, 2 z_dim, T', h, w] in the model dtype.
 
         video [3, F, H, W] in [-1, 1]; mask [F, H, W] in {0, 1}. The hole of the masked video is 0
         (mid-grey) and the mask video is 2 m - 1; both go through the VAE as one batch of two.
@@ -175,13 +178,31 @@ class Remover:
         masked_latents, mask_latents = torch.cat(latents, dim=2).to(self.dtype)
         return torch.cat([masked_latents, mask_latents])[None]
 
-    def denoise(self, noise: Tensor, condition: Tensor, num_steps: int, progress: bool = False) -> Tensor:
-        """Run the sampler from noise [1, z_dim, T', h, w] (fp32) to clean latents (fp32)."""
+    def denoise(
+        self,
+        noise: Tensor,
+        context: Tensor,
+        num_steps: int,
+        progress: bool = False,
+        guidance_scale: float | None = None,
+    ) -> Tensor:
+        """Run the sampler from noise [1, z_dim, T', h, w] (fp32) to clean latents (fp32), the model
+        seeing noisy latents | context latents. With `guidance_scale`, each step is one batched call
+        for the remove (0) and regenerate (1) tokens: v = v_neg + g (v_pos - v_neg)."""
+        has_tokens = self.transformer.config.num_condition_tokens > 0
+        if guidance_scale is not None and not has_tokens:
+            raise RemoverError("guidance_scale needs a model with condition tokens")
         sampler = make_sampler(self.sampler, self.scheduler, num_steps)
         latents = noise
         for timestep in tqdm(sampler.timesteps, desc="denoise", disable=not progress):
-            model_input = torch.cat([latents.to(self.dtype), condition], dim=1)
-            velocity = self.transformer(model_input, timestep.to(self.device, torch.float32).expand(1))
+            model_input = torch.cat([latents.to(self.dtype), context], dim=1)
+            timestep = timestep.to(self.device, torch.float32).expand(1)
+            if guidance_scale is None:
+                velocity = self.transformer(model_input, timestep, 0 if has_tokens else None)
+            else:
+                both = self.transformer(model_input.expand(2, -1, -1, -1, -1), timestep.expand(2), torch.tensor([0, 1]))
+                positive, negative = both.float().chunk(2)
+                velocity = negative + guidance_scale * (positive - negative)
             latents = sampler.step(velocity, latents)
         return latents
 

@@ -196,6 +196,7 @@ def load_transformer(path: Path, device: torch.device, dtype: torch.dtype) -> Re
     with torch.device("meta"):
         model = RemoverTransformer(config)
     load_into(model, tensors, str(path))
+    model.cache_condition_kv()
     return model
 
 

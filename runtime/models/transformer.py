@@ -36,6 +36,9 @@ class TransformerConfig:
     eps: float
     qk_norm: str
     rope_max_seq_len: int
+    # Contrastive condition tokens (the paper's c+ / c-): 0 in the released model, 6 in ours. They are
+    # appended to every self-attention's keys and values (not its queries), without RoPE.
+    num_condition_tokens: int = 0
 
     # Keys the released file carries that change nothing here (no cross-attention, no image input).
     IGNORED_KEYS = {"cross_attn_norm": ANY, "added_kv_proj_dim": None}
@@ -57,6 +60,8 @@ class TransformerConfig:
             )
         if self.attention_head_dim % 2 or self.freq_dim % 2:
             raise RemoverError(f"{source}: attention_head_dim and freq_dim must be even")
+        if self.num_condition_tokens < 0:
+            raise RemoverError(f"{source}: num_condition_tokens must be >= 0")
 
 
 RELEASED_TRANSFORMER = TransformerConfig(
@@ -180,11 +185,19 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    def condition_kv(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values [B, n, heads, head_dim] of condition tokens [B, n, D] (no RoPE)."""
+        k = self.norm_k(self.to_k(tokens)).unflatten(-1, (self.heads, -1))
+        return k, self.to_v(tokens).unflatten(-1, (self.heads, -1))
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], extra_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """x [B, L, D]; `extra_kv` (condition keys and values) is appended after the video tokens."""
         q = self.norm_q(self.to_q(x)).unflatten(-1, (self.heads, -1))  # [B, L, heads, head_dim]
         k = self.norm_k(self.to_k(x)).unflatten(-1, (self.heads, -1))
         v = self.to_v(x).unflatten(-1, (self.heads, -1))
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if extra_kv is not None:
+            k, v = torch.cat([k, extra_kv[0]], dim=1), torch.cat([v, extra_kv[1]], dim=1)
         return self.to_out[0](attention(q, k, v).flatten(2))
 
 
@@ -221,13 +234,15 @@ class TransformerBlock(nn.Module):
         self.ffn = FeedForward(dim, config.ffn_dim)
         self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def forward(self, x: Tensor, modulation: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    def forward(
+        self, x: Tensor, modulation: Tensor, rope: tuple[Tensor, Tensor], extra_kv: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         # modulation [B, 6, D] -> six [B, 1, D] fp32 vectors
         shift, scale, gate, c_shift, c_scale, c_gate = (self.scale_shift_table.float() + modulation.float()).chunk(
             6, dim=1
         )
         h = (layer_norm_fp32(x, self.eps) * (1 + scale) + shift).to(x.dtype)
-        x = (x.float() + self.attn1(h, rope).float() * gate).to(x.dtype)
+        x = (x.float() + self.attn1(h, rope, extra_kv).float() * gate).to(x.dtype)
         h = (layer_norm_fp32(x, self.eps) * (1 + c_scale) + c_shift).to(x.dtype)
         return (x.float() + self.ffn(h).float() * c_gate).to(x.dtype)
 
@@ -247,7 +262,51 @@ class RemoverTransformer(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
         self.proj_out = nn.Linear(dim, config.out_channels * math.prod(config.patch_size))
+        if config.num_condition_tokens:
+            # row 0 = positive (remove the object), row 1 = negative (regenerate it); a row splits into the tokens
+            self.condition_embedding = nn.Embedding(2, config.num_condition_tokens * dim)
         self._rope_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._condition_kv_cache: dict[int, list[tuple[Tensor, Tensor]]] = {}
+
+    def condition_kv(self, condition: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per-block condition keys and values [B, n, heads, head_dim] for conditions [B] (0 or 1)."""
+        tokens = self.condition_embedding(condition).unflatten(-1, (self.config.num_condition_tokens, -1))
+        return [block.attn1.condition_kv(tokens) for block in self.blocks]
+
+    def cache_condition_kv(self) -> None:
+        """Compute both conditions' per-block K/V once; inference then reuses them. Call again after
+        changing the weights (switching to training mode drops the cache)."""
+        self._condition_kv_cache = {}
+        if self.config.num_condition_tokens:
+            with torch.no_grad():
+                for condition in (0, 1):
+                    index = torch.tensor([condition], device=self.condition_embedding.weight.device)
+                    self._condition_kv_cache[condition] = self.condition_kv(index)
+
+    def train(self, mode: bool = True) -> RemoverTransformer:
+        if mode:
+            self._condition_kv_cache = {}
+        return super().train(mode)
+
+    def _block_condition_kv(
+        self, condition: int | Tensor | None, batch: int
+    ) -> list[tuple[Tensor, Tensor]] | list[None]:
+        """The condition K/V each block appends: cached in inference, computed when training."""
+        if not self.config.num_condition_tokens:
+            if condition is not None:
+                raise RemoverError("this model has no condition tokens; pass condition=None")
+            return [None] * len(self.blocks)
+        if condition is None:
+            raise RemoverError("this model has condition tokens: pass condition=0 (remove) or 1 (regenerate)")
+        conditions = torch.as_tensor(condition, device=self.condition_embedding.weight.device).long().reshape(-1)
+        conditions = conditions.expand(batch) if conditions.numel() == 1 else conditions
+        if self._condition_kv_cache and not torch.is_grad_enabled():
+            per_sample = [self._condition_kv_cache[int(c)] for c in conditions.tolist()]
+            return [
+                (torch.cat([kv[i][0] for kv in per_sample]), torch.cat([kv[i][1] for kv in per_sample]))
+                for i in range(len(self.blocks))
+            ]
+        return self.condition_kv(conditions)
 
     def rope(self, grid: tuple[int, int, int], device: torch.device) -> tuple[Tensor, Tensor]:
         """cos/sin tables for a token grid, computed once per grid and device."""
@@ -256,8 +315,9 @@ class RemoverTransformer(nn.Module):
             self._rope_cache[key] = rope_cos_sin(grid, self.config.attention_head_dim, device)
         return self._rope_cache[key]
 
-    def forward(self, latents: Tensor, timestep: Tensor) -> Tensor:
-        """latents [B, in_channels, T, H, W] in the weights' dtype, timestep [B] in [0, 1000)."""
+    def forward(self, latents: Tensor, timestep: Tensor, condition: int | Tensor | None = None) -> Tensor:
+        """latents [B, in_channels, T, H, W] in the weights' dtype, timestep [B] in [0, 1000);
+        `condition` (models with condition tokens only): 0 = remove, 1 = regenerate, or one per sample."""
         batch, _, frames, height, width = latents.shape
         pt, ph, pw = self.config.patch_size
         if frames % pt or height % ph or width % pw:
@@ -268,12 +328,13 @@ class RemoverTransformer(nn.Module):
         x = self.patch_embedding(latents).flatten(2).transpose(1, 2)
         rope = self.rope(grid, latents.device)
 
-        # 2. Timestep embedding and per-block modulation
+        # 2. Timestep embedding and per-block modulation; condition tokens' keys and values
         temb, modulation = self.condition_embedder(timestep)
+        condition_kv = self._block_condition_kv(condition, batch)
 
         # 3. Transformer blocks
-        for block in self.blocks:
-            x = block(x, modulation, rope)
+        for block, extra_kv in zip(self.blocks, condition_kv):
+            x = block(x, modulation, rope, extra_kv)
 
         # 4. Output norm, modulation and projection
         shift, scale = (self.scale_shift_table.float() + temb.float()[:, None]).chunk(2, dim=1)
