@@ -10,15 +10,18 @@ kernel's error may be at most BF16_ERROR_FACTOR times the bf16 reference's own e
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
-from conftest import fresh_seed
+from conftest import fresh_seed, relative_error
 
 from kernels import TORCH_KERNELS, TRITON_KERNELS, triton_support
 from kernels.attention_inputs import qk_norm_rope, qk_norm_rope_append_kv
 from kernels.gated_residual import gated_residual
 from kernels.modulated_layer_norm import modulated_layer_norm, residual_modulated_layer_norm
-from runtime.models.transformer import rope_cos_sin
+from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer, rope_cos_sin
+from runtime.weights import load_transformer
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 if not triton_support.AVAILABLE:
@@ -178,3 +181,49 @@ def test_custom_ops_trace_through_their_fake_implementations(seed):
     ]
     for op, args in cases:
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+# --- the whole transformer through the Triton path ------------------------------------------
+
+
+@pytest.mark.slow
+def test_transformer_on_the_fixture_through_triton(checkpoint, expected):
+    model = load_transformer(checkpoint / "transformer", DEVICE, torch.float32)
+    latents, timestep = expected["dit_input"].to(DEVICE), expected["dit_timestep"].to(DEVICE)
+    with torch.no_grad():
+        unfused = model(latents, timestep)
+        model.use_backends(TRITON_KERNELS)
+        fused = model(latents, timestep)
+    assert not fused.isnan().any()
+    assert relative_error(fused.cpu(), expected["dit_output"]) < 1e-4  # the fixture's fp32 tolerance
+    assert relative_error(fused, unfused) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_transformer_with_condition_tokens_through_triton(seed, dtype):
+    """A random config with 6 condition tokens, a batch of the two conditions, odd L = 3 x 1 x 5."""
+    config = replace(
+        RELEASED_TRANSFORMER,
+        num_attention_heads=3,
+        attention_head_dim=16,
+        ffn_dim=40,
+        num_layers=2,
+        num_condition_tokens=6,
+    )
+    model = RemoverTransformer(config).to(DEVICE).eval()
+    model.cache_condition_kv()
+    latents, timestep = torch.randn(2, 48, 3, 2, 10, device=DEVICE), torch.tensor([700.0, 80.0], device=DEVICE)
+    conditions = torch.tensor([0, 1], device=DEVICE)
+    with torch.no_grad():
+        exact = model(latents, timestep, conditions)
+        model.to(dtype).cache_condition_kv()
+        unfused = model(latents.to(dtype), timestep, conditions)
+        model.use_backends(TRITON_KERNELS)
+        fused = model(latents.to(dtype), timestep, conditions)
+    assert not fused.isnan().any(), f"seed {seed}"
+    if dtype == torch.float32:
+        assert relative_error(fused, unfused) < 1e-5, f"seed {seed}"
+    else:
+        error, reference_error = relative_error(fused, exact), relative_error(unfused, exact)
+        assert error <= BF16_ERROR_FACTOR * reference_error, f"seed {seed}: {error:.3g} vs {reference_error:.3g}"
