@@ -17,14 +17,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from kernels.attention_inputs import attention_inputs, attention_inputs_reference
-from kernels.gated_residual import gated_residual, gated_residual_reference
-from kernels.modulated_layer_norm import (
-    modulated_layer_norm,
-    modulated_layer_norm_reference,
-    residual_modulated_layer_norm,
-    residual_modulated_layer_norm_reference,
-)
+from kernels import attention_inputs, gated_residual, modulated_layer_norm
 
 
 @dataclass(frozen=True)
@@ -40,11 +33,15 @@ class KernelOps:
 
 TORCH_KERNELS = KernelOps(
     "torch",
-    attention_inputs_reference,
-    modulated_layer_norm_reference,
-    residual_modulated_layer_norm_reference,
-    gated_residual_reference,
+    attention_inputs.attention_inputs_reference,
+    modulated_layer_norm.modulated_layer_norm_reference,
+    modulated_layer_norm.residual_modulated_layer_norm_reference,
+    gated_residual.gated_residual_reference,
 )
 TRITON_KERNELS = KernelOps(
-    "triton", attention_inputs, modulated_layer_norm, residual_modulated_layer_norm, gated_residual
+    "triton",
+    attention_inputs.attention_inputs,
+    modulated_layer_norm.modulated_layer_norm,
+    modulated_layer_norm.residual_modulated_layer_norm,
+    gated_residual.gated_residual,
 )

@@ -146,10 +146,10 @@ def _attention_inputs_kernel(
             tl.store(v_out + kv_row + cols, v_row, mask=in_row)
     else:
         token = row - seq_len
-        k_row = tl.load(condition_k + batch * condition_k_batch_stride + token * DIM + cols, mask=in_row)
-        tl.store(k_out + kv_row + cols, k_row, mask=in_row)
-        v_row = tl.load(condition_v + batch * condition_v_batch_stride + token * DIM + cols, mask=in_row)
-        tl.store(v_out + kv_row + cols, v_row, mask=in_row)
+        condition_key = tl.load(condition_k + batch * condition_k_batch_stride + token * DIM + cols, mask=in_row)
+        tl.store(k_out + kv_row + cols, condition_key, mask=in_row)
+        condition_value = tl.load(condition_v + batch * condition_v_batch_stride + token * DIM + cols, mask=in_row)
+        tl.store(v_out + kv_row + cols, condition_value, mask=in_row)
 
 
 def _launch(

@@ -10,7 +10,11 @@ kernel's error may be at most BF16_ERROR_FACTOR times the bf16 reference's own e
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +27,7 @@ from kernels.modulated_layer_norm import modulated_layer_norm, residual_modulate
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer, rope_cos_sin
 from runtime.weights import load_transformer
 
+REPO = Path(__file__).resolve().parents[1]
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 if not triton_support.AVAILABLE:
     pytest.skip("triton is not installed (pip install -e .[test])", allow_module_level=True)
@@ -227,3 +232,32 @@ def test_transformer_with_condition_tokens_through_triton(seed, dtype):
     else:
         error, reference_error = relative_error(fused, exact), relative_error(unfused, exact)
         assert error <= BF16_ERROR_FACTOR * reference_error, f"seed {seed}: {error:.3g} vs {reference_error:.3g}"
+
+
+# --- the GPU build and the benchmark, checked from the CPU -------------------------------------
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_hopper():
+    """Triton's ahead-of-time path (frontend, LLVM, ptxas) for sm_90: catches what the interpreter
+    accepts but the compiler rejects (e.g. a variable typed differently in two branches)."""
+    result = run_module("bench.kernels", "--compile-only", "90")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("sm_90") == 15  # 5 specializations x (bf16, fp16, fp32)
+
+
+@pytest.mark.slow
+def test_kernel_benchmark_runs_on_the_cpu():
+    result = run_module("bench.kernels", "--dtype", "bf16")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "NOT a performance measurement" in result.stdout or torch.cuda.is_available()
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "ms" not in line]
+    assert len(rows) == 5
+    assert all(float(row.split("|")[-2]) < 0.05 for row in rows), result.stdout  # fused == reference in bf16
+
+
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "TRITON_DEFAULT_FP_FUSION": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=environment, capture_output=True, text=True, timeout=600
+    )
