@@ -148,6 +148,7 @@ def compile_only(capability: int) -> None:
     from triton.compiler import ASTSource
 
     from kernels import attention_inputs, gated_residual, modulated_layer_norm
+    from kernels.triton_support import launch_options
 
     _, _, heads, head_dim = SIZES["real"]
     dim = heads * head_dim
@@ -175,7 +176,11 @@ def compile_only(capability: int) -> None:
                 else:
                     signature[name] = "*fp32" if name in fp32_pointers else f"*{dtype}"
             start = time.perf_counter()
-            compiled = triton.compile(ASTSource(kernel, signature, constants), target=target, options={"num_warps": 8})
+            compiled = triton.compile(
+                ASTSource(kernel, signature, constants),
+                target=target,
+                options=launch_options(block),
+            )
             flags = ", ".join(f"{k}={v}" for k, v in constants.items() if k not in ("DIM", "BLOCK"))
             print(
                 f"sm_{capability} {dtype:<4} {kernel.__name__}({flags}): cubin {len(compiled.asm['cubin'])} bytes "

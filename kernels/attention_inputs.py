@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels.triton_support import block_size, cast_rounded, jit, tl, unit_last_stride
+from kernels.triton_support import block_size, cast_rounded, jit, launch_options, tl, unit_last_stride
 
 # --- the plain PyTorch reference ------------------------------------------------------------
 
@@ -209,7 +209,7 @@ def _launch(
         HALF_HEAD_DIM=head_dim // 2,
         BLOCK=block,
         APPEND=append,
-        num_warps=8 if block >= 2048 else 4,
+        **launch_options(block),
     )
     return q, k, v
 

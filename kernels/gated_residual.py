@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels.triton_support import block_size, cast_rounded, jit, tl, unit_last_stride
+from kernels.triton_support import block_size, cast_rounded, jit, launch_options, tl, unit_last_stride
 
 
 def gated_residual_reference(x: Tensor, y: Tensor, gate: Tensor) -> Tensor:
@@ -76,7 +76,7 @@ def gated_residual(x: Tensor, y: Tensor, gate: Tensor) -> Tensor:
         gate.stride(0),
         DIM=dim,
         BLOCK=block,
-        num_warps=8 if block >= 2048 else 4,
+        **launch_options(block),
     )
     return out
 

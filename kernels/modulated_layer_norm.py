@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kernels.gated_residual import gated_residual_reference, gated_residual_row
-from kernels.triton_support import block_size, cast_rounded, jit, tl, unit_last_stride
+from kernels.triton_support import block_size, cast_rounded, jit, launch_options, tl, unit_last_stride
 
 
 def modulated_layer_norm_reference(x: Tensor, shift: Tensor, scale: Tensor, eps: float) -> Tensor:
@@ -111,7 +111,7 @@ def _launch(
         DIM=dim,
         BLOCK=block,
         HAS_RESIDUAL=has_residual,
-        num_warps=8 if block >= 2048 else 4,
+        **launch_options(block),
     )
     return (stream if has_residual else None), h
 
