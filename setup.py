@@ -12,9 +12,10 @@ setup(
     install_requires=["torch>=2.4", "numpy", "safetensors", "av", "tqdm", "pillow"],
     extras_require={
         # diffusers at the version the released checkpoint was written with: an independent oracle
-        "test": ["pytest", "ruff", "diffusers==0.33.1"],
+        # triton: the fused kernels (tests run them in its CPU interpreter); Linux wheels; 3.5+ for triton.knobs
+        "test": ["pytest", "ruff", "diffusers==0.33.1", "triton>=3.5; platform_system == 'Linux'"],
         "export": ["onnx", "onnxruntime"],
-        "gpu": ["flash-attn", "nvidia-ml-py"],
+        "gpu": ["flash-attn", "nvidia-ml-py", "triton>=3.5"],
         "tensorrt": ["tensorrt"],
         "train": [],
     },
