@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kernels import TORCH_KERNELS, KernelOps
-from kernels.attention_inputs import apply_rope as apply_rope  # the rotation, re-exported with the tables
+from kernels.attention_inputs import apply_rope as apply_rope  # re-exported: the tables are built below
 from kernels.attention_inputs import rms_norm
 from runtime.attention import SDPA, AttentionBackend, attention
 from runtime.errors import RemoverError
