@@ -26,9 +26,10 @@ CPU = torch.device("cpu")
 TOKENS_CONFIG = replace(
     RELEASED_TRANSFORMER, num_attention_heads=2, attention_head_dim=16, ffn_dim=48, num_layers=2, num_condition_tokens=6
 )
-needs_interpreter = pytest.mark.skipif(
-    not (triton_support.AVAILABLE and triton_support.INTERPRETED),
-    reason="the Triton kernels run on the CPU only under TRITON_INTERPRET=1 (set by conftest without a GPU)",
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+needs_triton = pytest.mark.skipif(
+    not triton_support.AVAILABLE or (DEVICE.type == "cpu" and not triton_support.INTERPRETED),
+    reason="needs Triton, and on the CPU TRITON_INTERPRET=1 (conftest sets it when there is no GPU)",
 )
 
 
@@ -62,13 +63,13 @@ def test_kernel_choice_argument_environment_and_errors(monkeypatch):
 
 
 @pytest.mark.slow
-@needs_interpreter
+@needs_triton
 def test_remover_with_triton_kernels_denoises_like_the_references(checkpoint, expected):
-    remover = Remover.from_pretrained(checkpoint, device="cpu", kernels="triton", attention="math")
+    remover = Remover.from_pretrained(checkpoint, device=DEVICE, dtype="fp32", kernels="triton", attention="math")
     assert remover.backends == "attention math, kernels triton"
     assert all(block.kernels is block.attn1.kernels is TRITON_KERNELS for block in remover.transformer.blocks)
-    reference = Remover.from_pretrained(checkpoint, device="cpu", kernels="torch")
-    noise, context = expected["noise"], torch.randn(1, 32, 3, 8, 12)
+    reference = Remover.from_pretrained(checkpoint, device=DEVICE, dtype="fp32", kernels="torch", attention="math")
+    noise, context = expected["noise"].to(DEVICE), torch.randn(1, 32, 3, 8, 12, device=DEVICE)
     with torch.inference_mode():
         torch.testing.assert_close(remover.denoise(noise, context, 1), reference.denoise(noise, context, 1))
 

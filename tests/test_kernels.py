@@ -44,9 +44,10 @@ SHAPES = [((1, 3, 5), 3, 16), ((3, 1, 7), 2, 32)]
 
 @pytest.fixture(autouse=True)
 def poisoned_outputs():
-    """With deterministic algorithms on, torch.empty fills floats with NaN (fill_uninitialized_memory)."""
+    """With deterministic algorithms on, torch.empty fills floats with NaN (fill_uninitialized_memory);
+    warn_only, so cuBLAS (the model tests' matmuls on a GPU) warns instead of refusing to run."""
     previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=True)
     assert torch.empty(8, device=DEVICE).isnan().all(), "output poisoning is not active"
     yield
     torch.use_deterministic_algorithms(previous)
@@ -247,13 +248,15 @@ def test_kernels_compile_for_hopper():
 
 
 @pytest.mark.slow
-def test_kernel_benchmark_runs_on_the_cpu():
+def test_kernel_benchmark_runs():
+    """Tiny sizes in the interpreter on the CPU (labelled as no measurement), real sizes on a GPU."""
     result = run_module("bench.kernels", "--dtype", "bf16")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "NOT a performance measurement" in result.stdout or torch.cuda.is_available()
+    assert ("NOT a performance measurement" in result.stdout) == (DEVICE.type == "cpu")
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "ms" not in line]
     assert len(rows) == 5
-    assert all(float(row.split("|")[-2]) < 0.05 for row in rows), result.stdout  # fused == reference in bf16
+    # a gross-error guard (the kernel tests hold the numerics): a bf16 ulp at |x| ~ 10 is 0.06
+    assert all(float(row.split("|")[-2]) < 0.5 for row in rows), result.stdout
 
 
 def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
