@@ -174,13 +174,14 @@ def _launch(
     cos, sin = cos.contiguous(), sin.contiguous()
     q = q_proj.new_empty(batch, seq_len, heads, head_dim)
     k = k_proj.new_empty(batch, seq_len + num_conditions, heads, head_dim)
-    v = v_proj.new_empty(batch, seq_len + num_conditions, heads, head_dim) if append else None
     if append:
+        v = v_out = v_proj.new_empty(batch, seq_len + num_conditions, heads, head_dim)
         v_proj = unit_last_stride(v_proj)
         condition_k, condition_v = condition_k.flatten(2), condition_v.flatten(2)  # [B, n, D], rows contiguous
         v_strides = (v_proj.stride(0), v_proj.stride(1), condition_k.stride(0), condition_v.stride(0))
     else:  # V stays the projection: the V and condition pointers are never dereferenced (APPEND=False)
-        v_proj = condition_k = condition_v = k
+        v = None
+        v_proj = condition_k = condition_v = v_out = k
         v_strides = (0, 0, 0, 0)
     block = block_size(dim)
     _attention_inputs_kernel[(seq_len + num_conditions, batch)](
@@ -195,7 +196,7 @@ def _launch(
         condition_v,
         q,
         k,
-        v if append else k,
+        v_out,
         seq_len,
         num_conditions,
         eps,
