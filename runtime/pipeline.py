@@ -86,6 +86,13 @@ def resolve_kernels(choice: str | None, device: torch.device) -> KernelOps:
     return TRITON_KERNELS
 
 
+def check_compile_mode(mode: str, device: torch.device) -> None:
+    if mode not in COMPILE_MODES:
+        raise RemoverError(f"unknown compile mode {mode!r}; choose one of {sorted(COMPILE_MODES)}")
+    if mode == "cuda-graphs" and device.type != "cuda":
+        raise RemoverError("compile mode 'cuda-graphs' needs a CUDA device")
+
+
 class Remover:
     """The MiniMax-Remover pipeline on PyTorch modules. Build it with `Remover.from_pretrained`."""
 
@@ -107,10 +114,7 @@ class Remover:
         self.dtype = dtype
         self.sampler = sampler
         self.timings: dict[str, float] = {}  # seconds per stage of the last call
-        if compile_mode not in COMPILE_MODES:
-            raise RemoverError(f"unknown compile mode {compile_mode!r}; choose one of {sorted(COMPILE_MODES)}")
-        if compile_mode == "cuda-graphs" and device.type != "cuda":
-            raise RemoverError("compile mode 'cuda-graphs' needs a CUDA device")
+        check_compile_mode(compile_mode, device)
         self.compile_mode = compile_mode
         self._velocity = self._model_velocity
         if COMPILE_MODES[compile_mode] is not None:  # static shapes: one graph per clip size
@@ -147,11 +151,13 @@ class Remover:
         dtype = resolve_dtype(dtype, device)
         paths = locate_checkpoint(path, vae)
         scheduler = load_scheduler_config(paths.scheduler)
-        make_sampler(sampler, scheduler, 1)  # fail early on a bad sampler name
+        make_sampler(sampler, scheduler, 1)  # fail early on a bad sampler name, kernels or compile mode
+        kernel_ops = resolve_kernels(kernels, device)
+        check_compile_mode(compile_mode, device)
         transformer = load_transformer(paths.transformer, device, dtype)
         config = transformer.config
         transformer.use_backends(
-            resolve_kernels(kernels, device),
+            kernel_ops,
             select_attention(
                 attention,
                 device,
