@@ -87,6 +87,7 @@ def resolve_kernels(choice: str | None, device: torch.device) -> KernelOps:
 
 
 def check_compile_mode(mode: str, device: torch.device) -> None:
+    """A RemoverError unless `mode` is one of COMPILE_MODES and can run on `device`."""
     if mode not in COMPILE_MODES:
         raise RemoverError(f"unknown compile mode {mode!r}; choose one of {sorted(COMPILE_MODES)}")
     if mode == "cuda-graphs" and device.type != "cuda":
