@@ -34,7 +34,7 @@ from training.trainer import Distributed, stage_main
 class EvalConfig:
     out: str  # folder for results.md and results.json
     stage1: str  # stage-1 checkpoint folder (released layout)
-    stage2: str  # stage-2 checkpoint folder
+    stage2: str  # stage-2 checkpoint folder ("" = evaluate stage 1 and the baselines only, e.g. to tune CFG)
     num_clips: int = 8
     num_frames: int = 9
     height: int = 80
@@ -96,16 +96,14 @@ def methods(config: EvalConfig, device: torch.device) -> dict[str, Callable[[Tra
     def region(clip: TrainingClip) -> np.ndarray:
         return dilate(torch.from_numpy(clip.masks), config.mask_dilation).numpy()
 
-    return {
-        f"stage 1 ({config.stage1_steps} steps, CFG {config.guidance_scale:g})": model_method(
-            config.stage1, config.stage1_steps, config.guidance_scale, config, device
-        ),
-        f"stage 2 ({config.stage2_steps} steps, no CFG)": model_method(
-            config.stage2, config.stage2_steps, None, config, device
-        ),
-        "OpenCV Telea (per frame)": lambda clip: telea(clip.frames, region(clip), config.telea_radius),
-        "temporal median fill": lambda clip: temporal_median(clip.frames, region(clip), config.telea_radius),
-    }
+    stage1 = model_method(config.stage1, config.stage1_steps, config.guidance_scale, config, device)
+    chosen = {f"stage 1 ({config.stage1_steps} steps, CFG {config.guidance_scale:g})": stage1}
+    if config.stage2:
+        stage2 = model_method(config.stage2, config.stage2_steps, None, config, device)
+        chosen[f"stage 2 ({config.stage2_steps} steps, no CFG)"] = stage2
+    chosen["OpenCV Telea (per frame)"] = lambda clip: telea(clip.frames, region(clip), config.telea_radius)
+    chosen["temporal median fill"] = lambda clip: temporal_median(clip.frames, region(clip), config.telea_radius)
+    return chosen
 
 
 def table(results: dict[str, list[Scores]], config: EvalConfig) -> str:

@@ -18,7 +18,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from runtime.models.vae import RELEASED_VAE, TemporalCache, WanVAE
+from runtime.models.vae import (
+    RELEASED_VAE,
+    Downsample,
+    FrameAttention,
+    ResidualBlock,
+    TemporalCache,
+    Upsample,
+    WanVAE,
+)
 from training.data import ClipSpec, SyntheticSource, random_shape_masks
 from training.latents import use_channels_last
 from training.trainer import (
@@ -84,6 +92,64 @@ class VAEObjective(nn.Module):
         return (decoded - video).abs().mean() + (decoded - video).square().mean() + self.kl_weight * kl
 
 
+def _pass_through(conv: nn.Module, channels: range, tap: tuple[int, ...], gain: float = 1.0) -> None:
+    """conv's output channel i copies input channel i at kernel position `tap` (others untouched)."""
+    for i in channels:
+        conv.weight[(i, i, *tap)] = gain
+
+
+def block_average_init(vae: WanVAE, carrier: float = 50.0, scale: float = 0.01) -> None:
+    """Start the VAE as a block-average autoencoder instead of from noise (a tiny VAE trained from noise
+    for minutes still outputs flat grey: the per-pixel RMS norms make colour a direction, which takes
+    long to learn).
+
+    Every convolution keeps 1 % of its random init (none from channel 0); on top, channels 1-3 carry RGB
+    through the whole network: residual branches start at zero (their second conv), attention outputs at zero, shortcuts
+    and upsamplers copy channels, downsamplers average 2x2 pixels and 2 frames, upsamplers repeat them.
+    Channel 0 carries a large constant, so every RMS norm divides by about the same number and the
+    following SiLU is nearly linear; the last convolutions undo that scale. At the start latent
+    channels 0-2 hold the 8x8x4-block average colour and the decoder repeats it; training adds detail
+    through the remaining 13 latent channels and the residual branches."""
+    with torch.no_grad():
+        for module in vae.modules():
+            if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+                module.weight.mul_(scale)
+                module.weight[:, 0] = 0.0  # the constant carrier feeds nothing but itself
+                module.bias.zero_()
+        for module in vae.modules():
+            if isinstance(module, ResidualBlock):
+                module.conv2.weight.zero_()
+                if module.conv_shortcut is not None:
+                    _pass_through(module.conv_shortcut, range(module.conv_shortcut.in_channels), (0, 0, 0))
+            elif isinstance(module, FrameAttention):
+                module.proj.weight.zero_()
+            elif isinstance(module, Downsample):
+                conv = module.resample[1]
+                for tap in ((0, 0), (0, 1), (1, 0), (1, 1)):
+                    _pass_through(conv, range(conv.in_channels), tap, 0.25)
+                if module.time_conv is not None:  # windows [past, x0, x1] -> (x0 + x1) / 2
+                    for tap in ((1, 0, 0), (2, 0, 0)):
+                        _pass_through(module.time_conv, range(module.time_conv.in_channels), tap, 0.5)
+            elif isinstance(module, Upsample):
+                conv = module.resample[1]
+                _pass_through(conv, range(conv.out_channels), (1, 1))
+                if module.time_conv is not None:  # both output frames of a pair copy the input frame
+                    dim = module.time_conv.in_channels
+                    for i in range(dim):
+                        module.time_conv.weight[i, i, 2, 0, 0] = module.time_conv.weight[dim + i, i, 2, 0, 0] = 1.0
+        for conv in (vae.quant_conv, vae.post_quant_conv):
+            _pass_through(conv, range(conv.in_channels), (0, 0, 0))
+        centre = (2, 1, 1)  # a 3x3x3 causal conv: the current frame, the centre pixel
+        for conv_in in (vae.encoder.conv_in, vae.decoder.conv_in):
+            for c in range(3):
+                conv_in.weight[(c + 1, c, *centre)] = 1.0
+            conv_in.bias[0] = carrier
+        for conv_out in (vae.encoder.conv_out, vae.decoder.conv_out):  # latent channels 0-2 / RGB out
+            gain = 2.0 * carrier / conv_out.in_channels**0.5  # undoes the norm (1 / carrier) and SiLU (1 / 2)
+            for c in range(3):
+                conv_out.weight[(c, c + 1, *centre)] = gain
+
+
 def training_video(config: VAETrainConfig, source: SyntheticSource, step: int, index: int) -> Tensor:
     """One training sample [3, F, crop, crop] in [-1, 1]: a random crop of a rendered clip, with or
     without its objects, sometimes with a hole cut out or replaced by its mask video."""
@@ -128,9 +194,11 @@ def train_vae(config: VAETrainConfig, dist: Distributed) -> Path:
         latents_std=(1.0,) * RELEASED_VAE.z_dim,
     )
     torch.manual_seed(config.seed)
-    vae = use_channels_last(WanVAE(vae_config).to(dist.device).train())
+    vae = WanVAE(vae_config)
+    block_average_init(vae)
     with torch.no_grad():  # quant_conv's second half is the log-variance
         vae.quant_conv.bias[vae_config.z_dim :] = config.initial_logvar
+    vae = use_channels_last(vae.to(dist.device).train())
     objective = wrap_ddp(VAEObjective(vae, config.kl_weight), dist)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=0.0)
     source = SyntheticSource(ClipSpec(config.num_frames, config.clip_height, config.clip_width, seed=config.seed))
