@@ -211,3 +211,31 @@ def test_config_errors_name_the_key(tmp_path):
         [sys.executable, "-m", "training.stage1", "--config", str(path)], cwd=REPO, capture_output=True, text=True
     )
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "batch_sise" in result.stderr
+
+
+def test_block_average_init_is_an_8x8x4_average_autoencoder():
+    """At step 0 the VAE reproduces each 8x8 block's average colour (the oracle: average pooling,
+    repeated back), before any training."""
+    from training.train_vae import block_average_init
+
+    vae = WanVAE(replace(RELEASED_VAE, base_dim=8, num_res_blocks=1, latents_mean=(0.0,) * 16, latents_std=(1.0,) * 16))
+    block_average_init(vae)
+    frame = torch.from_numpy(SyntheticSource(ClipSpec(1, 32, 48, seed=4))(0).frames).permute(3, 0, 1, 2)
+    video = frame[None].float() / 127.5 - 1.0
+    with torch.no_grad():
+        decoded = vae.decode(vae.encode(video))[0, :, 0]
+    block_means = torch.nn.functional.avg_pool2d(video[0, :, 0], 8).repeat_interleave(8, 1).repeat_interleave(8, 2)
+    assert (decoded - block_means).abs().mean() < 0.02 < (video[0, :, 0] - block_means).abs().mean()
+
+
+def test_make_demo_installs_a_checkpoint_in_fp16(stage1_run, tmp_path):
+    from safetensors import safe_open
+
+    from training.make_demo import install_weights
+
+    target = tmp_path / "weights"
+    install_weights(stage1_run / "checkpoint", target)
+    with safe_open(str(target / "transformer" / "diffusion_pytorch_model.safetensors"), "pt") as handle:
+        assert all(handle.get_tensor(key).dtype == torch.float16 for key in handle.keys())
+    remover = Remover.from_pretrained(target, "cpu", "fp32")
+    assert remover.transformer.config.num_condition_tokens == 2
