@@ -7,7 +7,7 @@ each from its own (seed, step, index) generator; a step's random crop size is sh
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +103,7 @@ def frozen_vae(folder: Path, device: torch.device) -> WanVAE:
 
 def prepare_latent_set(data: DataSettings, vae: WanVAE, dist: Distributed) -> LatentSet:
     """The stage's latent set: loaded from the cache, or encoded by rank 0 and cached for the others."""
-    settings = {key: value for key, value in data.__dict__.items() if key != "cache_dir"}
+    settings = {key: value for key, value in asdict(data).items() if key != "cache_dir"}
     path = Path(data.cache_dir) / f"latents-{cache_key(settings, vae)}.pt"
     if dist.is_main and not path.is_file():
         spec = ClipSpec(data.num_frames, data.height, data.width, data.seed, max_dilation=data.max_dilation)

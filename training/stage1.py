@@ -117,7 +117,9 @@ class FlowBatch:
         return FlowBatch(*(t.to(device) for t in (self.target, self.context, self.noise, self.sigma, self.condition)))
 
 
-def stage1_sample(config: Stage1Config, latents: LatentSet, step: int, index: int, size: tuple[int, int]):
+def stage1_sample(
+    config: Stage1Config, latents: LatentSet, step: int, index: int, size: tuple[int, int]
+) -> tuple[Tensor, Tensor, Tensor, float, int]:
     """One sample: (target, context, noise, sigma, condition) for sample `index` of `step`."""
     rng = sample_rng(config.seed, step, index)
     clip = int(rng.integers(len(latents)))

@@ -23,11 +23,13 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 import torch.distributed as torch_dist
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from runtime.errors import RemoverError
-from runtime.models.config import config_from_dict
+from runtime.models.config import config_from_dict, write_config
+from runtime.weights import WEIGHTS_NAME
 
 ConfigT = TypeVar("ConfigT")
 STATE_NAME = "state.pt"
@@ -146,11 +148,6 @@ def teardown_distributed() -> None:
 def save_model_folder(folder: Path, model: nn.Module, class_name: str, dtype: torch.dtype = torch.float32) -> None:
     """One model's released-layout folder (config.json + safetensors), as `runtime.weights.save_checkpoint`
     writes each part; for parts saved on their own (the trained VAE, a converted transformer)."""
-    from safetensors.torch import save_file
-
-    from runtime.models.config import write_config
-    from runtime.weights import WEIGHTS_NAME
-
     write_config(model.config, folder / "config.json", class_name)
     tensors = {key: value.detach().to("cpu", dtype).contiguous() for key, value in model.state_dict().items()}
     save_file(tensors, str(folder / WEIGHTS_NAME))
