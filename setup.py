@@ -7,7 +7,10 @@ setup(
     version="0.1.0",
     description="Fast, lean video object removal with MiniMax-Remover (Wan2.1 DiT, 6 steps, no CFG)",
     packages=find_packages(include=["runtime*", "kernels*", "export*", "training*", "bench*"]),
-    package_data={"runtime": ["demo/*.mp4", "demo/weights/*/*.json", "demo/weights/*/*.safetensors"]},
+    package_data={
+        "runtime": ["demo/*.mp4", "demo/weights/*/*.json", "demo/weights/*/*.safetensors"],
+        "training": ["configs/*.json"],
+    },
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "safetensors", "av", "tqdm", "pillow"],
     extras_require={
@@ -17,7 +20,7 @@ setup(
         "export": ["onnx", "onnxruntime"],
         "gpu": ["flash-attn", "nvidia-ml-py", "triton>=3.5"],
         "tensorrt": ["tensorrt"],
-        "train": [],
+        "train": ["opencv-python-headless"],
     },
     entry_points={"console_scripts": ["minimax-remover=runtime.run:main"]},
 )
