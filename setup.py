@@ -16,7 +16,14 @@ setup(
     extras_require={
         # diffusers at the version the released checkpoint was written with: an independent oracle
         # triton: the fused kernels (tests run them in its CPU interpreter); Linux wheels; 3.5+ for triton.knobs
-        "test": ["pytest", "ruff", "diffusers==0.33.1", "triton>=3.5; platform_system == 'Linux'"],
+        # opencv: the Telea baseline the training tests evaluate against
+        "test": [
+            "pytest",
+            "ruff",
+            "diffusers==0.33.1",
+            "triton>=3.5; platform_system == 'Linux'",
+            "opencv-python-headless",
+        ],
         "export": ["onnx", "onnxruntime"],
         "gpu": ["flash-attn", "nvidia-ml-py", "triton>=3.5"],
         "tensorrt": ["tensorrt"],
