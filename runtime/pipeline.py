@@ -246,13 +246,19 @@ class Remover:
         """Masked video and mask video -> context latents [1, 2 z_dim, T', h, w] in the model dtype.
 
         video [3, F, H, W] in [-1, 1]; mask [F, H, W] in {0, 1}. The hole of the masked video is 0
-        (mid-grey) and the mask video is 2 m - 1; both go through the VAE as one batch of two.
+        (mid-grey) and the mask video is 2 m - 1. They go through the VAE one after the other, not as a
+        batch of two, so only one stream's causal cache (most of the encoder's memory) is held at a time.
         """
-        pair = torch.stack([video * (1.0 - mask), (2.0 * mask - 1.0).expand_as(video)])
-        chunks = self.vae.video_chunks(video.shape[1])
-        latents = [z for z in tqdm(self.vae.iter_encode(pair), total=len(chunks), desc="encode", disable=not progress)]
-        masked_latents, mask_latents = torch.cat(latents, dim=2).to(self.dtype)
-        return torch.cat([masked_latents, mask_latents])[None]
+        chunks = len(self.vae.video_chunks(video.shape[1]))
+        latents = []
+        with tqdm(total=2 * chunks, desc="encode", disable=not progress) as bar:
+            for source in (video * (1.0 - mask), (2.0 * mask - 1.0).expand_as(video)):
+                parts = []
+                for z in self.vae.iter_encode(source[None]):
+                    parts.append(z)
+                    bar.update()
+                latents.append(torch.cat(parts, dim=2).to(self.dtype))
+        return torch.cat(latents, dim=1)
 
     def denoise(
         self,

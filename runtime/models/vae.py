@@ -5,11 +5,17 @@ later chunks are whole latent frames (4 video frames each by default). Every cau
 the last input frames it needs in a caller-owned `TemporalCache`, so activations never hold more
 than one chunk and peak memory does not grow with the clip's length. Streaming computes exactly
 what a causal pass over the whole clip computes.
+
+Inside a chunk, frames also go through the layers one at a time wherever the frame rate allows:
+the decoder runs depth first (each frame a temporal upsampler makes goes through all later layers
+before the next one), the encoder runs its layers before the first temporal downsampler frame by
+frame. That is exact for the same reason and keeps one frame of activations at the high resolutions
+instead of four; what stays is the cache itself (the last frames of every causal layer's input).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -175,6 +181,32 @@ def per_frame(layer: nn.Module, x: Tensor) -> Tensor:
     return y.unflatten(0, (batch, frames)).transpose(1, 2)
 
 
+CausalLayer = Callable[[Tensor, TemporalCache], Tensor]
+
+
+def frame_by_frame(layers: Sequence[CausalLayer], x: Tensor, cache: TemporalCache) -> Tensor:
+    """Run causal, frame-rate-preserving layers on x [B, C, T, H, W] one frame at a time (each frame
+    through all of them before the next): the result of whole-chunk calls, with a T-th of the activations."""
+    frames = []
+    for t in range(x.shape[2]):
+        frame = x[:, :, t : t + 1]
+        for layer in layers:
+            frame = layer(frame, cache)
+        frames.append(frame)
+    return torch.cat(frames, dim=2)
+
+
+def depth_first(layers: Sequence[CausalLayer], x: Tensor, cache: TemporalCache) -> Tensor:
+    """Run causal layers that keep or multiply the frame count, splitting into single frames as soon as
+    a layer returns more than one, so every later layer sees one frame at a time."""
+    for index, layer in enumerate(layers):
+        x = layer(x, cache)
+        if x.shape[2] > 1:
+            rest = layers[index + 1 :]
+            return torch.cat([depth_first(rest, x[:, :, t : t + 1], cache) for t in range(x.shape[2])], dim=2)
+    return x
+
+
 class Downsample(nn.Module):
     """Halve height and width; with `temporal`, also halve time (the first frame passes through alone)."""
 
@@ -183,8 +215,12 @@ class Downsample(nn.Module):
         self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
         self.time_conv = nn.Conv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1)) if temporal else None
 
-    def forward(self, x: Tensor, cache: TemporalCache) -> Tensor:
-        x = per_frame(self.resample, x)
+    def downscale(self, x: Tensor, cache: TemporalCache) -> Tensor:
+        """The spatial half, frame by frame (`cache` unused: the signature of a causal layer)."""
+        return per_frame(self.resample, x)
+
+    def halve_time(self, x: Tensor, cache: TemporalCache) -> Tensor:
+        """The temporal half (identity when not temporal)."""
         if self.time_conv is None:
             return x
         past = cache.frames.get(self.time_conv)
@@ -192,6 +228,9 @@ class Downsample(nn.Module):
         if past is None:  # first chunk: one frame, kept as it is
             return x
         return self.time_conv(torch.cat([past, x], dim=2))
+
+    def forward(self, x: Tensor, cache: TemporalCache) -> Tensor:
+        return self.halve_time(self.downscale(x, cache), cache)
 
 
 class Upsample(nn.Module):
@@ -206,14 +245,19 @@ class Upsample(nn.Module):
         )
         self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1)) if temporal else None
 
-    def forward(self, x: Tensor, cache: TemporalCache) -> Tensor:
-        if self.time_conv is not None:
-            if self.time_conv not in cache.frames:  # first chunk: one frame; later frames start from zeros
-                batch, channels, _, height, width = x.shape
-                cache.frames[self.time_conv] = x.new_zeros(batch, channels, self.time_conv.context, height, width)
-            else:
-                pairs = self.time_conv(x, cache).unflatten(1, (2, -1))  # [B, 2, C, T, H, W]
-                x = pairs.permute(0, 2, 3, 1, 4, 5).flatten(2, 3)  # interleave -> [B, C, 2T, H, W]
+    def double_time(self, x: Tensor, cache: TemporalCache) -> Tensor:
+        """The temporal half (identity when not temporal)."""
+        if self.time_conv is None:
+            return x
+        if self.time_conv not in cache.frames:  # first chunk: one frame; later frames start from zeros
+            batch, channels, _, height, width = x.shape
+            cache.frames[self.time_conv] = x.new_zeros(batch, channels, self.time_conv.context, height, width)
+            return x
+        pairs = self.time_conv(x, cache).unflatten(1, (2, -1))  # [B, 2, C, T, H, W]
+        return pairs.permute(0, 2, 3, 1, 4, 5).flatten(2, 3)  # interleave -> [B, C, 2T, H, W]
+
+    def upscale(self, x: Tensor, cache: TemporalCache) -> Tensor:
+        """The spatial half, frame by frame (`cache` unused: the signature of a causal layer)."""
         return per_frame(self.resample, x)
 
 
@@ -228,10 +272,11 @@ class UpBlock(nn.Module):
         if upsample is not None:
             self.upsamplers = nn.ModuleList([Upsample(out_dim, temporal=upsample == "3d")])
 
-    def forward(self, x: Tensor, cache: TemporalCache) -> Tensor:
-        for resnet in self.resnets:
-            x = resnet(x, cache)
-        return x if self.upsamplers is None else self.upsamplers[0](x, cache)
+    def layers(self) -> list[CausalLayer]:
+        """The block as a sequence of causal layers (the decoder runs them depth first)."""
+        if self.upsamplers is None:
+            return [*self.resnets]
+        return [*self.resnets, self.upsamplers[0].double_time, self.upsamplers[0].upscale]
 
 
 class Encoder(nn.Module):
@@ -252,10 +297,20 @@ class Encoder(nn.Module):
         self.mid_block = MidBlock(dims[-1])
         self.norm_out = ChannelRMSNorm(dims[-1], 3)
         self.conv_out = CausalConv3d(dims[-1], 2 * config.z_dim, 3, spatial_padding=1)
+        # the layers at the full frame rate: up to the first downsampler that halves time
+        self.full_rate = next(
+            (i for i, layer in enumerate(layers) if isinstance(layer, Downsample) and layer.time_conv is not None),
+            len(layers),
+        )
 
     def forward(self, x: Tensor, cache: TemporalCache) -> Tensor:
-        x = self.conv_in(x, cache)
-        for layer in self.down_blocks:
+        full_rate: list[CausalLayer] = [self.conv_in, *self.down_blocks[: self.full_rate]]
+        rest = list(self.down_blocks[self.full_rate :])
+        if rest:  # the first temporal downsampler: its spatial half still runs frame by frame
+            full_rate.append(rest[0].downscale)
+            rest[0] = rest[0].halve_time
+        x = frame_by_frame(full_rate, x, cache)
+        for layer in rest:
             x = layer(x, cache)
         x = self.mid_block(x, cache)
         return self.conv_out(F.silu(self.norm_out(x)), cache)
@@ -282,11 +337,15 @@ class Decoder(nn.Module):
         self.norm_out = ChannelRMSNorm(dims[-1], 3)
         self.conv_out = CausalConv3d(dims[-1], 3, 3, spatial_padding=1)
 
-    def forward(self, z: Tensor, cache: TemporalCache) -> Tensor:
-        x = self.mid_block(self.conv_in(z, cache), cache)
-        for block in self.up_blocks:
-            x = block(x, cache)
+    def output(self, x: Tensor, cache: TemporalCache) -> Tensor:
+        """The last layer: RMSNorm, SiLU, causal conv to RGB."""
         return self.conv_out(F.silu(self.norm_out(x)), cache)
+
+    def forward(self, z: Tensor, cache: TemporalCache) -> Tensor:
+        layers: list[CausalLayer] = [self.conv_in, self.mid_block]
+        for block in self.up_blocks:
+            layers += block.layers()
+        return depth_first([*layers, self.output], z, cache)
 
 
 # --- the model ----------------------------------------------------------------------------------
