@@ -2,6 +2,9 @@
 
 from setuptools import find_packages, setup
 
+# onnxscript: torch.onnx's exporter and its graph optimizer
+EXPORT = ["onnx", "onnxruntime", "onnxscript"]
+
 setup(
     name="minimax-remover-runtime",
     version="0.1.0",
@@ -12,8 +15,8 @@ setup(
     install_requires=["torch>=2.4", "numpy", "safetensors", "av", "tqdm", "pillow"],
     extras_require={
         # diffusers at the version the released checkpoint was written with: an independent oracle
-        "test": ["pytest", "ruff", "diffusers==0.33.1"],
-        "export": ["onnx", "onnxruntime"],
+        "test": ["pytest", "ruff", "diffusers==0.33.1", *EXPORT],  # the export tests run the bundles
+        "export": EXPORT,
         "gpu": ["flash-attn", "nvidia-ml-py"],
         "tensorrt": ["tensorrt"],
         "train": [],
