@@ -104,10 +104,10 @@ class DiTSampler(nn.Module):
 
 
 @contextmanager
-def rope_for_any_frame_count(transformer: RemoverTransformer, max_grid: tuple[int, int, int]) -> Iterator[None]:
-    """While exporting with a dynamic frame axis: tokens are frame-major, so the rotary tables of
-    T frames are the first T*h*w rows of the tables of max_grid; the graph slices constant tables
-    instead of computing angles (in float64, which TensorRT lacks) from a symbolic size."""
+def constant_rope(transformer: RemoverTransformer, max_grid: tuple[int, int, int]) -> Iterator[None]:
+    """While exporting: the rotary tables are fp32 constants of the graph, never computed in it (the
+    angles are float64, which TensorRT lacks). Tokens are frame-major, so with a dynamic frame axis
+    the tables of T frames are the first T*h*w rows of the tables of `max_grid`."""
     cos, sin = rope_cos_sin(max_grid, transformer.config.attention_head_dim, transformer.proj_out.weight.device)
     transformer.rope = lambda grid, device: (cos[: math.prod(grid)], sin[: math.prod(grid)])
     try:
