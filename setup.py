@@ -2,8 +2,8 @@
 
 from setuptools import find_packages, setup
 
-# onnxscript: torch.onnx's exporter and its graph optimizer
-EXPORT = ["onnx", "onnxruntime", "onnxscript"]
+# onnxscript: torch.onnx's exporter and its constant folding; onnx-ir: the graph passes export/onnx.py runs
+EXPORT = ["onnx", "onnx-ir", "onnxruntime", "onnxscript"]
 
 setup(
     name="minimax-remover-runtime",

@@ -60,3 +60,14 @@ def relative_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
 def fresh_seed() -> int:
     """A seed drawn fresh for each run (tests report it so a failure can be replayed)."""
     return int.from_bytes(os.urandom(4), "little")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An fp32 engine bundle (ONNX graphs + AOTInductor packages) of the fixture checkpoint for its
+    clip size (9 frames at 96x64), exported once per session: the AOTInductor compiles take minutes."""
+    from export.onnx import build_bundle
+
+    bundle = tmp_path_factory.mktemp("bundles") / "tiny"
+    build_bundle(checkpoint, bundle, height=64, width=96, frames=9, precision="fp32", aoti=True, log=lambda _: None)
+    return bundle
