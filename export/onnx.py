@@ -25,6 +25,8 @@ from torch import Tensor
 
 from export.aoti import compile_package
 from export.graphs import LATENT_FRAMES_AXIS, ExportGraph, constant_rope, dit_graphs, vae_graphs
+from kernels import TORCH_KERNELS
+from runtime.attention import SDPA
 from runtime.bundle import GRAPHS, PRECISIONS, GraphSpec, Manifest, checkpoint_sha256
 from runtime.engines import open_graph
 from runtime.errors import RemoverError
@@ -169,6 +171,7 @@ def build_bundle(
     scheduler = load_scheduler_config(paths.scheduler)
     schedule = make_sampler(sampler, scheduler, steps)
     transformer = load_transformer(paths.transformer, device, dtype)
+    transformer.use_backends(TORCH_KERNELS, SDPA)  # the PyTorch path: plain ops ONNX and Inductor trace
     vae_model = load_vae(paths.vae, device, dtype)
     config = vae_model.config
     if frames < 1 or (frames - 1) % config.temporal_factor:

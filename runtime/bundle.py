@@ -265,10 +265,11 @@ def checkpoint_sha256(paths: CheckpointPaths) -> str:
 class BundleStages(Stages):
     """The pipeline's heavy stages on a bundle's graphs, run by one backend."""
 
-    def __init__(self, manifest: Manifest, graphs: dict[str, Graph], device: torch.device) -> None:
+    def __init__(self, manifest: Manifest, graphs: dict[str, Graph], device: torch.device, backend: str) -> None:
         self.manifest = manifest
         self.graphs = graphs
         self.device = device
+        self.backend = backend
         self.transformer_config = manifest.transformer
         self.vae_config = manifest.vae
 
@@ -303,11 +304,16 @@ class BundleStages(Stages):
             if name not in artifacts["files"]:
                 raise RemoverError(f"{folder}: the {kind} artifacts lack the graph {name!r}")
             graphs[name] = open_graph(backend, folder / artifacts["files"][name], name, manifest.graphs[name], device)
-        return cls(manifest, graphs, device)
+        return cls(manifest, graphs, device, backend)
 
     @property
     def default_size(self) -> tuple[int, int]:
         return self.manifest.height, self.manifest.width
+
+    @property
+    def backends(self) -> str:
+        """What runs the bundle's graphs, in which precision: "bundle onnxruntime, fp16"."""
+        return f"bundle {self.backend}, {self.manifest.precision}"
 
     def check_size(self, frames: int, height: int, width: int) -> None:
         m = self.manifest

@@ -9,6 +9,7 @@ The three heavy stages run on PyTorch modules (`from_pretrained`) or on an expor
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -20,7 +21,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from kernels import TORCH_KERNELS, TRITON_KERNELS, KernelOps, triton_support
 from runtime import composite
+from runtime.attention import select_attention
 from runtime.errors import RemoverError
 from runtime.preprocess import (
     as_frames,
@@ -37,6 +40,10 @@ from runtime.stages import Stages, TorchStages, denoise_loop
 from runtime.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+KERNELS_ENV = "RUNTIME_KERNELS"
+KERNEL_CHOICES = ("auto", "triton", "torch")
+# The denoising step's model call, optionally compiled (gpt-fast style: around the model, not in it)
+COMPILE_MODES = {"off": None, "inductor": "default", "cuda-graphs": "reduce-overhead"}
 
 
 class EmptyMaskWarning(UserWarning):
@@ -64,6 +71,37 @@ def encoder_batch(video: Tensor, mask: Tensor) -> Tensor:
     return torch.stack([video * (1.0 - mask), (2.0 * mask - 1.0).expand_as(video)])
 
 
+def resolve_kernels(choice: str | None, device: torch.device) -> KernelOps:
+    """The transformer's fused steps: `choice` ("auto", "triton", "torch"), else $RUNTIME_KERNELS, else
+    "auto" = Triton on CUDA (when installed), the PyTorch references elsewhere."""
+    choice = choice or os.environ.get(KERNELS_ENV) or "auto"
+    if choice not in KERNEL_CHOICES:
+        raise RemoverError(f"unknown kernels {choice!r} (argument or ${KERNELS_ENV}); choose one of {KERNEL_CHOICES}")
+    if choice == "auto":
+        compiled = device.type == "cuda" and triton_support.AVAILABLE and not triton_support.INTERPRETED
+        return TRITON_KERNELS if compiled else TORCH_KERNELS
+    if choice == "torch":
+        return TORCH_KERNELS
+    if not triton_support.AVAILABLE:
+        raise RemoverError("kernels 'triton' need the triton package (pip install triton)")
+    if device.type == "cpu" and not triton_support.INTERPRETED:
+        raise RemoverError(
+            "kernels 'triton' on the CPU run only in Triton's interpreter: start with TRITON_INTERPRET=1 "
+            "(slow, meant for tests), or use kernels 'torch'"
+        )
+    if device.type not in ("cuda", "cpu"):
+        raise RemoverError(f"kernels 'triton' need a CUDA device, not {device.type}")
+    return TRITON_KERNELS
+
+
+def check_compile_mode(mode: str, device: torch.device) -> None:
+    """A RemoverError unless `mode` is one of COMPILE_MODES and can run on `device`."""
+    if mode not in COMPILE_MODES:
+        raise RemoverError(f"unknown compile mode {mode!r}; choose one of {sorted(COMPILE_MODES)}")
+    if mode == "cuda-graphs" and device.type != "cuda":
+        raise RemoverError("compile mode 'cuda-graphs' needs a CUDA device")
+
+
 class Remover:
     """The MiniMax-Remover pipeline. Build it with `Remover.from_pretrained` (PyTorch modules) or
     `Remover.from_bundle` (an exported engine bundle)."""
@@ -76,6 +114,7 @@ class Remover:
         device: torch.device,
         dtype: torch.dtype,
         sampler: str = "unipc",
+        compile_mode: str = "off",
     ) -> None:
         self.stages = stages
         self.scheduler = scheduler
@@ -83,6 +122,20 @@ class Remover:
         self.dtype = dtype
         self.sampler = sampler
         self.timings: dict[str, float] = {}  # seconds per stage of the last call
+        check_compile_mode(compile_mode, device)
+        self.compile_mode = compile_mode
+        self._velocity = self._model_velocity
+        if COMPILE_MODES[compile_mode] is not None:  # static shapes: one graph per clip size
+            self._velocity = torch.compile(
+                self._model_velocity, mode=COMPILE_MODES[compile_mode], fullgraph=True, dynamic=False
+            )
+
+    @property
+    def backends(self) -> str:
+        """What runs the model, for the run summary: "attention sdpa (flash), kernels torch" (PyTorch
+        modules) or "bundle onnxruntime, fp16" (an engine bundle)."""
+        summary = self.stages.backends
+        return summary if self.compile_mode == "off" else f"{summary}, compile {self.compile_mode}"
 
     @classmethod
     def from_pretrained(
@@ -93,15 +146,44 @@ class Remover:
         *,
         vae: str | Path | None = None,
         sampler: str = "unipc",
+        kernels: str | None = None,
+        attention: str | None = None,
+        compile_mode: str = "off",
     ) -> Remover:
-        """Load a released checkpoint folder, or a single-file repack with `vae` naming the VAE's folder."""
+        """Load a released checkpoint folder, or a single-file repack with `vae` naming the VAE's folder.
+
+        `kernels` ("auto", "triton", "torch"; default $RUNTIME_KERNELS or "auto") and `attention`
+        ("auto", "flash-attn", "sdpa", "math"; default $RUNTIME_ATTENTION or "auto") choose what runs
+        the transformer; `compile_mode` ("off", "inductor", "cuda-graphs") compiles its per-step call.
+        """
         device = torch.device(device) if device is not None else default_device()
         dtype = resolve_dtype(dtype, device)
         paths = locate_checkpoint(path, vae)
         scheduler = load_scheduler_config(paths.scheduler)
-        make_sampler(sampler, scheduler, 1)  # fail early on a bad sampler name
-        stages = TorchStages(load_transformer(paths.transformer, device, dtype), load_vae(paths.vae, device, dtype))
-        return cls(stages, scheduler, device=device, dtype=dtype, sampler=sampler)
+        make_sampler(sampler, scheduler, 1)  # fail early on a bad sampler name, kernels or compile mode
+        kernel_ops = resolve_kernels(kernels, device)
+        check_compile_mode(compile_mode, device)
+        transformer = load_transformer(paths.transformer, device, dtype)
+        config = transformer.config
+        transformer.use_backends(
+            kernel_ops,
+            select_attention(
+                attention,
+                device,
+                dtype,
+                heads=config.num_attention_heads,
+                head_dim=config.attention_head_dim,
+                num_conditions=config.num_condition_tokens,
+            ),
+        )
+        return cls(
+            TorchStages(transformer, load_vae(paths.vae, device, dtype)),
+            scheduler,
+            device=device,
+            dtype=dtype,
+            sampler=sampler,
+            compile_mode=compile_mode,
+        )
 
     @classmethod
     def from_bundle(
@@ -221,23 +303,27 @@ class Remover:
         """Run the sampler from noise [1, z_dim, T', h, w] (fp32) to clean latents (fp32), the model
         seeing noisy latents | context latents. With `guidance_scale`, each step is one batched call
         for the remove (0) and regenerate (1) tokens: v = v_neg + g (v_pos - v_neg)."""
-        has_tokens = self.stages.transformer_config.num_condition_tokens > 0
-        if guidance_scale is not None and not has_tokens:
+        if guidance_scale is not None and not self.stages.transformer_config.num_condition_tokens:
             raise RemoverError("guidance_scale needs a model with condition tokens")
-        sampler = make_sampler(self.sampler, self.scheduler, num_steps)
         if guidance_scale is None:
             unrolled = self.stages.unrolled_sampler(self.sampler, num_steps)
             if unrolled is not None:
                 return unrolled(noise, context)
-            condition = 0 if has_tokens else None
-            return denoise_loop(lambda x, t: self.stages.velocity(x, t, condition), sampler, noise, context, progress)
+        sampler = make_sampler(self.sampler, self.scheduler, num_steps)
+        return denoise_loop(lambda x, t: self._velocity(x, t, guidance_scale), sampler, noise, context, progress)
 
-        def guided(model_input: Tensor, timestep: Tensor) -> Tensor:
-            both = self.stages.velocity(model_input.expand(2, -1, -1, -1, -1), timestep.expand(2), torch.tensor([0, 1]))
-            positive, negative = both.float().chunk(2)
-            return negative + guidance_scale * (positive - negative)
-
-        return denoise_loop(guided, sampler, noise, context, progress)
+    def _model_velocity(self, model_input: Tensor, timestep: Tensor, guidance_scale: float | None) -> Tensor:
+        """One step's velocity (the function `compile_mode` compiles): the model on noisy | context
+        latents [1, C, T', h, w] at timestep [1]; with guidance, the remove and regenerate tokens as
+        one batch of two."""
+        if not self.stages.transformer_config.num_condition_tokens:
+            return self.stages.velocity(model_input, timestep)
+        if guidance_scale is None:
+            return self.stages.velocity(model_input, timestep, 0)
+        conditions = torch.tensor([0, 1], device=self.device)
+        both = self.stages.velocity(model_input.expand(2, -1, -1, -1, -1), timestep.expand(2), conditions)
+        positive, negative = both.float().chunk(2)
+        return negative + guidance_scale * (positive - negative)
 
     def decode(self, latents: Tensor, progress: bool = False) -> np.ndarray:
         """Clean latents [1, z_dim, T', h, w] -> float32 frames [F, H, W, 3] in [0, 1], streamed to host."""

@@ -71,6 +71,11 @@ class Stages(ABC):
         """The (height, width) a call uses when the caller gives neither (None: derive it from the input)."""
         return None
 
+    @property
+    @abstractmethod
+    def backends(self) -> str:
+        """What runs the stages, for the run summary."""
+
 
 class TorchStages(Stages):
     """The stages on the PyTorch modules (any shape, condition tokens and guidance supported)."""
@@ -89,3 +94,8 @@ class TorchStages(Stages):
 
     def iter_decode(self, latents: Tensor) -> Iterator[Tensor]:
         return self.vae.iter_decode(latents)
+
+    @property
+    def backends(self) -> str:
+        """The transformer's attention backend and kernels: "attention sdpa (flash), kernels torch"."""
+        return f"attention {self.transformer.attention_backend.name}, kernels {self.transformer.kernels.name}"

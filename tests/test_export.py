@@ -161,7 +161,7 @@ def test_bundle_for_another_size_or_frame_count_is_a_clear_error(tiny_bundle, fi
 def test_dynamic_frame_bundles_take_up_to_their_frame_count(tiny_bundle):
     manifest = read_manifest(tiny_bundle)
     manifest.dynamic_frames = True
-    stages = BundleStages(manifest, {}, CPU)
+    stages = BundleStages(manifest, {}, CPU, "onnxruntime")
     for frames in (1, 5, 9):
         stages.check_size(frames, 64, 96)
     with pytest.raises(RemoverError, match="at most 9 frames"):

@@ -12,10 +12,9 @@ from conftest import fresh_seed, relative_error
 from export.graphs import dit_graphs
 from export.onnx import export_program, write_onnx
 from runtime.engines import open_graph
-from runtime.models.transformer import RemoverTransformer
+from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
 from runtime.scheduler import RELEASED_SCHEDULER
 from runtime.weights import load_transformer
-from training.make_demo import TINY_TRANSFORMER
 
 pytestmark = pytest.mark.slow  # each export traces and translates the transformer (tens of seconds)
 
@@ -68,7 +67,8 @@ def test_bf16_graph_is_valid_onnx(checkpoint, tmp_path):
 
 
 def test_condition_token_models_export_with_the_remove_token_baked_in(tmp_path):
-    config = replace(TINY_TRANSFORMER, num_condition_tokens=6)
+    tiny = {"num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 48, "num_layers": 2}
+    config = replace(RELEASED_TRANSFORMER, **tiny, num_condition_tokens=6)
     torch.manual_seed(fresh_seed())
     transformer = RemoverTransformer(config).eval().requires_grad_(False)
     transformer.cache_condition_kv()
