@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 import torch.utils
+from conftest import NEEDS_AOTI
 
 from runtime.pipeline import encoder_batch
 from runtime.preprocess import prepare_masks, prepare_video
 
-pytestmark = pytest.mark.slow  # a C++ build and the session bundle's AOTInductor compiles
+pytestmark = [pytest.mark.slow, NEEDS_AOTI]  # a C++ build and the session bundle's AOTInductor compiles
 
 SOURCE = Path(__file__).resolve().parents[1] / "export" / "cpp"
 PIXEL_TOLERANCE = 2e-3  # fixture README: whole pipeline within 2e-3 max absolute error per pixel
