@@ -1,16 +1,17 @@
-"""Export options on the fixture transformer: a dynamic frame axis, fp16 and bf16 graphs."""
+"""Export options on the fixture transformer: a dynamic frame axis, fp16 and bf16 graphs, --no-check."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import fresh_seed, relative_error
 
 from export.graphs import dit_graphs
-from export.onnx import export_program, write_onnx
+from export.onnx import export_graph, export_program, write_onnx
 from runtime.engines import open_graph
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
 from runtime.scheduler import RELEASED_SCHEDULER
@@ -82,3 +83,17 @@ def test_condition_token_models_export_with_the_remove_token_baked_in(tmp_path):
     velocity = graph(latents, timestep)[0]
     assert relative_error(velocity, remove) < 1e-4
     assert relative_error(velocity, regenerate) > 1e-3  # the token matters, and it is "remove"
+
+
+def test_no_check_takes_the_output_shapes_from_the_trace_and_says_so(checkpoint, tmp_path):
+    transformer = load_transformer(checkpoint / "transformer", CPU, torch.float32)
+    step, _ = dit_graphs(transformer, RELEASED_SCHEDULER, (3, 8, 12))
+    # the parts of a Manifest that export_graph fills in
+    manifest = SimpleNamespace(precision="fp32", graphs={}, artifacts={"onnx": {"key": {}, "files": {}, "checks": {}}})
+    (tmp_path / "onnx").mkdir()
+    export_graph(step, manifest, tmp_path, 3, check=False, log=lambda _: None)
+    reference = step.reference_outputs()
+    assert manifest.graphs["dit_step"] == step.spec(reference)
+    assert manifest.artifacts["onnx"]["checks"]["dit_step"]["not_checked"] == "exported with --no-check"
+    graph = open_graph("onnxruntime", tmp_path / "onnx" / "dit_step.onnx", "dit_step", manifest.graphs["dit_step"], CPU)
+    assert relative_error(graph(*step.inputs.values())[0], reference[0]) < 1e-4  # unchecked, but still right
