@@ -2,6 +2,9 @@
 
 from setuptools import find_packages, setup
 
+# onnxscript: torch.onnx's exporter and its constant folding; onnx-ir: the graph passes export/onnx.py runs
+EXPORT = ["onnx", "onnx-ir", "onnxruntime", "onnxscript"]
+
 setup(
     name="minimax-remover-runtime",
     version="0.1.0",
@@ -16,15 +19,16 @@ setup(
     extras_require={
         # diffusers at the version the released checkpoint was written with: an independent oracle
         # triton: the fused kernels (tests run them in its CPU interpreter); Linux wheels; 3.5+ for triton.knobs
-        # opencv: the Telea baseline the training tests evaluate against
+        # opencv: the Telea baseline the training tests evaluate against; EXPORT: the export tests run the bundles
         "test": [
             "pytest",
             "ruff",
             "diffusers==0.33.1",
             "triton>=3.5; platform_system == 'Linux'",
             "opencv-python-headless",
+            *EXPORT,
         ],
-        "export": ["onnx", "onnxruntime"],
+        "export": EXPORT,
         "gpu": ["flash-attn", "nvidia-ml-py", "triton>=3.5"],
         "tensorrt": ["tensorrt"],
         "train": ["opencv-python-headless"],

@@ -2,6 +2,9 @@
 
 preprocess -> VAE encode (streamed) -> sampler steps over the transformer -> VAE decode
 (streamed) -> trim the frame padding -> paste back into the original frames
+
+The three heavy stages run on PyTorch modules (`from_pretrained`) or on an exported engine bundle
+(`from_bundle`); preprocessing, the sampler loop and paste-back are the same code either way.
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ from kernels import TORCH_KERNELS, TRITON_KERNELS, KernelOps, triton_support
 from runtime import composite
 from runtime.attention import select_attention
 from runtime.errors import RemoverError
-from runtime.models.transformer import RemoverTransformer
-from runtime.models.vae import WanVAE
 from runtime.preprocess import (
     as_frames,
     as_masks,
@@ -35,6 +36,7 @@ from runtime.preprocess import (
     resize,
 )
 from runtime.scheduler import SchedulerConfig, make_sampler
+from runtime.stages import Stages, TorchStages, denoise_loop
 from runtime.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -61,6 +63,13 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype not in DTYPES:
         raise RemoverError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     return DTYPES[dtype]
+
+
+def encoder_batch(video: Tensor, mask: Tensor) -> Tensor:
+    """The VAE encoder's two inputs [2, 3, F, H, W] (encoded one after the other): the masked video
+    (the hole is 0, mid-grey) and the mask video 2 m - 1, from video [3, F, H, W] in [-1, 1] and mask
+    [F, H, W] in {0, 1}."""
+    return torch.stack([video * (1.0 - mask), (2.0 * mask - 1.0).expand_as(video)])
 
 
 def resolve_kernels(choice: str | None, device: torch.device) -> KernelOps:
@@ -95,12 +104,12 @@ def check_compile_mode(mode: str, device: torch.device) -> None:
 
 
 class Remover:
-    """The MiniMax-Remover pipeline on PyTorch modules. Build it with `Remover.from_pretrained`."""
+    """The MiniMax-Remover pipeline. Build it with `Remover.from_pretrained` (PyTorch modules) or
+    `Remover.from_bundle` (an exported engine bundle)."""
 
     def __init__(
         self,
-        transformer: RemoverTransformer,
-        vae: WanVAE,
+        stages: Stages,
         scheduler: SchedulerConfig,
         *,
         device: torch.device,
@@ -108,8 +117,7 @@ class Remover:
         sampler: str = "unipc",
         compile_mode: str = "off",
     ) -> None:
-        self.transformer = transformer
-        self.vae = vae
+        self.stages = stages
         self.scheduler = scheduler
         self.device = device
         self.dtype = dtype
@@ -125,8 +133,9 @@ class Remover:
 
     @property
     def backends(self) -> str:
-        """What runs the transformer, for the run summary: "attention sdpa (flash), kernels torch"."""
-        summary = f"attention {self.transformer.attention_backend.name}, kernels {self.transformer.kernels.name}"
+        """What runs the model, for the run summary: "attention sdpa (flash), kernels torch" (PyTorch
+        modules) or "bundle onnxruntime, fp16" (an engine bundle)."""
+        summary = self.stages.backends
         return summary if self.compile_mode == "off" else f"{summary}, compile {self.compile_mode}"
 
     @classmethod
@@ -169,14 +178,42 @@ class Remover:
             ),
         )
         return cls(
-            transformer,
-            load_vae(paths.vae, device, dtype),
+            TorchStages(transformer, load_vae(paths.vae, device, dtype)),
             scheduler,
             device=device,
             dtype=dtype,
             sampler=sampler,
             compile_mode=compile_mode,
         )
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | Path,
+        backend: str = "onnxruntime",
+        device: str | torch.device | None = None,
+        *,
+        weights: str | Path | None = None,
+        vae: str | Path | None = None,
+        sampler: str | None = None,
+    ) -> Remover:
+        """Run an engine bundle written by `python -m export.onnx` (and `export.tensorrt`).
+
+        backend: "onnxruntime", "tensorrt" or "aoti". The bundle fixes the size, frame count and
+        precision; `weights` (and `vae`, as in `from_pretrained`), if given, must be the checkpoint
+        the bundle was exported from. A bundle that does not fit is a RemoverError. The bundle's
+        sampler and step count run as its one unrolled graph; another `sampler` or step count runs
+        the single-step graph in the sampler loop.
+        """
+        from runtime.bundle import BundleStages, checkpoint_sha256
+
+        device = torch.device(device) if device is not None else default_device()
+        expected = checkpoint_sha256(locate_checkpoint(weights, vae)) if weights is not None else None
+        stages = BundleStages.load(Path(path), backend, device, expected_checkpoint=expected)
+        manifest = stages.manifest
+        sampler = sampler or manifest.sampler
+        make_sampler(sampler, manifest.scheduler, 1)  # fail early on a bad sampler name
+        return cls(stages, manifest.scheduler, device=device, dtype=DTYPES[manifest.precision], sampler=sampler)
 
     @contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -221,11 +258,14 @@ class Remover:
             masks = as_masks(masks, frames)
             if mask_dilation < 0:
                 raise RemoverError(f"mask dilation must be >= 0, got {mask_dilation}")
+            if height is None and width is None and self.stages.default_size is not None:
+                height, width = self.stages.default_size
             size = output_size(*frames.shape[1:3], height, width)
             if not masks.any():
                 warnings.warn("the mask is empty: returning the input unchanged", EmptyMaskWarning, stacklevel=2)
                 return self._unchanged(frames, size, paste_back)
-            count = padded_frame_count(len(frames), self.vae.config.temporal_factor)
+            count = padded_frame_count(len(frames), self.stages.vae_config.temporal_factor)
+            self.stages.check_size(count, *size)
             video = prepare_video(pad_frames(frames, count), size, self.device)
             dilated, mask = prepare_masks(pad_frames(masks, count), mask_dilation, size, self.device)
             noise = self._initial_noise(count, size, seed, latents)
@@ -245,20 +285,20 @@ class Remover:
     def encode(self, video: Tensor, mask: Tensor, progress: bool = False) -> Tensor:
         """Masked video and mask video -> context latents [1, 2 z_dim, T', h, w] in the model dtype.
 
-        video [3, F, H, W] in [-1, 1]; mask [F, H, W] in {0, 1}. The hole of the masked video is 0
-        (mid-grey) and the mask video is 2 m - 1. They go through the VAE one after the other, not as a
-        batch of two, so only one stream's causal cache (most of the encoder's memory) is held at a time.
+        video [3, F, H, W] in [-1, 1]; mask [F, H, W] in {0, 1}; see `encoder_batch`. The two videos go
+        through the VAE one after the other, not as a batch of two, so only one stream's causal cache
+        (most of the encoder's memory) is held at a time.
         """
-        chunks = len(self.vae.video_chunks(video.shape[1]))
+        chunks = 1 + (video.shape[1] - 1) // self.stages.vae_config.temporal_factor
         latents = []
         with tqdm(total=2 * chunks, desc="encode", disable=not progress) as bar:
-            for source in (video * (1.0 - mask), (2.0 * mask - 1.0).expand_as(video)):
+            for source in encoder_batch(video, mask).split(1):
                 parts = []
-                for z in self.vae.iter_encode(source[None]):
+                for z in self.stages.iter_encode(source):
                     parts.append(z)
                     bar.update()
-                latents.append(torch.cat(parts, dim=2).to(self.dtype))
-        return torch.cat(latents, dim=1)
+                latents.append(torch.cat(parts, dim=2))
+        return torch.cat(latents, dim=1).to(self.dtype)
 
     def denoise(
         self,
@@ -271,36 +311,35 @@ class Remover:
         """Run the sampler from noise [1, z_dim, T', h, w] (fp32) to clean latents (fp32), the model
         seeing noisy latents | context latents. With `guidance_scale`, each step is one batched call
         for the remove (0) and regenerate (1) tokens: v = v_neg + g (v_pos - v_neg)."""
-        if guidance_scale is not None and not self.transformer.config.num_condition_tokens:
+        if guidance_scale is not None and not self.stages.transformer_config.num_condition_tokens:
             raise RemoverError("guidance_scale needs a model with condition tokens")
+        if guidance_scale is None:
+            unrolled = self.stages.unrolled_sampler(self.sampler, num_steps)
+            if unrolled is not None:
+                return unrolled(noise, context)
         sampler = make_sampler(self.sampler, self.scheduler, num_steps)
-        latents = noise
-        for timestep in tqdm(sampler.timesteps, desc="denoise", disable=not progress):
-            model_input = torch.cat([latents.to(self.dtype), context], dim=1)
-            timestep = timestep.to(self.device, torch.float32).expand(1)
-            latents = sampler.step(self._velocity(model_input, timestep, guidance_scale), latents)
-        return latents
+        return denoise_loop(lambda x, t: self._velocity(x, t, guidance_scale), sampler, noise, context, progress)
 
     def _model_velocity(self, model_input: Tensor, timestep: Tensor, guidance_scale: float | None) -> Tensor:
         """One step's velocity (the function `compile_mode` compiles): the model on noisy | context
         latents [1, C, T', h, w] at timestep [1]; with guidance, the remove and regenerate tokens as
         one batch of two."""
-        if not self.transformer.config.num_condition_tokens:
-            return self.transformer(model_input, timestep)
+        if not self.stages.transformer_config.num_condition_tokens:
+            return self.stages.velocity(model_input, timestep)
         if guidance_scale is None:
-            return self.transformer(model_input, timestep, 0)
+            return self.stages.velocity(model_input, timestep, 0)
         conditions = torch.tensor([0, 1], device=self.device)
-        both = self.transformer(model_input.expand(2, -1, -1, -1, -1), timestep.expand(2), conditions)
+        both = self.stages.velocity(model_input.expand(2, -1, -1, -1, -1), timestep.expand(2), conditions)
         positive, negative = both.float().chunk(2)
         return negative + guidance_scale * (positive - negative)
 
     def decode(self, latents: Tensor, progress: bool = False) -> np.ndarray:
         """Clean latents [1, z_dim, T', h, w] -> float32 frames [F, H, W, 3] in [0, 1], streamed to host."""
         _, _, latent_frames, height, width = latents.shape
-        factor, spatial = self.vae.config.temporal_factor, self.vae.config.spatial_factor
+        factor, spatial = self.stages.vae_config.temporal_factor, self.stages.vae_config.spatial_factor
         out = np.empty((1 + factor * (latent_frames - 1), height * spatial, width * spatial, 3), dtype=np.float32)
         start = 0
-        chunks = self.vae.iter_decode(latents.to(self.dtype))
+        chunks = self.stages.iter_decode(latents.to(self.dtype))
         for chunk in tqdm(chunks, total=latent_frames, desc="decode", disable=not progress):
             pixels = (chunk[0] / 2 + 0.5).clamp(0.0, 1.0).permute(1, 2, 3, 0)
             out[start : start + len(pixels)] = pixels.cpu().numpy()
@@ -309,7 +348,7 @@ class Remover:
 
     def _initial_noise(self, frame_count: int, size: tuple[int, int], seed: int, latents: Tensor | None) -> Tensor:
         """Standard normal latents from a CPU generator (same noise on every device), or `latents`."""
-        z = self.vae.config
+        z = self.stages.vae_config
         shape = (
             1,
             z.z_dim,

@@ -44,6 +44,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--vae", help="folder with the VAE (needed with a single-file repack)")
     parser.add_argument(
+        "--engine",
+        help="an engine bundle folder (python -m export.onnx) to run instead of the PyTorch modules; with "
+        "--weights, the bundle must have been exported from those weights",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("onnxruntime", "tensorrt", "aoti"),
+        default="onnxruntime",
+        help="what runs the --engine bundle (default onnxruntime)",
+    )
+    parser.add_argument(
         "--height", type=int, help="working height, a multiple of 16 (default: 480p keeping the aspect ratio)"
     )
     parser.add_argument("--width", type=int, help="working width, a multiple of 16")
@@ -115,21 +126,29 @@ def run(args: argparse.Namespace) -> str:
     print(f"{video}: {len(clip.frames)} frames, {width}x{height} at {float(clip.fps):g} fps", file=sys.stderr)
 
     start = time.perf_counter()
-    remover = Remover.from_pretrained(
-        args.weights or DEMO_WEIGHTS,
-        device,
-        args.dtype,
-        vae=args.vae,
-        sampler=args.sampler,
-        kernels=args.kernels,
-        attention=args.attention,
-        compile_mode=args.compile,
-    )
+    if args.engine is not None:
+        options = {"--dtype": args.dtype, "--kernels": args.kernels, "--attention": args.attention}
+        given = [flag for flag, value in {**options, "--compile": args.compile != "off"}.items() if value]
+        if given:
+            raise RemoverError(f"{', '.join(given)}: not with --engine (the bundle fixes precision and backends)")
+        remover = Remover.from_bundle(
+            args.engine, args.backend, device, weights=args.weights, vae=args.vae, sampler=args.sampler
+        )
+        source = f"bundle {args.engine}"
+    else:
+        remover = Remover.from_pretrained(
+            args.weights or DEMO_WEIGHTS,
+            device,
+            args.dtype,
+            vae=args.vae,
+            sampler=args.sampler,
+            kernels=args.kernels,
+            attention=args.attention,
+            compile_mode=args.compile,
+        )
+        source = f"weights {args.weights or DEMO_WEIGHTS}"
     load_s = time.perf_counter() - start
-    print(
-        f"weights {args.weights or DEMO_WEIGHTS} on {remover.device} in {str(remover.dtype).removeprefix('torch.')}",
-        file=sys.stderr,
-    )
+    print(f"{source} on {remover.device} in {str(remover.dtype).removeprefix('torch.')}", file=sys.stderr)
 
     if demo and args.height is None and args.width is None:
         args.height, args.width = height, width  # the demo clip is made at the demo model's size

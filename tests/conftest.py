@@ -66,3 +66,24 @@ def relative_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
 def fresh_seed() -> int:
     """A seed drawn fresh for each run (tests report it so a failure can be replayed)."""
     return int.from_bytes(os.urandom(4), "little")
+
+
+# AOTInductor packages of the six bundle graphs take minutes to compile on 2 CPU cores, about as long
+# as the rest of the suite; RUNTIME_TEST_AOTI=0 leaves them out (and the tests that need them: the
+# aoti backend, the C++ host) for a quicker local loop. CI runs them.
+AOTI_ENV = "RUNTIME_TEST_AOTI"
+WITH_AOTI = os.environ.get(AOTI_ENV) != "0"
+NEEDS_AOTI = pytest.mark.skipif(not WITH_AOTI, reason=f"{AOTI_ENV}=0: the AOTInductor packages were not compiled")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An fp32 engine bundle of the fixture checkpoint for its clip size (9 frames at 96x64), exported
+    once per session: ONNX graphs, and AOTInductor packages unless RUNTIME_TEST_AOTI=0."""
+    from export.onnx import build_bundle
+
+    bundle = tmp_path_factory.mktemp("bundles") / "tiny"
+    build_bundle(
+        checkpoint, bundle, height=64, width=96, frames=9, precision="fp32", aoti=WITH_AOTI, log=lambda _: None
+    )
+    return bundle

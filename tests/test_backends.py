@@ -43,7 +43,7 @@ def no_backend_environment(monkeypatch):
 def test_defaults_on_the_cpu(checkpoint):
     remover = Remover.from_pretrained(checkpoint, device="cpu")
     assert remover.backends == "attention sdpa (flash), kernels torch"
-    assert remover.transformer.blocks[1].attn1.kernels is TORCH_KERNELS
+    assert remover.stages.transformer.blocks[1].attn1.kernels is TORCH_KERNELS
 
 
 def test_kernel_choice_argument_environment_and_errors(monkeypatch):
@@ -68,7 +68,7 @@ def test_kernel_choice_argument_environment_and_errors(monkeypatch):
 def test_remover_with_triton_kernels_denoises_like_the_references(checkpoint, expected):
     remover = Remover.from_pretrained(checkpoint, device=DEVICE, dtype="fp32", kernels="triton", attention="math")
     assert remover.backends == "attention math, kernels triton"
-    assert all(block.kernels is block.attn1.kernels is TRITON_KERNELS for block in remover.transformer.blocks)
+    assert all(block.kernels is block.attn1.kernels is TRITON_KERNELS for block in remover.stages.transformer.blocks)
     reference = Remover.from_pretrained(checkpoint, device=DEVICE, dtype="fp32", kernels="torch", attention="math")
     noise, context = expected["noise"].to(DEVICE), torch.randn(1, 32, 3, 8, 12, device=DEVICE)
     with torch.inference_mode():

@@ -71,7 +71,7 @@ def test_paste_back_keeps_everything_outside_the_mask_bit_exact(remover, fixture
 
 def test_empty_mask_returns_the_input_without_running_the_model(remover, fixture_inputs, monkeypatch):
     frames, _ = fixture_inputs
-    monkeypatch.setattr(remover, "transformer", None)  # any model call would fail
+    monkeypatch.setattr(remover.stages, "transformer", None)  # any model call would fail
     with pytest.warns(EmptyMaskWarning, match="empty"):
         out = remover(frames, np.zeros(frames.shape[1:3], np.uint8), progress=False)
     np.testing.assert_array_equal(out, frames.astype(np.float32) / 255.0)

@@ -15,6 +15,7 @@ from PIL import Image
 from runtime.models.vae import RELEASED_VAE, WanVAE
 from runtime.pipeline import Remover
 from runtime.scheduler import RELEASED_SCHEDULER
+from runtime.stages import TorchStages
 from runtime.video import write_clip
 from training.baselines import telea, temporal_median
 from training.data import ClipSpec, FolderSource, SyntheticSource, discover_pairs, make_source, random_shape_masks
@@ -94,9 +95,8 @@ def test_latent_cache_matches_the_pipeline_encoding():
     assert latents.masks.shape[0] == 5 and latents.background is not None
     assert all(latents.mask_index[n, 0] == n and latents.mask_index[n, 1] != n for n in range(3))
 
-    remover = Remover(
-        new_transformer(1, 1, 16, 16, 0), vae, RELEASED_SCHEDULER, device=torch.device("cpu"), dtype=torch.float32
-    )
+    stages = TorchStages(new_transformer(1, 1, 16, 16, 0), vae)
+    remover = Remover(stages, RELEASED_SCHEDULER, device=torch.device("cpu"), dtype=torch.float32)
     clip = source(1)
     video = torch.from_numpy(clip.frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0
     with torch.no_grad():

@@ -108,7 +108,7 @@ def test_stage1_samples_pair_masks_with_tokens():
 
 def test_stage1_checkpoint_runs_in_the_pipeline_with_cfg(stage1_run):
     remover = Remover.from_pretrained(stage1_run / "checkpoint", "cpu", "fp32")
-    assert remover.transformer.config.num_condition_tokens == 2
+    assert remover.stages.transformer.config.num_condition_tokens == 2
     clip = SyntheticSource(ClipSpec(5, 32, 48, seed=9))(0)
     out = remover(clip.frames, clip.masks, num_inference_steps=2, guidance_scale=2.0, progress=False)
     assert out.shape == (5, 32, 48, 3) and np.isfinite(out).all()
@@ -172,12 +172,13 @@ def test_stage2_trains_from_stage1_and_serves_without_cfg(stage1_run, tmp_path, 
     curated = torch.load(tmp_path / "stage2" / "curated.pt", weights_only=True)
     assert len(curated["clip"]) == 2 and curated["score"][0] >= curated["score"][1]  # best half of 3, sorted
     remover = Remover.from_pretrained(folder, "cpu", "fp32")
+    transformer = remover.stages.transformer
     expected_tokens = 2 if tokens == "positive" else 0
-    assert remover.transformer.config.num_condition_tokens == expected_tokens
+    assert transformer.config.num_condition_tokens == expected_tokens
     stage1 = load_transformer(stage1_run / "checkpoint" / "transformer", torch.device("cpu"), torch.float32)
     if tokens == "positive":  # the tokens stay as stage 1 left them, everything else trains
-        torch.testing.assert_close(remover.transformer.condition_embedding.weight, stage1.condition_embedding.weight)
-    assert not torch.equal(remover.transformer.proj_out.weight, stage1.proj_out.weight)
+        torch.testing.assert_close(transformer.condition_embedding.weight, stage1.condition_embedding.weight)
+    assert not torch.equal(transformer.proj_out.weight, stage1.proj_out.weight)
     clip = SyntheticSource(ClipSpec(5, 32, 48, seed=9))(0)
     assert np.isfinite(remover(clip.frames, clip.masks, progress=False)).all()
 
@@ -238,4 +239,4 @@ def test_make_demo_installs_a_checkpoint_in_fp16(stage1_run, tmp_path):
     with safe_open(str(target / "transformer" / "diffusion_pytorch_model.safetensors"), "pt") as handle:
         assert all(handle.get_tensor(key).dtype == torch.float16 for key in handle.keys())
     remover = Remover.from_pretrained(target, "cpu", "fp32")
-    assert remover.transformer.config.num_condition_tokens == 2
+    assert remover.stages.transformer.config.num_condition_tokens == 2
