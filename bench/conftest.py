@@ -1,0 +1,27 @@
+"""Options of the benchmark gates (`pytest bench/ --benchmark-only`); the unit tests live in tests/."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.workloads import SUITES
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("bench", "benchmark gates")
+    group.addoption("--bench-device", choices=("cpu", "cuda"), help="default: cuda if available, else cpu")
+    group.addoption("--bench-full", action="store_true", help="the full suite (default on GPU; hours on a CPU)")
+    group.addoption("--bench-weights", help="a released-layout checkpoint (default: random released shapes)")
+    group.addoption("--bench-threads", type=int, help="CPU threads per measurement process")
+
+
+def bench_device(config: pytest.Config) -> str:
+    return config.getoption("--bench-device") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "workload_name" in metafunc.fixturenames:
+        device = bench_device(metafunc.config)
+        full = metafunc.config.getoption("--bench-full") or device == "cuda"
+        metafunc.parametrize("workload_name", SUITES[(device, not full)])
