@@ -12,7 +12,9 @@ setup(
     install_requires=["torch>=2.4", "numpy", "safetensors", "av", "tqdm", "pillow"],
     extras_require={
         # diffusers at the version the released checkpoint was written with: an independent oracle
-        "test": ["pytest", "ruff", "diffusers==0.33.1"],
+        "test": ["pytest", "ruff", "diffusers==0.33.1", "accelerate", "matplotlib"],
+        # the benchmark's reference loads through diffusers' from_pretrained, which needs accelerate
+        "bench": ["pytest", "pytest-benchmark", "matplotlib", "diffusers==0.33.1", "accelerate"],
         "export": ["onnx", "onnxruntime"],
         "gpu": ["flash-attn", "nvidia-ml-py"],
         "tensorrt": ["tensorrt"],
