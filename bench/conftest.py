@@ -14,14 +14,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-full", action="store_true", help="the full suite (default on GPU; hours on a CPU)")
     group.addoption("--bench-weights", help="a released-layout checkpoint (default: random released shapes)")
     group.addoption("--bench-threads", type=int, help="CPU threads per measurement process")
+    group.addoption("--bench-rounds", type=int, help="fresh processes per side (default: 3 on a CPU, 1 on a GPU)")
 
 
 def bench_device(config: pytest.Config) -> str:
     return config.getoption("--bench-device") or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def bench_quick(config: pytest.Config) -> bool:
+    """The quick suite on a CPU unless --bench-full; always the full suite on a GPU."""
+    return bench_device(config) == "cpu" and not config.getoption("--bench-full")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "workload_name" in metafunc.fixturenames:
-        device = bench_device(metafunc.config)
-        full = metafunc.config.getoption("--bench-full") or device == "cuda"
-        metafunc.parametrize("workload_name", SUITES[(device, not full)])
+        config = metafunc.config
+        metafunc.parametrize("workload_name", SUITES[(bench_device(config), bench_quick(config))])

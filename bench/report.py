@@ -63,8 +63,9 @@ def meta_lines(run: dict[str, Any]) -> list[str]:
     loads = [p[s]["loadavg"][0] for w in run["workloads"].values() for p in w["points"] for s in ("ours", "reference")]
     return [
         f"- date {meta['date']}; {where}",
-        f"- {versions}; {meta['dtype']}, threads {meta['threads']}, warm-up {meta['warmup']}, "
-        f"median of {meta['repeats']}; weights: {meta['weights']}",
+        f"- {versions}; {meta['dtype']}, threads {meta['threads']}; per side {meta['rounds']} fresh process(es), "
+        f"interleaved with the other side's, each with {meta['warmup']} warm-up and {meta['repeats']} timed "
+        f"call(s); medians of times, highest peaks; weights: {meta['weights']}",
         f"- `{meta['command']}` ({meta['wall_s'] / 60:.0f} min); load average at the start of each "
         f"measurement {min(loads):.1f} to {max(loads):.1f}",
     ]
@@ -134,16 +135,18 @@ def pipeline_table(name: str, workload: dict[str, Any]) -> list[str]:
 def cost_table(point: dict[str, Any]) -> list[str]:
     """The cost model per heavy stage (16-bit) and its floor on each GPU, beside the measured times."""
     gpus = list(GPUS)
-    header = ["stage", "TFLOP", "min GB moved", *(f"floor {gpu}" for gpu in gpus), "ours (s)", "ref (s)"]
+    cpu = all("cpu_s" in point[side]["stages"][stage] for side in ("ours", "reference") for stage in point["cost"])
+    key, unit = ("cpu_s", "CPU s") if cpu else ("seconds", "s")
+    header = ["stage", "TFLOP", "min GB moved", *(f"floor {gpu}" for gpu in gpus), f"ours ({unit})", f"ref ({unit})"]
     rows = []
     for stage, cost in point["cost"].items():
-        measured = [_seconds(point[side]["stages"][stage]["seconds"]) for side in ("ours", "reference")]
+        measured = [_seconds(point[side]["stages"][stage][key]) for side in ("ours", "reference")]
         floors = [_floor(point["floors_s"][gpu][stage]) for gpu in gpus]
         rows.append([stage, f"{cost['flops'] / 1e12:.3g}", f"{cost['min_bytes'] / 1e9:.3g}", *floors, *measured])
     total_flops = sum(cost["flops"] for cost in point["cost"].values())
     total_bytes = sum(cost["min_bytes"] for cost in point["cost"].values())
     floors = [_floor(point["floors_s"][gpu]["total"]) for gpu in gpus]
-    measured = [_seconds(sum(point[side]["stages"][stage]["seconds"] for stage in point["cost"]))
+    measured = [_seconds(sum(point[side]["stages"][stage][key] for stage in point["cost"]))
                 for side in ("ours", "reference")]  # fmt: skip
     rows.append(["**heavy stages**", f"{total_flops / 1e12:.3g}", f"{total_bytes / 1e9:.3g}", *floors, *measured])
     return _table(header, rows)
@@ -223,7 +226,8 @@ def gpu_summary(runs: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def chart(run: dict[str, Any], path: Path) -> None:
-    """Stage breakdown of the headline workload, ours against the reference: seconds and peak memory."""
+    """Stage breakdown of the headline workload, ours against the reference: the time the gates read (CPU
+    time on a CPU, device time on a GPU) and each stage's peak above the loaded models."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,26 +235,28 @@ def chart(run: dict[str, Any], path: Path) -> None:
 
     ours, reference = run["ours"], run["reference"]
     stages = results.stage_names(ours, reference)
-    figure, (times, memory) = plt.subplots(1, 2, figsize=(12, 3.6))
+    cpu = "total_cpu_s" in ours and "total_cpu_s" in reference
+    time_key = "cpu_s" if cpu else "seconds"
+    figure, (times, memory) = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"width_ratios": [3, 2]})
     colors = plt.get_cmap("tab10")
     for row, side in enumerate((ours, reference)):
         left = 0.0
         for index, stage in enumerate(stages):
-            seconds = side["stages"].get(stage, {}).get("seconds", 0.0)
+            seconds = side["stages"].get(stage, {}).get(time_key, 0.0)
             times.barh(row, seconds, left=left, color=colors(index), label=STAGE_LABELS[stage] if row == 0 else None)
             left += seconds
     times.set_yticks([0, 1], ["ours", "reference"])
     times.invert_yaxis()
-    times.set_xlabel("seconds")
+    times.set_xlabel("CPU seconds (process CPU time)" if cpu else "seconds (device time)")
     times.set_title(f"{run['headline']}: time per stage")
-    times.legend(fontsize=7, loc="lower right")
+    times.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     width = 0.4
     for offset, label, side in ((-width / 2, "ours", ours), (width / 2, "reference", reference)):
-        peaks = [side["stages"].get(stage, {}).get("peak_mb", 0.0) for stage in stages]
+        peaks = [side["stages"].get(stage, {}).get("above_loaded_mb", 0.0) for stage in stages]
         memory.bar([i + offset for i in range(len(stages))], peaks, width, label=label)
     memory.set_xticks(range(len(stages)), stages, rotation=30, fontsize=8)
-    memory.set_ylabel("peak MB during the stage")
-    memory.set_title(f"peak memory ({run['meta']['device']}, {run['meta']['dtype']})")
+    memory.set_ylabel("peak above the loaded models (MB)")
+    memory.set_title(f"memory per stage ({run['meta']['device']}, {run['meta']['dtype']})")
     memory.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

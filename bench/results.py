@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ SIDES = ("ours", "reference")
 STAGE_ORDER = ("read", "preprocess", "encode", "denoise", "decode", "paste_back", "write")
 META_KEYS = {
     "date": str, "device": str, "dtype": str, "machine": dict, "versions": dict, "suite": list, "quick": bool,
-    "threads": int, "warmup": int, "repeats": int, "weights": str, "command": str, "wall_s": float,
+    "threads": int, "warmup": int, "repeats": int, "rounds": int, "weights": str, "command": str, "wall_s": float,
 }  # fmt: skip
 SIDE_KEYS = {"total_s": float, "peak_mem_mb": float, "loaded_mb": float, "load_s": float, "stages": dict}
 STAGE_KEYS = {"seconds": float, "peak_mb": float, "above_loaded_mb": float}
@@ -73,6 +74,33 @@ def merge_stages(parts: list[dict[str, Any]]) -> dict[str, Any]:
     merged["loaded_mb"] = min(part["loaded_mb"] for part in parts)
     merged["repeat_totals_s"] = [sum(totals) for totals in zip(*(part["repeat_totals_s"] for part in parts))]
     return merged
+
+
+def combine_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One side's figures from `rounds` fresh processes measuring the same thing, interleaved with the other
+    side's: every time is the median over the rounds, every peak the highest."""
+    combined = dict(rounds[0])
+    combined["stages"] = {}
+    for name in rounds[0]["stages"]:
+        stages = [run["stages"][name] for run in rounds]
+        combined["stages"][name] = {
+            key: (max if key in ("peak_mb", "above_loaded_mb") else statistics.median)(stage[key] for stage in stages)
+            for key in stages[0]
+        }
+    for key in ("total_s", "total_cpu_s", "load_s", "sampler_s"):
+        if key in combined:
+            combined[key] = statistics.median(run[key] for run in rounds)
+    for key in ("dit_steps_s", "dit_steps_cpu_s"):
+        if key in combined:
+            combined[key] = [statistics.median(values) for values in zip(*(run[key] for run in rounds))]
+    for key in ("peak_mem_mb", "load_peak_mb", "dit_step_peak_mb", "nvml_peak_mb"):
+        if key in combined:
+            combined[key] = max(run[key] for run in rounds)
+    combined["loaded_mb"] = min(run["loaded_mb"] for run in rounds)
+    combined["repeat_totals_s"] = [total for run in rounds for total in run["repeat_totals_s"]]
+    combined["loadavg"] = [load for run in rounds for load in run["loadavg"]]
+    combined["rounds"] = len(rounds)
+    return combined
 
 
 def stage_names(*sides: dict[str, Any]) -> list[str]:

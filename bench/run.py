@@ -48,13 +48,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--dtype", choices=sorted(DTYPES), help="both sides; default fp16 on GPU (as released), fp32 on CPU"
     )
     parser.add_argument("--warmup", type=int, help="untimed calls before measuring (default: 1 on GPU, 0 on CPU)")
-    parser.add_argument("--repeats", type=int, help="timed calls, medians reported (default: 3 on GPU, 1 on CPU)")
+    parser.add_argument("--repeats", type=int, help="timed calls per process (default: 3 on GPU, 1 on CPU)")
+    parser.add_argument(
+        "--rounds", type=int, help="fresh processes per side, interleaved, medians reported (default: 1 GPU, 3 CPU)"
+    )
     parser.add_argument("--threads", type=int, help="CPU threads per measurement process (default: torch's)")
     parser.add_argument("--report", action="store_true", help="then re-render bench/RESULTS.md from bench/results/")
     parser.add_argument("--child", nargs=3, metavar=("SIDE", "WORKLOAD", "FRAMES"), help=argparse.SUPPRESS)
     parser.add_argument("--inputs", nargs=2, type=Path, metavar=("VIDEO", "MASKS"), help=argparse.SUPPRESS)
     parser.add_argument("--stage", choices=VAE_STAGES, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.command = " ".join(["python -m bench.run", *(sys.argv[1:] if argv is None else argv)])
+    return args
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
@@ -67,8 +72,9 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     args.dtype = args.dtype or ("fp16" if gpu else "fp32")
     args.warmup = (1 if gpu else 0) if args.warmup is None else args.warmup
     args.repeats = (3 if gpu else 1) if args.repeats is None else args.repeats
-    if args.warmup < 0 or args.repeats < 1 or (args.threads is not None and args.threads < 1):
-        raise RemoverError("--warmup must be >= 0, --repeats and --threads >= 1")
+    args.rounds = (1 if gpu else 3) if args.rounds is None else args.rounds
+    if args.warmup < 0 or min(args.repeats, args.rounds, args.threads or 1) < 1:
+        raise RemoverError("--warmup must be >= 0; --repeats, --rounds and --threads >= 1")
     return args
 
 
@@ -129,14 +135,16 @@ def run_suite(args: argparse.Namespace, names: tuple[str, ...], log=print) -> di
                 folder.mkdir()
                 inputs = write_pipeline_inputs(workload, folder)
             points = []
+            # the VAE's stages each in a fresh process, so a stage's peak is its own
+            stages = [None] if workload.kind == "pipeline" else VAE_STAGES
             for frames in workload.frames:
-                sides = {}
-                for side in SIDES:
-                    # the VAE's stages each in a fresh process: a stage's peak is then its own
-                    stages = [None] if workload.kind == "pipeline" else VAE_STAGES
-                    parts = [run_child(child_command(args, side, name, frames, inputs, stage)) for stage in stages]
-                    sides[side] = results.merge_stages(parts)
-                    log(progress_line(side, name, frames, inputs is not None, sides[side]))
+                rounds: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
+                for index in range(args.rounds):  # sides alternate, so a drifting load hits both alike
+                    for side in SIDES if index % 2 == 0 else SIDES[::-1]:
+                        parts = [run_child(child_command(args, side, name, frames, inputs, stage)) for stage in stages]
+                        rounds[side].append(results.merge_stages(parts))
+                        log(progress_line(side, name, frames, inputs is not None, rounds[side][-1]))
+                sides = {side: results.combine_rounds(runs) for side, runs in rounds.items()}
                 points.append(results.point_entry(workload, sides["ours"], sides["reference"], models))
             entries[name] = results.workload_entry(workload, points)
     device = torch.device(args.device)
@@ -148,11 +156,12 @@ def run_suite(args: argparse.Namespace, names: tuple[str, ...], log=print) -> di
         "quick": args.quick,
         "warmup": args.warmup,
         "repeats": args.repeats,
+        "rounds": args.rounds,
         "threads": args.threads or torch.get_num_threads(),
         "weights": str(args.weights) if args.weights != default_weights_dir() else "random, released shapes (seed 0)",
         "machine": results.machine_info(device),
         "versions": results.versions(),
-        "command": "python -m bench.run " + " ".join(sys.argv[1:]),
+        "command": args.command,
         "wall_s": time.perf_counter() - started,
     }
     run = results.assemble(meta, entries)
@@ -161,7 +170,9 @@ def run_suite(args: argparse.Namespace, names: tuple[str, ...], log=print) -> di
 
 
 def default_json_path(args: argparse.Namespace) -> Path:
-    return RESULTS_DIR / f"{args.device}{'-quick' if args.quick else ''}.json"
+    """bench/results/<device>[-quick].json for a suite, <device>-custom.json for chosen workloads."""
+    suffix = "-custom" if args.workloads else "-quick" if args.quick else ""
+    return RESULTS_DIR / f"{args.device}{suffix}.json"
 
 
 def main(argv: list[str] | None = None) -> int:

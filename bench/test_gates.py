@@ -5,11 +5,13 @@ outcomes go to its extra_info (saved with --benchmark-json)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from bench import thresholds
-from bench.conftest import bench_device
+from bench.conftest import bench_device, bench_quick
 from bench.run import parse_args, resolve, run_suite
 from bench.workloads import default_weights_dir, ensure_random_checkpoint
 
@@ -19,12 +21,13 @@ def bench_args(pytestconfig: pytest.Config):
     device = bench_device(pytestconfig)
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("--bench-device cuda: this machine has no CUDA device")
-    argv = ["--device", device]
-    if pytestconfig.getoption("--bench-threads"):
-        argv += ["--threads", str(pytestconfig.getoption("--bench-threads"))]
+    argv = ["--device", device] + (["--quick"] if bench_quick(pytestconfig) else [])
+    for option in ("threads", "rounds"):
+        if pytestconfig.getoption(f"--bench-{option}"):
+            argv += [f"--{option}", str(pytestconfig.getoption(f"--bench-{option}"))]
     args = resolve(parse_args(argv))
     weights = pytestconfig.getoption("--bench-weights")
-    args.weights = weights or ensure_random_checkpoint(default_weights_dir())
+    args.weights = Path(weights) if weights else ensure_random_checkpoint(default_weights_dir())
     return args
 
 

@@ -81,6 +81,7 @@ def make_run(device: str = "cpu", pipeline: dict | None = None, vae_points: list
         "quick": True,
         "warmup": 0,
         "repeats": 1,
+        "rounds": 1,
         "threads": 1,
         "weights": "random",
         "machine": {"cpu": "test cpu", "cpu_cores": 2, "memory_gb": 8.0},
@@ -111,6 +112,18 @@ def test_merged_stage_processes_add_up():
     assert merged["total_s"] == 8.0 and merged["total_cpu_s"] == 8.0 and merged["repeat_totals_s"] == [8.0]
     assert merged["peak_mem_mb"] == 900.0 and merged["loaded_mb"] == 300.0
     assert merged["stages"]["decode"]["above_loaded_mb"] == 590.0  # against its own process's loaded model
+
+
+def test_rounds_take_median_times_and_highest_peaks():
+    rounds = [
+        side({"encode": seconds, "decode": 1.0}, {"encode": peak, "decode": 500.0}, loaded=loaded)
+        for seconds, peak, loaded in ((3.0, 700.0, 300.0), (9.0, 650.0, 290.0), (4.0, 720.0, 310.0))
+    ]
+    combined = results.combine_rounds(rounds)
+    assert combined["stages"]["encode"]["seconds"] == 4.0 and combined["stages"]["encode"]["cpu_s"] == 4.0
+    assert combined["stages"]["encode"]["peak_mb"] == 720.0 and combined["stages"]["encode"]["above_loaded_mb"] == 410.0
+    assert combined["total_s"] == 5.0 and combined["peak_mem_mb"] == 720.0 and combined["loaded_mb"] == 290.0
+    assert combined["rounds"] == 3 and len(combined["repeat_totals_s"]) == 3
 
 
 def test_headline_is_the_first_pipeline_and_the_document_is_valid():
