@@ -7,18 +7,33 @@ setup(
     version="0.1.0",
     description="Fast, lean video object removal with MiniMax-Remover (Wan2.1 DiT, 6 steps, no CFG)",
     packages=find_packages(include=["runtime*", "kernels*", "export*", "training*", "bench*"]),
-    package_data={"runtime": ["demo/*.mp4", "demo/weights/*/*.json", "demo/weights/*/*.safetensors"]},
+    package_data={
+        "runtime": ["demo/*.mp4", "demo/weights/*/*.json", "demo/weights/*/*.safetensors"],
+        "training": ["configs/*.json"],
+    },
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "safetensors", "av", "tqdm", "pillow"],
     extras_require={
         # diffusers at the version the released checkpoint was written with: an independent oracle
-        "test": ["pytest", "ruff", "diffusers==0.33.1", "accelerate", "matplotlib"],
+        # triton: the fused kernels (tests run them in its CPU interpreter); Linux wheels; 3.5+ for triton.knobs
+        # opencv: the Telea baseline the training tests evaluate against
+        # accelerate, matplotlib: the tests load the benchmark's reference (diffusers' from_pretrained) and
+        # render its report's chart
+        "test": [
+            "pytest",
+            "ruff",
+            "diffusers==0.33.1",
+            "accelerate",
+            "matplotlib",
+            "triton>=3.5; platform_system == 'Linux'",
+            "opencv-python-headless",
+        ],
         # the benchmark's reference loads through diffusers' from_pretrained, which needs accelerate
         "bench": ["pytest", "pytest-benchmark", "matplotlib", "diffusers==0.33.1", "accelerate"],
         "export": ["onnx", "onnxruntime"],
-        "gpu": ["flash-attn", "nvidia-ml-py"],
+        "gpu": ["flash-attn", "nvidia-ml-py", "triton>=3.5"],
         "tensorrt": ["tensorrt"],
-        "train": [],
+        "train": ["opencv-python-headless"],
     },
     entry_points={"console_scripts": ["minimax-remover=runtime.run:main"]},
 )

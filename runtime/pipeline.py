@@ -6,6 +6,7 @@ preprocess -> VAE encode (streamed) -> sampler steps over the transformer -> VAE
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -17,7 +18,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from kernels import TORCH_KERNELS, TRITON_KERNELS, KernelOps, triton_support
 from runtime import composite
+from runtime.attention import select_attention
 from runtime.errors import RemoverError
 from runtime.models.transformer import RemoverTransformer
 from runtime.models.vae import WanVAE
@@ -35,6 +38,10 @@ from runtime.scheduler import SchedulerConfig, make_sampler
 from runtime.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+KERNELS_ENV = "RUNTIME_KERNELS"
+KERNEL_CHOICES = ("auto", "triton", "torch")
+# The denoising step's model call, optionally compiled (gpt-fast style: around the model, not in it)
+COMPILE_MODES = {"off": None, "inductor": "default", "cuda-graphs": "reduce-overhead"}
 
 
 class EmptyMaskWarning(UserWarning):
@@ -56,6 +63,37 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
+def resolve_kernels(choice: str | None, device: torch.device) -> KernelOps:
+    """The transformer's fused steps: `choice` ("auto", "triton", "torch"), else $RUNTIME_KERNELS, else
+    "auto" = Triton on CUDA (when installed), the PyTorch references elsewhere."""
+    choice = choice or os.environ.get(KERNELS_ENV) or "auto"
+    if choice not in KERNEL_CHOICES:
+        raise RemoverError(f"unknown kernels {choice!r} (argument or ${KERNELS_ENV}); choose one of {KERNEL_CHOICES}")
+    if choice == "auto":
+        compiled = device.type == "cuda" and triton_support.AVAILABLE and not triton_support.INTERPRETED
+        return TRITON_KERNELS if compiled else TORCH_KERNELS
+    if choice == "torch":
+        return TORCH_KERNELS
+    if not triton_support.AVAILABLE:
+        raise RemoverError("kernels 'triton' need the triton package (pip install triton)")
+    if device.type == "cpu" and not triton_support.INTERPRETED:
+        raise RemoverError(
+            "kernels 'triton' on the CPU run only in Triton's interpreter: start with TRITON_INTERPRET=1 "
+            "(slow, meant for tests), or use kernels 'torch'"
+        )
+    if device.type not in ("cuda", "cpu"):
+        raise RemoverError(f"kernels 'triton' need a CUDA device, not {device.type}")
+    return TRITON_KERNELS
+
+
+def check_compile_mode(mode: str, device: torch.device) -> None:
+    """A RemoverError unless `mode` is one of COMPILE_MODES and can run on `device`."""
+    if mode not in COMPILE_MODES:
+        raise RemoverError(f"unknown compile mode {mode!r}; choose one of {sorted(COMPILE_MODES)}")
+    if mode == "cuda-graphs" and device.type != "cuda":
+        raise RemoverError("compile mode 'cuda-graphs' needs a CUDA device")
+
+
 class Remover:
     """The MiniMax-Remover pipeline on PyTorch modules. Build it with `Remover.from_pretrained`."""
 
@@ -68,6 +106,7 @@ class Remover:
         device: torch.device,
         dtype: torch.dtype,
         sampler: str = "unipc",
+        compile_mode: str = "off",
     ) -> None:
         self.transformer = transformer
         self.vae = vae
@@ -76,6 +115,19 @@ class Remover:
         self.dtype = dtype
         self.sampler = sampler
         self.timings: dict[str, float] = {}  # seconds per stage of the last call
+        check_compile_mode(compile_mode, device)
+        self.compile_mode = compile_mode
+        self._velocity = self._model_velocity
+        if COMPILE_MODES[compile_mode] is not None:  # static shapes: one graph per clip size
+            self._velocity = torch.compile(
+                self._model_velocity, mode=COMPILE_MODES[compile_mode], fullgraph=True, dynamic=False
+            )
+
+    @property
+    def backends(self) -> str:
+        """What runs the transformer, for the run summary: "attention sdpa (flash), kernels torch"."""
+        summary = f"attention {self.transformer.attention_backend.name}, kernels {self.transformer.kernels.name}"
+        return summary if self.compile_mode == "off" else f"{summary}, compile {self.compile_mode}"
 
     @classmethod
     def from_pretrained(
@@ -86,20 +138,44 @@ class Remover:
         *,
         vae: str | Path | None = None,
         sampler: str = "unipc",
+        kernels: str | None = None,
+        attention: str | None = None,
+        compile_mode: str = "off",
     ) -> Remover:
-        """Load a released checkpoint folder, or a single-file repack with `vae` naming the VAE's folder."""
+        """Load a released checkpoint folder, or a single-file repack with `vae` naming the VAE's folder.
+
+        `kernels` ("auto", "triton", "torch"; default $RUNTIME_KERNELS or "auto") and `attention`
+        ("auto", "flash-attn", "sdpa", "math"; default $RUNTIME_ATTENTION or "auto") choose what runs
+        the transformer; `compile_mode` ("off", "inductor", "cuda-graphs") compiles its per-step call.
+        """
         device = torch.device(device) if device is not None else default_device()
         dtype = resolve_dtype(dtype, device)
         paths = locate_checkpoint(path, vae)
         scheduler = load_scheduler_config(paths.scheduler)
-        make_sampler(sampler, scheduler, 1)  # fail early on a bad sampler name
+        make_sampler(sampler, scheduler, 1)  # fail early on a bad sampler name, kernels or compile mode
+        kernel_ops = resolve_kernels(kernels, device)
+        check_compile_mode(compile_mode, device)
+        transformer = load_transformer(paths.transformer, device, dtype)
+        config = transformer.config
+        transformer.use_backends(
+            kernel_ops,
+            select_attention(
+                attention,
+                device,
+                dtype,
+                heads=config.num_attention_heads,
+                head_dim=config.attention_head_dim,
+                num_conditions=config.num_condition_tokens,
+            ),
+        )
         return cls(
-            load_transformer(paths.transformer, device, dtype),
+            transformer,
             load_vae(paths.vae, device, dtype),
             scheduler,
             device=device,
             dtype=dtype,
             sampler=sampler,
+            compile_mode=compile_mode,
         )
 
     @contextmanager
@@ -189,22 +265,28 @@ class Remover:
         """Run the sampler from noise [1, z_dim, T', h, w] (fp32) to clean latents (fp32), the model
         seeing noisy latents | context latents. With `guidance_scale`, each step is one batched call
         for the remove (0) and regenerate (1) tokens: v = v_neg + g (v_pos - v_neg)."""
-        has_tokens = self.transformer.config.num_condition_tokens > 0
-        if guidance_scale is not None and not has_tokens:
+        if guidance_scale is not None and not self.transformer.config.num_condition_tokens:
             raise RemoverError("guidance_scale needs a model with condition tokens")
         sampler = make_sampler(self.sampler, self.scheduler, num_steps)
         latents = noise
         for timestep in tqdm(sampler.timesteps, desc="denoise", disable=not progress):
             model_input = torch.cat([latents.to(self.dtype), context], dim=1)
             timestep = timestep.to(self.device, torch.float32).expand(1)
-            if guidance_scale is None:
-                velocity = self.transformer(model_input, timestep, 0 if has_tokens else None)
-            else:
-                both = self.transformer(model_input.expand(2, -1, -1, -1, -1), timestep.expand(2), torch.tensor([0, 1]))
-                positive, negative = both.float().chunk(2)
-                velocity = negative + guidance_scale * (positive - negative)
-            latents = sampler.step(velocity, latents)
+            latents = sampler.step(self._velocity(model_input, timestep, guidance_scale), latents)
         return latents
+
+    def _model_velocity(self, model_input: Tensor, timestep: Tensor, guidance_scale: float | None) -> Tensor:
+        """One step's velocity (the function `compile_mode` compiles): the model on noisy | context
+        latents [1, C, T', h, w] at timestep [1]; with guidance, the remove and regenerate tokens as
+        one batch of two."""
+        if not self.transformer.config.num_condition_tokens:
+            return self.transformer(model_input, timestep)
+        if guidance_scale is None:
+            return self.transformer(model_input, timestep, 0)
+        conditions = torch.tensor([0, 1], device=self.device)
+        both = self.transformer(model_input.expand(2, -1, -1, -1, -1), timestep.expand(2), conditions)
+        positive, negative = both.float().chunk(2)
+        return negative + guidance_scale * (positive - negative)
 
     def decode(self, latents: Tensor, progress: bool = False) -> np.ndarray:
         """Clean latents [1, z_dim, T', h, w] -> float32 frames [F, H, W, 3] in [0, 1], streamed to host."""

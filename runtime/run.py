@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from runtime.attention import ATTENTION_CHOICES
 from runtime.errors import RemoverError
-from runtime.pipeline import DTYPES, Remover
+from runtime.pipeline import COMPILE_MODES, DTYPES, KERNEL_CHOICES, Remover
 from runtime.video import check_output_path, read_clip, read_masks, write_clip
 
 DEMO_DIR = Path(__file__).parent / "demo"
@@ -52,6 +53,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bf16 on GPU, fp32 on CPU")
+    parser.add_argument(
+        "--kernels",
+        choices=KERNEL_CHOICES,
+        help="transformer's fused steps: Triton or the PyTorch references (default: $RUNTIME_KERNELS or auto)",
+    )
+    parser.add_argument(
+        "--attention",
+        choices=ATTENTION_CHOICES,
+        help="attention backend (default: $RUNTIME_ATTENTION or auto: flash-attn, else fused SDPA, else math)",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=sorted(COMPILE_MODES),
+        default="off",
+        help="compile the denoising step's model call (off by default: not yet measured faster)",
+    )
     parser.add_argument(
         "--no-paste-back",
         action="store_true",
@@ -99,7 +116,14 @@ def run(args: argparse.Namespace) -> str:
 
     start = time.perf_counter()
     remover = Remover.from_pretrained(
-        args.weights or DEMO_WEIGHTS, device, args.dtype, vae=args.vae, sampler=args.sampler
+        args.weights or DEMO_WEIGHTS,
+        device,
+        args.dtype,
+        vae=args.vae,
+        sampler=args.sampler,
+        kernels=args.kernels,
+        attention=args.attention,
+        compile_mode=args.compile,
     )
     load_s = time.perf_counter() - start
     print(
@@ -124,7 +148,7 @@ def run(args: argparse.Namespace) -> str:
     write_clip(out, to_uint8(result), clip.fps)
     stages = {"read": read_s, "load": load_s, **remover.timings, "write": time.perf_counter() - start}
     detail = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stages.items())
-    return f"wrote {out} ({len(result)} frames) in {sum(stages.values()):.1f} s: {detail}"
+    return f"wrote {out} ({len(result)} frames) in {sum(stages.values()):.1f} s: {detail} ({remover.backends})"
 
 
 def main(argv: list[str] | None = None) -> int:

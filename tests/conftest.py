@@ -11,6 +11,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+# Triton fixes when a kernel is defined (its module imported) whether it compiles for a GPU or runs in
+# its NumPy interpreter, so TRITON_INTERPRET must be set before anything imports kernels/: here, for
+# the whole session, when there is no GPU (the kernel tests then run on the CPU). Nothing else reads it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 SHARED = Path(os.environ.get("MINIMAX_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 FIXTURE = SHARED / "fixtures" / "reference-tiny"
 DATA = SHARED / "data"

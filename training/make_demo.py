@@ -1,34 +1,30 @@
-"""Write the runtime's bundled demo: a synthetic clip, its mask, and a tiny checkpoint.
+"""Write the runtime's bundled demo: a synthetic clip, its mask, and the trained tiny checkpoint.
 
-    python -m training.make_demo
+    python -m training.make_demo --weights runs/tiny/stage2/checkpoint
 
-The clip is rendered by `training.synthetic` (the project's own data). Until trained tiny weights
-exist, the checkpoint is a seeded random initialization of a tiny config in the released layout:
-it exercises the whole pipeline but does not remove anything convincingly.
+The clip is rendered by `training.synthetic` (the project's own data); the weights are a trained
+checkpoint (`python -m training.tiny` trains the tiny VAE, stage 1 and stage 2 and then calls this),
+stored in fp16 like the release.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+import shutil
+import sys
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
-from runtime.models.vae import RELEASED_VAE, WanVAE
+from runtime.errors import RemoverError
 from runtime.run import DEMO_CLIP, DEMO_MASK, DEMO_WEIGHTS
-from runtime.scheduler import RELEASED_SCHEDULER
 from runtime.video import write_clip
+from runtime.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint, save_checkpoint
 from training.synthetic import render_clip
 
 DEMO_SEED, DEMO_FRAMES, DEMO_HEIGHT, DEMO_WIDTH, DEMO_FPS = 7, 21, 144, 256, Fraction(16)
-TINY_TRANSFORMER = replace(
-    RELEASED_TRANSFORMER, num_attention_heads=2, attention_head_dim=32, ffn_dim=128, num_layers=2
-)
-TINY_VAE = replace(RELEASED_VAE, base_dim=8, num_res_blocks=1)
 
 
 def write_demo_clip(clip_path: Path, mask_path: Path) -> None:
@@ -38,24 +34,39 @@ def write_demo_clip(clip_path: Path, mask_path: Path) -> None:
     write_clip(mask_path, np.repeat(clip.masks[..., None] * np.uint8(255), 3, axis=-1), DEMO_FPS)
 
 
-def write_random_checkpoint(folder: Path, seed: int = 0) -> None:
-    """A seeded random tiny checkpoint in the released layout (fp16, like the release)."""
-    from runtime.weights import save_checkpoint
+def install_weights(checkpoint: Path, folder: Path) -> None:
+    """Copy a checkpoint (released layout) into `folder` in fp16, replacing what is there only once complete."""
+    paths = locate_checkpoint(checkpoint)
+    cpu = torch.device("cpu")
+    transformer = load_transformer(paths.transformer, cpu, torch.float32)
+    vae = load_vae(paths.vae, cpu, torch.float32)
+    temporary = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(temporary, ignore_errors=True)
+    save_checkpoint(temporary, transformer, vae, load_scheduler_config(paths.scheduler), torch.float16)
+    shutil.rmtree(folder, ignore_errors=True)
+    temporary.rename(folder)
 
-    torch.manual_seed(seed)
-    save_checkpoint(folder, RemoverTransformer(TINY_TRANSFORMER), WanVAE(TINY_VAE), RELEASED_SCHEDULER)
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args()
+def make_demo(checkpoint: Path) -> None:
     DEMO_CLIP.parent.mkdir(parents=True, exist_ok=True)
     for path in (DEMO_CLIP, DEMO_MASK):
         path.unlink(missing_ok=True)
     write_demo_clip(DEMO_CLIP, DEMO_MASK)
-    write_random_checkpoint(DEMO_WEIGHTS)
-    print(f"wrote {DEMO_CLIP}, {DEMO_MASK} and {DEMO_WEIGHTS}")
+    install_weights(checkpoint, DEMO_WEIGHTS)
+    print(f"wrote {DEMO_CLIP}, {DEMO_MASK} and {DEMO_WEIGHTS} (from {checkpoint})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", default="runs/tiny/stage2/checkpoint", help="trained checkpoint folder")
+    args = parser.parse_args(argv)
+    try:
+        make_demo(Path(args.weights))
+    except RemoverError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,15 +2,21 @@
 
 Every clip is rendered twice, with and without the objects, so a removal can be scored against
 the true background, and comes with the objects' exact masks. Everything follows from the seed.
+Training uses the "noise" background and ellipses/rectangles; held-out evaluation uses other
+textures ("waves") and other shapes (triangles, blobs), so it measures more than memorization.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+TRAIN_SHAPES = ("ellipse", "rectangle")
+HELD_OUT_SHAPES = ("triangle", "blob")
 
 
 @dataclass
@@ -43,29 +49,69 @@ def smooth_texture(
     return (texture - low) / max(high - low, 1e-6)
 
 
+def wave_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Float [H, W, 3] in [0, 1]: a sum of random plane waves per channel over a colour gradient
+    (periodic structure the training textures do not have)."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    texture = np.zeros((height, width, 3), dtype=np.float32)
+    for channel in range(3):
+        for _ in range(3):
+            angle, period, phase = rng.uniform(0, np.pi), rng.uniform(10, 40), rng.uniform(0, 2 * np.pi)
+            texture[..., channel] += np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period + phase)
+    gradient = (xx / width)[..., None] * rng.uniform(-1, 1, 3) + (yy / height)[..., None] * rng.uniform(-1, 1, 3)
+    texture = texture / 3 + gradient.astype(np.float32)
+    low, high = texture.min(), texture.max()
+    return (texture - low) / max(high - low, 1e-6)
+
+
+BACKGROUNDS: dict[str, Callable[[np.random.Generator, int, int], np.ndarray]] = {
+    "noise": smooth_texture,
+    "waves": wave_texture,
+}
+
+
 def object_mask(shape: str, height: int, width: int, center: np.ndarray, radii: np.ndarray, angle: float) -> np.ndarray:
-    """bool [H, W] for an ellipse or a rectangle rotated by `angle` around `center` (y, x)."""
+    """bool [H, W] for an ellipse, rectangle, triangle or three-lobed blob rotated by `angle` around `center` (y, x)."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     dy, dx = yy - center[0], xx - center[1]
     u = (dx * np.cos(angle) + dy * np.sin(angle)) / radii[1]
     v = (-dx * np.sin(angle) + dy * np.cos(angle)) / radii[0]
     if shape == "ellipse":
         return u**2 + v**2 <= 1.0
-    return (np.abs(u) <= 1.0) & (np.abs(v) <= 1.0)
+    if shape == "rectangle":
+        return (np.abs(u) <= 1.0) & (np.abs(v) <= 1.0)
+    if shape == "triangle":  # apex at v = -1, base at v = 1/2
+        return (v <= 0.5) & (np.sqrt(3.0) * np.abs(u) <= v + 1.0)
+    if shape == "blob":
+        return np.hypot(u, v) <= 0.8 + 0.25 * np.cos(3.0 * np.arctan2(v, u))
+    raise ValueError(f"unknown shape {shape!r}")
 
 
-def render_clip(seed: int, num_frames: int, height: int, width: int, num_objects: int = 1) -> SyntheticClip:
-    """Render one clip: the background pans at a constant velocity, each object moves, turns and bounces."""
+def render_clip(
+    seed: int,
+    num_frames: int,
+    height: int,
+    width: int,
+    num_objects: int = 1,
+    background: str = "noise",
+    shapes: tuple[str, ...] = TRAIN_SHAPES,
+    frame_stride: int = 1,
+) -> SyntheticClip:
+    """Render one clip: the background pans at a constant velocity, each object moves, turns and bounces.
+
+    `frame_stride` keeps every stride-th frame of a longer rendering (faster apparent motion).
+    """
     rng = np.random.default_rng(seed)
+    rendered = (num_frames - 1) * frame_stride + 1
     pan = rng.uniform(-1.5, 1.5, size=2)  # pixels per frame (y, x)
-    margin = np.ceil(np.abs(pan) * num_frames).astype(int) + 1
-    canvas = smooth_texture(rng, height + 2 * margin[0], width + 2 * margin[1])
+    margin = np.ceil(np.abs(pan) * rendered).astype(int) + 1
+    canvas = BACKGROUNDS[background](rng, height + 2 * margin[0], width + 2 * margin[1])
     objects = []
     for _ in range(num_objects):
         radii = rng.uniform(0.12, 0.25, size=2) * min(height, width)
         objects.append(
             {
-                "shape": rng.choice(["ellipse", "rectangle"]),
+                "shape": rng.choice(list(shapes)),
                 "texture": smooth_texture(rng, height, width, scales=(2, 4)) * 0.6
                 + rng.random(3, dtype=np.float32) * 0.4,
                 "radii": radii,
@@ -76,23 +122,26 @@ def render_clip(seed: int, num_frames: int, height: int, width: int, num_objects
             }
         )
 
-    background = np.empty((num_frames, height, width, 3), dtype=np.float32)
-    with_objects = np.empty_like(background)
+    background_frames = np.empty((num_frames, height, width, 3), dtype=np.float32)
+    with_objects = np.empty_like(background_frames)
     masks = np.zeros((num_frames, height, width), dtype=bool)
-    for t in range(num_frames):
-        top, left = (margin + np.round(pan * t)).astype(int)
-        background[t] = canvas[top : top + height, left : left + width]
-        with_objects[t] = background[t]
+    for t in range(rendered):
+        keep, index = t % frame_stride == 0, t // frame_stride
+        if keep:
+            top, left = (margin + np.round(pan * t)).astype(int)
+            background_frames[index] = canvas[top : top + height, left : left + width]
+            with_objects[index] = background_frames[index]
         for obj in objects:
-            mask = object_mask(obj["shape"], height, width, obj["center"], obj["radii"], obj["angle"])
-            with_objects[t][mask] = obj["texture"][mask]
-            masks[t] |= mask
+            if keep:
+                mask = object_mask(obj["shape"], height, width, obj["center"], obj["radii"], obj["angle"])
+                with_objects[index][mask] = obj["texture"][mask]
+                masks[index] |= mask
             obj["center"] = obj["center"] + obj["velocity"]
             for axis, size in enumerate((height, width)):  # bounce off the frame's edges
                 if not obj["radii"].min() <= obj["center"][axis] <= size - obj["radii"].min():
                     obj["velocity"][axis] *= -1
             obj["angle"] += obj["spin"]
-    return SyntheticClip(_to_uint8(with_objects), _to_uint8(background), masks)
+    return SyntheticClip(_to_uint8(with_objects), _to_uint8(background_frames), masks)
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:

@@ -3,6 +3,11 @@
 One file, read top-down: config, rotary embedding, blocks, model. Module and parameter names
 follow the released checkpoint (diffusers layout), so its state dict loads by key name.
 Modulation, norms and RoPE run in fp32 whatever the weights' dtype, as in the reference.
+
+The elementwise steps around the matmuls (RMSNorm + RoPE + condition K/V, LayerNorm + modulation,
+gated residuals) go through a `KernelOps` table: the plain PyTorch references in kernels/ (the
+default) or the fused Triton kernels; attention goes through a selected backend
+(runtime/attention.py). `RemoverTransformer.use_backends` switches both for every block.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from runtime.attention import attention
+from kernels import TORCH_KERNELS, KernelOps
+from kernels.attention_inputs import apply_rope as apply_rope  # re-exported: the tables are built below
+from kernels.attention_inputs import rms_norm
+from runtime.attention import SDPA, AttentionBackend, attention
 from runtime.errors import RemoverError
 from runtime.models.config import ANY
 
@@ -105,15 +113,6 @@ def rope_cos_sin(grid: tuple[int, int, int], head_dim: int, device: torch.device
     return table.cos().float().to(device), table.sin().float().to(device)
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate adjacent pairs (x0, x1), (x2, x3), ... of x [B, L, heads, head_dim] in fp32."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = pairs.unbind(-1)
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
-    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return rotated.flatten(-2).to(x.dtype)
-
-
 # --- building blocks --------------------------------------------------------------------------
 
 
@@ -125,11 +124,6 @@ def timestep_features(timestep: Tensor, dim: int) -> Tensor:
     return torch.cat([angles.cos(), angles.sin()], dim=-1)
 
 
-def layer_norm_fp32(x: Tensor, eps: float) -> Tensor:
-    """LayerNorm without affine parameters, computed in fp32 (returns fp32)."""
-    return F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
-
-
 class RMSNorm(nn.Module):
     """RMSNorm with a weight, statistics in fp32."""
 
@@ -139,9 +133,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * self.weight.float()).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class TimestepMLP(nn.Module):
@@ -184,6 +176,8 @@ class SelfAttention(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])  # a list so the key reads "to_out.0"
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
+        self.kernels: KernelOps = TORCH_KERNELS
+        self.attention_backend: AttentionBackend = SDPA
 
     def condition_kv(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values [B, n, heads, head_dim] of condition tokens [B, n, D] (no RoPE)."""
@@ -192,13 +186,11 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], extra_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """x [B, L, D]; `extra_kv` (condition keys and values) is appended after the video tokens."""
-        q = self.norm_q(self.to_q(x)).unflatten(-1, (self.heads, -1))  # [B, L, heads, head_dim]
-        k = self.norm_k(self.to_k(x)).unflatten(-1, (self.heads, -1))
-        v = self.to_v(x).unflatten(-1, (self.heads, -1))
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if extra_kv is not None:
-            k, v = torch.cat([k, extra_kv[0]], dim=1), torch.cat([v, extra_kv[1]], dim=1)
-        return self.to_out[0](attention(q, k, v).flatten(2))
+        q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)  # [B, L, D]
+        # q [B, L, heads, head_dim] normed and rotated; K, V [B, L + n, heads, head_dim] with extra_kv appended
+        norms = (self.norm_q.weight, self.norm_k.weight)
+        q, k, v = self.kernels.attention_inputs(q, k, v, *norms, rope, extra_kv, self.heads, self.norm_q.eps)
+        return self.to_out[0](attention(q, k, v, self.attention_backend).flatten(2))
 
 
 class GELUProjection(nn.Module):
@@ -233,6 +225,7 @@ class TransformerBlock(nn.Module):
         self.attn1 = SelfAttention(dim, config.num_attention_heads, config.eps)
         self.ffn = FeedForward(dim, config.ffn_dim)
         self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+        self.kernels: KernelOps = TORCH_KERNELS
 
     def forward(
         self, x: Tensor, modulation: Tensor, rope: tuple[Tensor, Tensor], extra_kv: tuple[Tensor, Tensor] | None = None
@@ -241,10 +234,12 @@ class TransformerBlock(nn.Module):
         shift, scale, gate, c_shift, c_scale, c_gate = (self.scale_shift_table.float() + modulation.float()).chunk(
             6, dim=1
         )
-        h = (layer_norm_fp32(x, self.eps) * (1 + scale) + shift).to(x.dtype)
-        x = (x.float() + self.attn1(h, rope, extra_kv).float() * gate).to(x.dtype)
-        h = (layer_norm_fp32(x, self.eps) * (1 + c_scale) + c_shift).to(x.dtype)
-        return (x.float() + self.ffn(h).float() * c_gate).to(x.dtype)
+        h = self.kernels.modulated_layer_norm(x, shift, scale, self.eps)
+        # x + gate * attention, fused with the feed-forward's norm and modulation
+        x, h = self.kernels.residual_modulated_layer_norm(
+            x, self.attn1(h, rope, extra_kv), gate, c_shift, c_scale, self.eps
+        )
+        return self.kernels.gated_residual(x, self.ffn(h), c_gate)
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -266,7 +261,19 @@ class RemoverTransformer(nn.Module):
             # row 0 = positive (remove the object), row 1 = negative (regenerate it); a row splits into the tokens
             self.condition_embedding = nn.Embedding(2, config.num_condition_tokens * dim)
         self._rope_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
-        self._condition_kv_cache: dict[int, list[tuple[Tensor, Tensor]]] = {}
+        # per block: keys and values [2, n, heads, head_dim], indexed by condition
+        self._condition_kv_cache: list[tuple[Tensor, Tensor]] = []
+        self.kernels: KernelOps = TORCH_KERNELS
+        self.attention_backend: AttentionBackend = SDPA
+
+    def use_backends(self, kernels: KernelOps | None = None, attention: AttentionBackend | None = None) -> None:
+        """Run every block's fused steps with `kernels` and its attention with `attention` (None keeps
+        the current choice; the defaults are the PyTorch references and plain SDPA)."""
+        self.kernels = kernels or self.kernels
+        self.attention_backend = attention or self.attention_backend
+        for block in self.blocks:
+            block.kernels = block.attn1.kernels = self.kernels
+            block.attn1.attention_backend = self.attention_backend
 
     def condition_kv(self, condition: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Per-block condition keys and values [B, n, heads, head_dim] for conditions [B] (0 or 1)."""
@@ -276,16 +283,18 @@ class RemoverTransformer(nn.Module):
     def cache_condition_kv(self) -> None:
         """Compute both conditions' per-block K/V once; inference then reuses them. Call again after
         changing the weights (switching to training mode drops the cache)."""
-        self._condition_kv_cache = {}
+        self._condition_kv_cache = []
         if self.config.num_condition_tokens:
             with torch.no_grad():
-                for condition in (0, 1):
-                    index = torch.tensor([condition], device=self.condition_embedding.weight.device)
-                    self._condition_kv_cache[condition] = self.condition_kv(index)
+                device = self.condition_embedding.weight.device
+                remove, regenerate = (self.condition_kv(torch.tensor([c], device=device)) for c in (0, 1))
+                self._condition_kv_cache = [
+                    (torch.cat([k0, k1]), torch.cat([v0, v1])) for (k0, v0), (k1, v1) in zip(remove, regenerate)
+                ]
 
     def train(self, mode: bool = True) -> RemoverTransformer:
         if mode:
-            self._condition_kv_cache = {}
+            self._condition_kv_cache = []
         return super().train(mode)
 
     def _block_condition_kv(
@@ -301,11 +310,8 @@ class RemoverTransformer(nn.Module):
         conditions = torch.as_tensor(condition, device=self.condition_embedding.weight.device).long().reshape(-1)
         conditions = conditions.expand(batch) if conditions.numel() == 1 else conditions
         if self._condition_kv_cache and not torch.is_grad_enabled():
-            per_sample = [self._condition_kv_cache[int(c)] for c in conditions.tolist()]
-            return [
-                (torch.cat([kv[i][0] for kv in per_sample]), torch.cat([kv[i][1] for kv in per_sample]))
-                for i in range(len(self.blocks))
-            ]
+            # indexed on the device: no host sync, and torch.compile traces it without a graph break
+            return [(keys[conditions], values[conditions]) for keys, values in self._condition_kv_cache]
         return self.condition_kv(conditions)
 
     def rope(self, grid: tuple[int, int, int], device: torch.device) -> tuple[Tensor, Tensor]:
@@ -338,8 +344,7 @@ class RemoverTransformer(nn.Module):
 
         # 4. Output norm, modulation and projection
         shift, scale = (self.scale_shift_table.float() + temb.float()[:, None]).chunk(2, dim=1)
-        x = (layer_norm_fp32(x, self.config.eps) * (1 + scale) + shift).to(x.dtype)
-        x = self.proj_out(x)
+        x = self.proj_out(self.kernels.modulated_layer_norm(x, shift, scale, self.config.eps))
 
         # 5. Unpatchify [B, L, pt*ph*pw*C] -> [B, C, T, H, W]
         x = x.reshape(batch, *grid, pt, ph, pw, self.config.out_channels)

@@ -308,21 +308,26 @@ class WanVAE(nn.Module):
         mean = torch.tensor(self.config.latents_mean, device=device).view(1, -1, 1, 1, 1)
         return mean, torch.tensor(self.config.latents_std, device=device).view(1, -1, 1, 1, 1)
 
+    def posterior_chunk(self, video: Tensor, cache: TemporalCache) -> tuple[Tensor, Tensor]:
+        """One chunk of video [B, 3, t, H, W] -> the latent distribution's un-normalized mean and
+        log-variance [B, z_dim, t', H/8, W/8] (VAE training samples from it; inference uses the mean)."""
+        mean, logvar = self.quant_conv(self.encoder(video, cache)).chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
     def encode_chunk(self, video: Tensor, cache: TemporalCache) -> Tensor:
         """One chunk of video [B, 3, t, H, W] -> normalized mode latents [B, z_dim, t', H/8, W/8]."""
-        z_dim = self.config.z_dim
-        params = self.encoder(video, cache)
-        # quant_conv is 1x1x1: computing only its first z_dim outputs gives the mode
-        mode = F.conv3d(params, self.quant_conv.weight[:z_dim], self.quant_conv.bias[:z_dim])
+        mode, _ = self.posterior_chunk(video, cache)
         mean, std = self.latent_stats(video.device)
         return (mode.float() - mean) / std
 
-    def decode_chunk(self, latents: Tensor, cache: TemporalCache) -> Tensor:
-        """One chunk of normalized latents -> video in [-1, 1] (fp32)."""
+    def decode_chunk(self, latents: Tensor, cache: TemporalCache, clamp: bool = True) -> Tensor:
+        """One chunk of normalized latents -> video in [-1, 1] (fp32); `clamp=False` keeps the raw
+        decoder output (VAE training, so the loss has gradients beyond the range)."""
         mean, std = self.latent_stats(latents.device)
         z = latents.float() * std + mean
         z = self.post_quant_conv(z.to(self.post_quant_conv.weight.dtype))
-        return self.decoder(z, cache).float().clamp(-1.0, 1.0)
+        video = self.decoder(z, cache).float()
+        return video.clamp(-1.0, 1.0) if clamp else video
 
     def video_chunks(self, num_frames: int, frames_per_chunk: int | None = None) -> list[slice]:
         """Frame slices of a streamed encode: the first frame alone, then whole latent frames."""

@@ -1,0 +1,116 @@
+"""Flow matching for the remover, shared by both transformer stages.
+
+x_t = t * noise + (1 - t) * x0 and the model predicts v = noise - x0, with the timestep 1000 t, as the
+runtime's samplers assume. Batches are assembled from a cached `LatentSet` one sample at a time,
+each from its own (seed, step, index) generator; a step's random crop size is shared by its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
+from runtime.models.vae import WanVAE
+from runtime.weights import load_transformer, load_vae
+from training.data import ClipSpec, make_source
+from training.latents import LatentSet, build_latent_set, cache_key, use_channels_last
+from training.trainer import Distributed, sample_rng
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """The clips a transformer stage trains on (the latent cache is keyed on these and the VAE)."""
+
+    source: str  # synthetic | synthetic-held-out | folder
+    root: str
+    num_clips: int
+    num_frames: int
+    height: int
+    width: int
+    positives_per_clip: int
+    random_masks: int
+    max_dilation: int
+    seed: int
+    cache_dir: str
+
+
+def shifted_sigma(u: float, shift: float) -> float:
+    """Map u ~ U(0, 1) through the sampler's time shift, so training visits noise levels as sampling does."""
+    return shift * u / (1.0 + (shift - 1.0) * u)
+
+
+def flow_matching_loss(
+    model: torch.nn.Module,
+    target: Tensor,
+    context: Tensor,
+    noise: Tensor,
+    sigma: Tensor,
+    timestep: Tensor,
+    condition: Tensor | None,
+) -> Tensor:
+    """|| model(x_sigma | context, timestep, condition) - (noise - target) ||^2, averaged.
+
+    target and noise [B, z, T, h, w], context [B, 2 z, T, h, w], sigma and timestep [B]."""
+    s = sigma.view(-1, 1, 1, 1, 1)
+    noisy = s * noise + (1.0 - s) * target
+    velocity = model(torch.cat([noisy, context], dim=1), timestep, condition)
+    return (velocity.float() - (noise - target)).square().mean()
+
+
+def crop_size(seed: int, step: int, full: tuple[int, int], min_crop: int) -> tuple[int, int]:
+    """The latent crop (h, w) of a step: even sizes from min_crop to the full size (0 = no crop)."""
+    if min_crop <= 0:
+        return full
+    rng = sample_rng(seed, step, -1)
+    return tuple(int(rng.integers(min(min_crop, n) // 2, n // 2 + 1)) * 2 for n in full)
+
+
+def random_crop(tensors: list[Tensor], rng: np.random.Generator, size: tuple[int, int]) -> list[Tensor]:
+    """The same random spatial window of each [..., h, w] tensor."""
+    height, width = tensors[0].shape[-2:]
+    top, left = int(rng.integers(0, height - size[0] + 1)), int(rng.integers(0, width - size[1] + 1))
+    return [t[..., top : top + size[0], left : left + size[1]] for t in tensors]
+
+
+def new_transformer(
+    num_layers: int, num_attention_heads: int, attention_head_dim: int, ffn_dim: int, num_condition_tokens: int
+) -> RemoverTransformer:
+    """A freshly initialized remover of the released architecture at a given size (for the tiny model)."""
+    config = replace(
+        RELEASED_TRANSFORMER,
+        num_layers=num_layers,
+        num_attention_heads=num_attention_heads,
+        attention_head_dim=attention_head_dim,
+        ffn_dim=ffn_dim,
+        num_condition_tokens=num_condition_tokens,
+    )
+    return RemoverTransformer(config)
+
+
+def trainable_transformer(folder: Path, device: torch.device) -> RemoverTransformer:
+    """A released-layout transformer folder loaded in fp32, in training mode, with gradients on."""
+    return load_transformer(folder, device, torch.float32).train().requires_grad_(True)
+
+
+def frozen_vae(folder: Path, device: torch.device) -> WanVAE:
+    return use_channels_last(load_vae(folder, device, torch.float32))
+
+
+def prepare_latent_set(data: DataSettings, vae: WanVAE, dist: Distributed) -> LatentSet:
+    """The stage's latent set: loaded from the cache, or encoded by rank 0 and cached for the others."""
+    settings = {key: value for key, value in asdict(data).items() if key != "cache_dir"}
+    path = Path(data.cache_dir) / f"latents-{cache_key(settings, vae)}.pt"
+    if dist.is_main and not path.is_file():
+        spec = ClipSpec(data.num_frames, data.height, data.width, data.seed, max_dilation=data.max_dilation)
+        source = make_source(data.source, spec, data.root)
+        latents = build_latent_set(
+            vae, source, data.num_clips, data.positives_per_clip, data.random_masks, data.seed, dist.device
+        )
+        latents.save(path)
+    dist.barrier()
+    return LatentSet.load(path)
