@@ -8,7 +8,8 @@ outputs. The floor on a GPU is the roofline bound max(FLOPs / peak FLOP/s, bytes
 
 The VAE walk mirrors the Wan2.1 VAE's structure (runtime/models/vae.py, diffusers' AutoencoderKLWan):
 convolutions see every output frame once, as a causal pass over the whole clip does; the encoder's
-quant_conv computes only the mode's z_dim channels.
+quant_conv is counted for the mode's z_dim channels only, the least an encode needs (both the runtime
+and diffusers also compute the log-variance half, a few kFLOP per latent position).
 """
 
 from __future__ import annotations
