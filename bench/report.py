@@ -61,12 +61,13 @@ def meta_lines(run: dict[str, Any]) -> list[str]:
     else:
         where += f", {machine['cpu_cores']} cores, {machine['memory_gb']} GB"
     loads = [p[s]["loadavg"][0] for w in run["workloads"].values() for p in w["points"] for s in ("ours", "reference")]
+    ours = f"ours ran with {run['ours']['backends']}; " if "backends" in run["ours"] else ""
     return [
         f"- date {meta['date']}; {where}",
         f"- {versions}; {meta['dtype']}, threads {meta['threads']}; per side {meta['rounds']} fresh process(es), "
         f"interleaved with the other side's, each with {meta['warmup']} warm-up and {meta['repeats']} timed "
         f"call(s); medians of times, highest peaks; weights: {meta['weights']}",
-        f"- `{meta['command']}` ({meta['wall_s'] / 60:.0f} min); load average at the start of each "
+        f"- {ours}`{meta['command']}` ({meta['wall_s'] / 60:.0f} min); load average at the start of each "
         f"measurement {min(loads):.1f} to {max(loads):.1f}",
     ]
 

@@ -26,11 +26,12 @@ import torch
 from bench import results
 from bench.results import SIDES
 from bench.workloads import SUITES, WORKLOADS, default_weights_dir, ensure_random_checkpoint, write_pipeline_inputs
+from runtime.attention import ATTENTION_CHOICES
 from runtime.errors import RemoverError
 from runtime.models.config import read_config
 from runtime.models.transformer import TransformerConfig
 from runtime.models.vae import VAEConfig
-from runtime.pipeline import DTYPES
+from runtime.pipeline import COMPILE_MODES, DTYPES, KERNEL_CHOICES
 from runtime.weights import locate_checkpoint
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -53,6 +54,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rounds", type=int, help="fresh processes per side, interleaved, medians reported (default: 1 GPU, 3 CPU)"
     )
     parser.add_argument("--threads", type=int, help="CPU threads per measurement process (default: torch's)")
+    parser.add_argument("--kernels", choices=KERNEL_CHOICES, help="ours: from_pretrained's (default auto)")
+    parser.add_argument("--attention", choices=ATTENTION_CHOICES, help="ours: from_pretrained's (default auto)")
+    parser.add_argument(
+        "--compile", choices=sorted(COMPILE_MODES), default="off", help="ours: compile the step's model call"
+    )
     parser.add_argument("--report", action="store_true", help="then re-render bench/RESULTS.md from bench/results/")
     parser.add_argument("--child", nargs=3, metavar=("SIDE", "WORKLOAD", "FRAMES"), help=argparse.SUPPRESS)
     parser.add_argument("--inputs", nargs=2, type=Path, metavar=("VIDEO", "MASKS"), help=argparse.SUPPRESS)
@@ -78,14 +84,20 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def ours_options(args: argparse.Namespace) -> dict[str, str | None]:
+    """Our side's `Remover.from_pretrained` options (None: its own default)."""
+    return {"kernels": args.kernels, "attention": args.attention, "compile_mode": args.compile}
+
+
 def child_command(
     args: argparse.Namespace, side: str, workload: str, frames: int, inputs: Any, stage: str | None
 ) -> list[str]:
     command = [sys.executable, "-m", "bench.run", "--child", side, workload, str(frames), "--device", args.device]
     command += ["--dtype", args.dtype, "--weights", str(args.weights), "--warmup", str(args.warmup)]
-    command += ["--repeats", str(args.repeats)]
-    if args.threads:
-        command += ["--threads", str(args.threads)]
+    command += ["--repeats", str(args.repeats), "--compile", args.compile]
+    for option in ("threads", "kernels", "attention"):
+        if getattr(args, option):
+            command += [f"--{option}", str(getattr(args, option))]
     if inputs is not None:
         command += ["--inputs", str(inputs[0]), str(inputs[1])]
     if stage is not None:
@@ -158,6 +170,7 @@ def run_suite(args: argparse.Namespace, names: tuple[str, ...], log=print) -> di
         "repeats": args.repeats,
         "rounds": args.rounds,
         "threads": args.threads or torch.get_num_threads(),
+        "ours_options": ours_options(args),
         "weights": str(args.weights) if args.weights != default_weights_dir() else "random, released shapes (seed 0)",
         "machine": results.machine_info(device),
         "versions": results.versions(),
@@ -188,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             figures = measure_side(
                 side, WORKLOADS[name], int(frames), weights=args.weights, device=torch.device(args.device),
                 dtype=DTYPES[args.dtype], inputs=args.inputs, stage=args.stage, warmup=args.warmup,
-                repeats=args.repeats,
+                repeats=args.repeats, options=ours_options(args),
             )  # fmt: skip
             print(json.dumps(figures))
             return 0

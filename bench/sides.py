@@ -35,11 +35,14 @@ from runtime.weights import load_scheduler_config, load_vae, locate_checkpoint
 DIT_STEP = "dit_step"
 
 
-def load_side(side: str, kind: str, weights: Path, device: torch.device, dtype: torch.dtype) -> Any:
-    """The loaded pipeline of one side; for "vae" workloads only its VAE is loaded."""
+def load_side(
+    side: str, kind: str, weights: Path, device: torch.device, dtype: torch.dtype, options: dict[str, Any]
+) -> Any:
+    """The loaded pipeline of one side; for "vae" workloads only its VAE is loaded. `options` are our
+    `Remover.from_pretrained` keyword arguments (kernels, attention, compile_mode)."""
     if side == "ours":
         if kind == "pipeline":
-            return Remover.from_pretrained(weights, device, dtype)
+            return Remover.from_pretrained(weights, device, dtype, **options)
         paths = locate_checkpoint(weights)
         with torch.device("meta"):  # the VAE stages never touch the transformer: it takes no memory
             transformer = RemoverTransformer(RELEASED_TRANSFORMER)
@@ -168,14 +171,16 @@ def measure_side(
     stage: str | None,
     warmup: int,
     repeats: int,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load one side, run `warmup` + `repeats` calls, and return its figures (JSON-ready). A "pipeline"
-    workload runs the whole job on `inputs`; a "vae" workload runs `stage` on `frames` latent frames."""
+    workload runs the whole job on `inputs`; a "vae" workload runs `stage` on `frames` latent frames.
+    `options` go to our `Remover.from_pretrained` (default: its own defaults)."""
     clock, memory = clock_and_memory(device)
     loadavg_before = os.getloadavg()
     start = time.perf_counter()
     memory.reset()
-    model = load_side(side, workload.kind, weights, device, dtype)
+    model = load_side(side, workload.kind, weights, device, dtype, options or {})
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     load_s, load_peak_mb, loaded_mb = time.perf_counter() - start, memory.peak_mb(), memory.current_mb()
@@ -208,6 +213,8 @@ def measure_side(
         "loadavg": [loadavg_before[0], os.getloadavg()[0]],
         **summarize(runs, loaded_mb),
     }
+    if side == "ours" and workload.kind == "pipeline":
+        result["backends"] = model.backends
     if device.type == "cuda":
         result["nvml_peak_mb"] = monitor.peak_used_mb
     return result
