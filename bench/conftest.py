@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.workloads import SUITES
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("bench", "benchmark gates")
@@ -15,6 +13,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-weights", help="a released-layout checkpoint (default: random released shapes)")
     group.addoption("--bench-threads", type=int, help="CPU threads per measurement process")
     group.addoption("--bench-rounds", type=int, help="fresh processes per side (default: 3 on a CPU, 1 on a GPU)")
+    group.addoption("--bench-save", action="store_true", help="write the run to bench/results/<device>[-quick].json")
 
 
 def bench_device(config: pytest.Config) -> str:
@@ -24,9 +23,3 @@ def bench_device(config: pytest.Config) -> str:
 def bench_quick(config: pytest.Config) -> bool:
     """The quick suite on a CPU unless --bench-full; always the full suite on a GPU."""
     return bench_device(config) == "cpu" and not config.getoption("--bench-full")
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "workload_name" in metafunc.fixturenames:
-        config = metafunc.config
-        metafunc.parametrize("workload_name", SUITES[(bench_device(config), bench_quick(config))])
