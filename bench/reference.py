@@ -12,7 +12,9 @@ against the parity fixture.
 nothing else: preprocessing on the host in fp32 with a numpy mask dilation, a whole-clip
 `AutoencoderKLWan.encode` of the masked video and then of the mask video, diffusers'
 `UniPCMultistepScheduler` from scheduler_config.json, one transformer call per step, a whole-clip
-decode and diffusers' `VideoProcessor` post-processing. No paste-back.
+decode and diffusers' `VideoProcessor` post-processing. No paste-back. ("Whole-clip" is one call on
+the whole clip: inside it, diffusers 0.33.1 runs the encoder on 1 + 4 + 4 ... frames and the decoder
+one latent frame at a time, with a feature cache, and concatenates the results.)
 """
 
 from __future__ import annotations

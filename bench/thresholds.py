@@ -120,8 +120,10 @@ GATES = (
         "ours / reference, VAE decode peak above the loaded model, at the longest clip measured",
         0.5,
         "The streamed decode is the runtime's memory claim: the paper attributes 6 of its 14 GB to VAE "
-        "decoding, and decoding chunk by chunk into a preallocated host buffer should at least halve what "
-        "the reference's whole-clip decode (concatenating every chunk on the device) needs.",
+        "decoding. The reference (diffusers 0.33.1 AutoencoderKLWan.decode) already runs the decoder one "
+        "latent frame at a time with a 2-frame cache per causal convolution, but grows its output by "
+        "torch.cat after every frame on the device; the runtime's own VAE is only worth its code if it "
+        "needs at most half of that peak.",
         _vae_decode_memory,
     ),
     Gate(
