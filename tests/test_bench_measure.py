@@ -93,14 +93,17 @@ def test_host_memory_peak_resets():
 @pytest.mark.slow
 @pytest.mark.parametrize("side", ["ours", "reference"])
 def test_one_side_on_the_tiny_checkpoint(side, checkpoint, tmp_path):
-    """The whole child path: load, read, stages in order, one span per DiT call, figures as the report reads them."""
+    """The whole child path: load with options, read, stages in order, one span per DiT call, figures as the
+    report reads them."""
     torch.set_num_threads(1)  # tiny ops: avoid thread hand-off stalls on a busy machine
     workload = WORKLOADS["pipeline-64x112x5"]
     inputs = write_pipeline_inputs(workload, tmp_path)
     figures = measure_side(
         side, workload, 5, weights=checkpoint, device=torch.device("cpu"), dtype=torch.float32,
-        inputs=inputs, stage=None, warmup=0, repeats=2,
+        inputs=inputs, stage=None, warmup=0, repeats=2, options={"attention": "math"},
     )  # fmt: skip
+    if side == "ours":  # our from_pretrained options reach the model, and the figures say what ran
+        assert figures["backends"] == "attention math, kernels torch"
     paste_back = ["paste_back"] if side == "ours" else []
     assert list(figures["stages"]) == ["read", "preprocess", "encode", "denoise", "decode", *paste_back, "write"]
     assert len(figures["dit_steps_s"]) == workload.steps and len(figures["repeat_totals_s"]) == 2
