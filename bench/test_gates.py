@@ -29,7 +29,7 @@ def bench_args(pytestconfig: pytest.Config):
         if pytestconfig.getoption(f"--bench-{option}"):
             argv += [f"--{option}", str(pytestconfig.getoption(f"--bench-{option}"))]
     args = resolve(parse_args(argv))
-    args.command = "pytest bench/ --benchmark-only " + " ".join(argv)
+    args.command = " ".join(["pytest", *pytestconfig.invocation_params.args])
     weights = pytestconfig.getoption("--bench-weights")
     args.weights = Path(weights) if weights else ensure_random_checkpoint(default_weights_dir())
     return args
