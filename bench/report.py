@@ -136,18 +136,19 @@ def pipeline_table(name: str, workload: dict[str, Any]) -> list[str]:
 def cost_table(point: dict[str, Any]) -> list[str]:
     """The cost model per heavy stage (16-bit) and its floor on each GPU, beside the measured times."""
     gpus = list(GPUS)
-    cpu = all("cpu_s" in point[side]["stages"][stage] for side in ("ours", "reference") for stage in point["cost"])
+    costs = {stage: cost for stage, cost in point["cost"].items() if stage in point["ours"]["stages"]}
+    cpu = all("cpu_s" in point[side]["stages"][stage] for side in ("ours", "reference") for stage in costs)
     key, unit = ("cpu_s", "CPU s") if cpu else ("seconds", "s")
     header = ["stage", "TFLOP", "min GB moved", *(f"floor {gpu}" for gpu in gpus), f"ours ({unit})", f"ref ({unit})"]
     rows = []
-    for stage, cost in point["cost"].items():
+    for stage, cost in costs.items():
         measured = [_seconds(point[side]["stages"][stage][key]) for side in ("ours", "reference")]
         floors = [_floor(point["floors_s"][gpu][stage]) for gpu in gpus]
         rows.append([stage, f"{cost['flops'] / 1e12:.3g}", f"{cost['min_bytes'] / 1e9:.3g}", *floors, *measured])
-    total_flops = sum(cost["flops"] for cost in point["cost"].values())
-    total_bytes = sum(cost["min_bytes"] for cost in point["cost"].values())
-    floors = [_floor(point["floors_s"][gpu]["total"]) for gpu in gpus]
-    measured = [_seconds(sum(point[side]["stages"][stage][key] for stage in point["cost"]))
+    total_flops = sum(cost["flops"] for cost in costs.values())
+    total_bytes = sum(cost["min_bytes"] for cost in costs.values())
+    floors = [_floor(sum(point["floors_s"][gpu][stage] for stage in costs)) for gpu in gpus]
+    measured = [_seconds(sum(point[side]["stages"][stage][key] for stage in costs))
                 for side in ("ours", "reference")]  # fmt: skip
     rows.append(["**heavy stages**", f"{total_flops / 1e12:.3g}", f"{total_bytes / 1e9:.3g}", *floors, *measured])
     return _table(header, rows)
@@ -155,17 +156,19 @@ def cost_table(point: dict[str, Any]) -> list[str]:
 
 def vae_table(name: str, workload: dict[str, Any]) -> list[str]:
     """Per clip length: encode and decode seconds and peak above the loaded VAE (each stage measured in a
-    fresh process), with ratios; then the cost model's floors."""
-    cpu = all("cpu_s" in p[s]["stages"]["decode"] for p in workload["points"] for s in ("ours", "reference"))
+    fresh process), with ratios; then the cost model's floors. A run of one stage shows only that stage."""
+    stages = results.stage_names(*(p[s] for p in workload["points"] for s in ("ours", "reference")))
+    points = workload["points"]
+    cpu = all("cpu_s" in p[s]["stages"][stage] for p in points for s in ("ours", "reference") for stage in stages)
     time_key, time_label = ("cpu_s", "CPU s") if cpu else ("seconds", "s")
     header = ["latent frames", "video frames"]
-    for stage in ("encode", "decode"):
+    for stage in stages:
         header += [f"{stage} ours ({time_label})", f"{stage} ref ({time_label})", "ours / ref"]
         header += [f"{stage} ours (MB)", f"{stage} ref (MB)", "ours / ref"]
     rows = []
-    for point in workload["points"]:
+    for point in points:
         row = [str(point["latent_frames"]), str(point["video_frames"])]
-        for stage in ("encode", "decode"):
+        for stage in stages:
             mine, theirs = point["ours"]["stages"][stage], point["reference"]["stages"][stage]
             ratio = point["ratios"]["stages"][stage]
             row += _pair(mine, theirs, time_key, _seconds, ratio.get(time_key))

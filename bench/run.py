@@ -5,8 +5,10 @@ Both sides load the same checkpoint (by default random weights of the released s
 ~/.cache) and read the same rendered clip. The run is written as JSON (bench/results.py describes
 it); `--report` then re-renders the tables and the chart of bench/RESULTS.md from bench/results/.
 
-    python -m bench.run --quick                  # CPU-sized, a few minutes on a CPU
+    python -m bench.run --quick --threads 1      # CPU-sized (about 20 minutes on 2 shared cores)
     python -m bench.run --device cuda --report   # the released 480x832x81 setting and the rest
+    python -m bench.run --workloads vae-240x416 --frames 3 --stages decode --rounds 1 --json /tmp/vae.json
+                                                 # one VAE stage at one clip length: its peak, quickly
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="the CPU-sized suite (a few minutes on a CPU)")
     parser.add_argument("--json", type=Path, help="where to write the run (default: bench/results/<suite>.json)")
     parser.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), help="instead of the suite")
+    parser.add_argument("--frames", type=int, nargs="+", help="VAE workloads: these latent frame counts instead")
+    parser.add_argument("--stages", nargs="+", choices=VAE_STAGES, help="VAE workloads: only these stages")
     parser.add_argument("--weights", type=Path, help="a released-layout checkpoint (default: random, cached)")
     parser.add_argument(
         "--dtype", choices=sorted(DTYPES), help="both sides; default fp16 on GPU (as released), fp32 on CPU"
@@ -125,12 +130,17 @@ def model_configs(weights: Path) -> results.ModelConfigs:
 
 def progress_line(side: str, workload: str, frames: int, pipeline: bool, figures: dict[str, Any]) -> str:
     stages = ", ".join(
-        f"{name} {stage['seconds']:.1f}" + (f" (cpu {stage['cpu_s']:.1f})" if "cpu_s" in stage else "")
+        f"{name} {stage['seconds']:.1f}"
+        + (f" (cpu {stage['cpu_s']:.1f})" if "cpu_s" in stage else "")
+        + f" +{stage['above_loaded_mb']:.0f} MB"
         for name, stage in figures["stages"].items()
     )
     unit = "frames" if pipeline else "latent frames"
     peak = figures["peak_mem_mb"]
-    return f"{side:>9} {workload} ({frames} {unit}): {figures['total_s']:.1f} s [{stages}], peak {peak:.0f} MB"
+    return (
+        f"{side:>9} {workload} ({frames} {unit}): {figures['total_s']:.1f} s [{stages}], peak {peak:.0f} MB "
+        f"(stages: seconds, CPU seconds, peak above the loaded model)"
+    )
 
 
 def run_suite(args: argparse.Namespace, names: tuple[str, ...], log=print) -> dict[str, Any]:
@@ -141,6 +151,9 @@ def run_suite(args: argparse.Namespace, names: tuple[str, ...], log=print) -> di
     with tempfile.TemporaryDirectory() as scratch:
         for name in names:
             workload = WORKLOADS[name]
+            if args.frames:
+                note = f" Measured here at {', '.join(map(str, args.frames))} latent frames only."
+                workload = replace(workload, frames=tuple(args.frames), description=workload.description + note)
             inputs = None
             if workload.kind == "pipeline":
                 folder = Path(scratch) / name
@@ -148,7 +161,7 @@ def run_suite(args: argparse.Namespace, names: tuple[str, ...], log=print) -> di
                 inputs = write_pipeline_inputs(workload, folder)
             points = []
             # the VAE's stages each in a fresh process, so a stage's peak is its own
-            stages = [None] if workload.kind == "pipeline" else VAE_STAGES
+            stages = [None] if workload.kind == "pipeline" else args.stages or VAE_STAGES
             for frames in workload.frames:
                 rounds: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
                 for index in range(args.rounds):  # sides alternate, so a drifting load hits both alike
@@ -206,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(figures))
             return 0
         names = tuple(args.workloads) if args.workloads else SUITES[(args.device, args.quick)]
+        if (args.frames or args.stages) and any(WORKLOADS[name].kind != "vae" for name in names):
+            raise RemoverError("--frames and --stages apply to VAE workloads only; choose them with --workloads")
+        if args.frames and min(args.frames) < 1:
+            raise RemoverError("--frames counts latent frames: 1 or more")
         if args.device == "cpu" and any(WORKLOADS[name].gpu_only for name in names):
             raise RemoverError("the full-size workloads need a GPU; choose others with --workloads")
         if args.weights is None:

@@ -70,7 +70,7 @@ def _dit_step(run: dict[str, Any]) -> Iterator[tuple[str, float]]:
 
 def _vae_decode_memory(run: dict[str, Any]) -> Iterator[tuple[str, float]]:
     for name, workload in run["workloads"].items():
-        if workload["kind"] == "vae":
+        if workload["kind"] == "vae" and "decode" in workload["points"][-1]["ratios"]["stages"]:
             longest = workload["points"][-1]
             yield f"{name}@{longest['latent_frames']}lf", longest["ratios"]["stages"]["decode"]["above_loaded_mb"]
 

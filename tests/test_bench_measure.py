@@ -118,7 +118,8 @@ def test_one_side_on_the_tiny_checkpoint(side, checkpoint, tmp_path):
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [(["--device", "cuda"], "CUDA is not available"),
-     (["--device", "cpu", "--workloads", "pipeline-480x832x81"], "need a GPU")],
+     (["--device", "cpu", "--workloads", "pipeline-480x832x81"], "need a GPU"),
+     (["--device", "cpu", "--workloads", "pipeline-64x112x5", "--frames", "2"], "VAE workloads only")],
 )  # fmt: skip
 def test_cli_refuses_bad_requests_in_one_line(arguments, message):
     if torch.cuda.is_available() and "cuda" in arguments:

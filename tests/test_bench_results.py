@@ -178,6 +178,27 @@ def test_gates_pass_and_fail_on_the_ratios():
     assert "FAILED" in bad["end_to_end_not_slower"][0].line()
 
 
+def one_stage_vae_point(stage: str, ours_peak: float, reference_peak: float) -> dict:
+    """A point of `python -m bench.run --workloads vae-240x416 --frames 3 --stages <stage>`."""
+    sides = [
+        side({stage: 4.0}, {stage: peak}, loaded=300.0) | {"video_frames": 9, "latent_frames": 3}
+        for peak in (ours_peak, reference_peak)
+    ]
+    return results.point_entry(WORKLOADS["vae-240x416"], *sides, MODELS)
+
+
+def test_a_run_of_one_vae_stage_renders_and_gates_that_stage():
+    decode_only = make_run(vae_points=[one_stage_vae_point("decode", 500.0, 900.0)])
+    text = report.render({"cpu-custom": decode_only}, {})
+    assert "decode ours (MB)" in text and "encode ours (MB)" not in text
+    decode_gate = [o for o in thresholds.evaluate(decode_only) if o.gate.name == "vae_decode_memory_at_most_half"]
+    assert [(o.subject, o.value) for o in decode_gate] == [("vae-240x416@3lf", pytest.approx(200 / 600))]
+
+    encode_only = make_run(vae_points=[one_stage_vae_point("encode", 500.0, 900.0)])
+    assert "encode ours (MB)" in report.render({"cpu-custom": encode_only}, {})
+    assert not [o for o in thresholds.evaluate(encode_only) if o.gate.name == "vae_decode_memory_at_most_half"]
+
+
 def test_every_gate_has_a_reason_and_a_positive_limit():
     names = [gate.name for gate in thresholds.GATES]
     assert len(names) == len(set(names))
