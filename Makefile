@@ -18,5 +18,11 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 	$(VENV)/bin/ruff check .
 
+# benchmark gates: ours against the reference, measured now (CPU: the quick suite; GPU: the full one)
+.PHONY: bench
+bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m pytest bench/ --benchmark-only
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -20,15 +20,21 @@ setup(
         # diffusers at the version the released checkpoint was written with: an independent oracle
         # triton: the fused kernels (tests run them in its CPU interpreter); Linux wheels; 3.5+ for triton.knobs
         # opencv: the Telea baseline the training tests evaluate against; EXPORT: the export tests run the bundles
+        # accelerate, matplotlib: the tests load the benchmark's reference (diffusers' from_pretrained) and
+        # render its report's chart
         "test": [
             "pytest",
             "ruff",
             "diffusers==0.33.1",
+            "accelerate",
+            "matplotlib",
             "triton>=3.5; platform_system == 'Linux'",
             "opencv-python-headless",
             *EXPORT,
         ],
         "export": EXPORT,
+        # the benchmark's reference loads through diffusers' from_pretrained, which needs accelerate
+        "bench": ["pytest", "pytest-benchmark", "matplotlib", "diffusers==0.33.1", "accelerate"],
         "gpu": ["flash-attn", "nvidia-ml-py", "triton>=3.5"],
         "tensorrt": ["tensorrt"],
         "train": ["opencv-python-headless"],
