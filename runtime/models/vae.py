@@ -184,26 +184,16 @@ def per_frame(layer: nn.Module, x: Tensor) -> Tensor:
 CausalLayer = Callable[[Tensor, TemporalCache], Tensor]
 
 
-def frame_by_frame(layers: Sequence[CausalLayer], x: Tensor, cache: TemporalCache) -> Tensor:
-    """Run causal, frame-rate-preserving layers on x [B, C, T, H, W] one frame at a time (each frame
-    through all of them before the next): the result of whole-chunk calls, with a T-th of the activations."""
-    frames = []
-    for t in range(x.shape[2]):
-        frame = x[:, :, t : t + 1]
-        for layer in layers:
-            frame = layer(frame, cache)
-        frames.append(frame)
-    return torch.cat(frames, dim=2)
-
-
 def depth_first(layers: Sequence[CausalLayer], x: Tensor, cache: TemporalCache) -> Tensor:
-    """Run causal layers that keep or multiply the frame count, splitting into single frames as soon as
-    a layer returns more than one, so every later layer sees one frame at a time."""
+    """Run causal layers that keep or multiply the frame count on x [B, C, T, H, W] one frame at a time:
+    each frame, and each frame a layer makes of it, goes through all later layers before the next.
+    The result of whole-chunk calls, holding one frame of activations instead of T."""
+    if x.shape[2] > 1:
+        return torch.cat([depth_first(layers, x[:, :, t : t + 1], cache) for t in range(x.shape[2])], dim=2)
     for index, layer in enumerate(layers):
         x = layer(x, cache)
         if x.shape[2] > 1:
-            rest = layers[index + 1 :]
-            return torch.cat([depth_first(rest, x[:, :, t : t + 1], cache) for t in range(x.shape[2])], dim=2)
+            return depth_first(layers[index + 1 :], x, cache)
     return x
 
 
@@ -309,7 +299,7 @@ class Encoder(nn.Module):
         if rest:  # the first temporal downsampler: its spatial half still runs frame by frame
             full_rate.append(rest[0].downscale)
             rest[0] = rest[0].halve_time
-        x = frame_by_frame(full_rate, x, cache)
+        x = depth_first(full_rate, x, cache)
         for layer in rest:
             x = layer(x, cache)
         x = self.mid_block(x, cache)
