@@ -30,7 +30,7 @@ from bench import results
 from bench.results import SIDES
 from bench.workloads import SUITES, WORKLOADS, default_weights_dir, ensure_random_checkpoint, write_pipeline_inputs
 from runtime.attention import ATTENTION_CHOICES
-from runtime.errors import RemoverError
+from runtime.errors import RemoverError, exit_code
 from runtime.models.config import read_config
 from runtime.models.transformer import TransformerConfig
 from runtime.models.vae import VAEConfig
@@ -201,45 +201,45 @@ def default_json_path(args: argparse.Namespace) -> Path:
     return RESULTS_DIR / f"{args.device}{suffix}.json"
 
 
+def measure(args: argparse.Namespace) -> None:
+    """Measure one side (as a child process) or the chosen suite; write its JSON (and the report)."""
+    args = resolve(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        from bench.sides import measure_side  # imports diffusers: only where a side is measured
+
+        side, name, frames = args.child
+        figures = measure_side(
+            side, WORKLOADS[name], int(frames), weights=args.weights, device=torch.device(args.device),
+            dtype=DTYPES[args.dtype], inputs=args.inputs, stage=args.stage, warmup=args.warmup,
+            repeats=args.repeats, options=ours_options(args),
+        )  # fmt: skip
+        print(json.dumps(figures))
+        return
+    names = tuple(args.workloads) if args.workloads else SUITES[(args.device, args.quick)]
+    if (args.frames or args.stages) and any(WORKLOADS[name].kind != "vae" for name in names):
+        raise RemoverError("--frames and --stages apply to VAE workloads only; choose them with --workloads")
+    if args.frames and min(args.frames) < 1:
+        raise RemoverError("--frames counts latent frames: 1 or more")
+    if args.device == "cpu" and any(WORKLOADS[name].gpu_only for name in names):
+        raise RemoverError("the full-size workloads need a GPU; choose others with --workloads")
+    if args.weights is None:
+        args.weights = ensure_random_checkpoint(default_weights_dir())
+    run = run_suite(args, names, log=lambda line: print(line, file=sys.stderr, flush=True))
+    path = args.json or default_json_path(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(run, indent=1) + "\n")
+    print(f"wrote {path}: ours {run['ours']['total_s']:.1f} s vs reference {run['reference']['total_s']:.1f} s")
+    if args.report:
+        from bench.report import update_results
+
+        print(f"updated {update_results()}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        args = resolve(args)
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        if args.child:
-            from bench.sides import measure_side  # imports diffusers: only where a side is measured
-
-            side, name, frames = args.child
-            figures = measure_side(
-                side, WORKLOADS[name], int(frames), weights=args.weights, device=torch.device(args.device),
-                dtype=DTYPES[args.dtype], inputs=args.inputs, stage=args.stage, warmup=args.warmup,
-                repeats=args.repeats, options=ours_options(args),
-            )  # fmt: skip
-            print(json.dumps(figures))
-            return 0
-        names = tuple(args.workloads) if args.workloads else SUITES[(args.device, args.quick)]
-        if (args.frames or args.stages) and any(WORKLOADS[name].kind != "vae" for name in names):
-            raise RemoverError("--frames and --stages apply to VAE workloads only; choose them with --workloads")
-        if args.frames and min(args.frames) < 1:
-            raise RemoverError("--frames counts latent frames: 1 or more")
-        if args.device == "cpu" and any(WORKLOADS[name].gpu_only for name in names):
-            raise RemoverError("the full-size workloads need a GPU; choose others with --workloads")
-        if args.weights is None:
-            args.weights = ensure_random_checkpoint(default_weights_dir())
-        run = run_suite(args, names, log=lambda line: print(line, file=sys.stderr, flush=True))
-        path = args.json or default_json_path(args)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(run, indent=1) + "\n")
-        print(f"wrote {path}: ours {run['ours']['total_s']:.1f} s vs reference {run['reference']['total_s']:.1f} s")
-        if args.report:
-            from bench.report import update_results
-
-            print(f"updated {update_results()}")
-    except RemoverError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: measure(args))
 
 
 if __name__ == "__main__":

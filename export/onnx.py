@@ -29,7 +29,7 @@ from kernels import TORCH_KERNELS
 from runtime.attention import SDPA
 from runtime.bundle import GRAPHS, PRECISIONS, GraphSpec, Manifest, checkpoint_sha256
 from runtime.engines import open_graph
-from runtime.errors import RemoverError
+from runtime.errors import RemoverError, exit_code
 from runtime.pipeline import DTYPES
 from runtime.preprocess import SIZE_MULTIPLE
 from runtime.scheduler import make_sampler
@@ -315,7 +315,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
+
+    def command() -> str:
         device = torch.device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RemoverError("CUDA is not available on this machine; use --device cpu")
@@ -333,14 +334,9 @@ def main(argv: list[str] | None = None) -> int:
             device=device,
             check=not args.no_check,
         )
-    except RemoverError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s")
-    return 0
+        return f"wrote {args.out} in {time.perf_counter() - start:.1f} s"
+
+    return exit_code(command)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import torch
 
 from runtime.bundle import GRAPHS, GraphSpec, Manifest, read_manifest
 from runtime.engines import import_tensorrt, require_cuda, tensorrt_key
-from runtime.errors import RemoverError
+from runtime.errors import RemoverError, exit_code
 
 GIB = 1024**3
 
@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="cuda", help="the GPU to build for (default cuda)")
     args = parser.parse_args(argv)
-    try:
+
+    def command() -> str:
         build_engines(
             Path(args.bundle),
             Precision(args.precision) if args.precision else None,
@@ -236,14 +237,9 @@ def main(argv: list[str] | None = None) -> int:
             timing_cache=Path(args.timing_cache) if args.timing_cache else None,
             device=torch.device(args.device),
         )
-    except RemoverError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    print(f"wrote TensorRT engines into {args.bundle}")
-    return 0
+        return f"wrote TensorRT engines into {args.bundle}"
+
+    return exit_code(command)
 
 
 if __name__ == "__main__":

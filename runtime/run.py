@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from runtime.attention import ATTENTION_CHOICES
-from runtime.errors import RemoverError
+from runtime.errors import RemoverError, exit_code
 from runtime.pipeline import COMPILE_MODES, DTYPES, KERNEL_CHOICES, Remover
 from runtime.video import check_output_path, read_clip, read_masks, write_clip
 
@@ -173,18 +173,15 @@ def run(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
+    return exit_code(lambda: run_within_memory(args))
+
+
+def run_within_memory(args: argparse.Namespace) -> str:
+    """`run`, with running out of memory reported as what the user can change."""
     try:
-        print(run(args))
-    except RemoverError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except torch.OutOfMemoryError:
-        print("error: out of memory; try a smaller --height/--width or fewer frames", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+        return run(args)
+    except torch.OutOfMemoryError as exc:
+        raise RemoverError("out of memory; try a smaller --height/--width or fewer frames") from exc
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from runtime.errors import RemoverError
+from runtime.errors import RemoverError, exit_code
 from runtime.models.config import ANY, config_from_dict
 from runtime.models.transformer import RemoverTransformer, TransformerConfig
 from runtime.scheduler import RELEASED_SCHEDULER
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the condition embedding's initialization")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     args = parser.parse_args(argv)
-    try:
+
+    def command() -> str:
         base = Path(args.base)
         vae_folder = Path(args.vae) if args.vae else base / "vae"
         if not (vae_folder / "config.json").is_file():
@@ -121,11 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         vae = load_vae(vae_folder, torch.device("cpu"), torch.float32)
         dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
         save_checkpoint(Path(args.out), model, vae, RELEASED_SCHEDULER, dtype)
-    except RemoverError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out} ({sum(p.numel() for p in model.parameters()):,} transformer parameters)")
-    return 0
+        return f"wrote {args.out} ({sum(p.numel() for p in model.parameters()):,} transformer parameters)"
+
+    return exit_code(command)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.errors import RemoverError
+from runtime.errors import exit_code
 from runtime.run import DEMO_CLIP, DEMO_MASK, DEMO_WEIGHTS
 from runtime.video import write_clip
 from runtime.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint, save_checkpoint
@@ -60,12 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default="runs/tiny/stage2/checkpoint", help="trained checkpoint folder")
     args = parser.parse_args(argv)
-    try:
-        make_demo(Path(args.weights))
-    except RemoverError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: make_demo(Path(args.weights)))
 
 
 if __name__ == "__main__":

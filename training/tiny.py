@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from runtime.errors import RemoverError
+from runtime.errors import exit_code
 from training.evaluate import EvalConfig, evaluate
 from training.make_demo import make_demo
 from training.stage1 import CHECKPOINT_DIR, Stage1Config, train_stage1
@@ -35,26 +35,26 @@ STAGES = [
 ]
 
 
-def main() -> int:
-    try:
-        dist = setup_distributed()
-        timings: dict[str, float] = {}
-        configs = {name: load_config(cls, CONFIGS / f"tiny_{name}.json") for name, cls, _ in STAGES}
-        for name, _, job in STAGES:
-            config = configs[name]
-            torch.set_num_threads(config.threads or torch.get_num_threads())
-            start = time.perf_counter()
-            print(f"{name}: wrote {job(config, dist)}", flush=True)
-            timings[name] = round(time.perf_counter() - start, 1)
-        make_demo(Path(configs["stage2"].out) / CHECKPOINT_DIR)
-    except RemoverError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def train_tiny() -> str:
+    """Every stage in order, then the demo install; returns the wall seconds per stage as JSON."""
+    dist = setup_distributed()
+    timings: dict[str, float] = {}
+    configs = {name: load_config(cls, CONFIGS / f"tiny_{name}.json") for name, cls, _ in STAGES}
+    for name, _, job in STAGES:
+        config = configs[name]
+        torch.set_num_threads(config.threads or torch.get_num_threads())
+        start = time.perf_counter()
+        print(f"{name}: wrote {job(config, dist)}", flush=True)
+        timings[name] = round(time.perf_counter() - start, 1)
+    make_demo(Path(configs["stage2"].out) / CHECKPOINT_DIR)
     timings["training total (vae + stage1 + stage2)"] = round(sum(timings[k] for k in ("vae", "stage1", "stage2")), 1)
     path = Path(configs["vae"].out).parent / "timings.json"
     path.write_text(json.dumps(timings, indent=2) + "\n")
-    print(json.dumps(timings, indent=2))
-    return 0
+    return json.dumps(timings, indent=2)
+
+
+def main() -> int:
+    return exit_code(train_tiny)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from runtime.errors import RemoverError
+from runtime.errors import RemoverError, exit_code
 from runtime.models.config import config_from_dict, write_config
 from runtime.weights import WEIGHTS_NAME
 
@@ -62,25 +62,26 @@ def load_config(cls: type[ConfigT], path: str | Path | None, overrides: list[str
 def stage_main(description: str, config_cls: type[ConfigT], job: Callable[[ConfigT, Distributed], Path]) -> None:
     """The command line of a stage: `--config FILE` plus repeated `--set key=value`; joins torchrun's
     process group, runs `job(config, dist)` and prints what it wrote. A problem the user can fix
-    (a bad config, missing weights) is one `error:` line and exit status 2."""
+    (a bad config, missing weights) is one `error:` line and exit status 2 (`exit_code`)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="JSON config file (see training/configs/)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     args = parser.parse_args()
-    try:
+
+    def command() -> str | None:
         config = load_config(config_cls, args.config, args.set)
         if getattr(config, "threads", 0):
             torch.set_num_threads(config.threads)
         dist = setup_distributed(getattr(config, "device", ""))
         try:
             written = job(config, dist)
-            if dist.is_main:
-                print(f"wrote {written}")
         finally:
             teardown_distributed()
-    except RemoverError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        return f"wrote {written}" if dist.is_main else None
+
+    code = exit_code(command)
+    if code:
+        sys.exit(code)
 
 
 def save_config(config: object, path: Path) -> None:
