@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from bench import cost_model
 from bench.workloads import Workload
+from runtime import cost_model
 from runtime.models.transformer import TransformerConfig
 from runtime.models.vae import VAEConfig
 
