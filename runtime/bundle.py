@@ -311,6 +311,10 @@ class BundleStages(Stages):
         return self.manifest.height, self.manifest.width
 
     @property
+    def window_frames(self) -> tuple[int, bool]:
+        return self.manifest.frames, not self.manifest.dynamic_frames
+
+    @property
     def backends(self) -> str:
         """What runs the bundle's graphs, in which precision: "bundle onnxruntime, fp16"."""
         return f"bundle {self.backend}, {self.manifest.precision}"

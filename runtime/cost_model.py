@@ -15,7 +15,10 @@ and diffusers also compute the log-variance half, a few kFLOP per latent positio
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
+
+import torch
 
 from runtime.models.transformer import TransformerConfig
 from runtime.models.vae import VAEConfig
@@ -236,3 +239,91 @@ def pipeline_costs(
         "denoise": dit_forward(transformer, latent, element_bytes=element_bytes).times(steps),
         "decode": vae_decode(vae, *latent, element_bytes=element_bytes),
     }
+
+
+# --- a streamed run's plan: time and memory --------------------------------------------------
+
+# Peak bytes of one streamed VAE pass per pixel of the working frame, per base_dim channel and per
+# byte of the element: mostly the causal cache (two frames of every causal layer's input) and one
+# frame of activations at full resolution. Measured on the CPU in fp32 with the released VAE
+# (base_dim 96): encode 13.4 KB/px at 240x416, 18.5 KB/px at 120x208; decode 16.7 and 20.3 KB/px
+# (bench/RESULTS.md); 53 covers the worst of them.
+VAE_BYTES_PER_PIXEL_CHANNEL = 53
+# fp32 residual stream, modulation and norm temporaries per token, in units of the inner dim
+DIT_FP32_COPIES = 4
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """What a plan will cost: FLOPs of the model work, and peak bytes on the device and the host."""
+
+    flops: float
+    device_bytes: int
+    host_bytes: int
+    weight_bytes: int
+
+
+def model_bytes(transformer: TransformerConfig, vae: VAEConfig, element_bytes: int) -> int:
+    """The weights of both models in the working precision."""
+    params = dit_forward(transformer, (1, 2, 2)).params + vae_encode(vae, 1, 16, 16).params
+    return (params + vae_decode(vae, 1, 2, 2).params) * element_bytes
+
+
+def window_device_bytes(
+    transformer: TransformerConfig, vae: VAEConfig, frames: int, height: int, width: int, element_bytes: int
+) -> int:
+    """Peak device bytes of one window beyond the weights: the largest of the encode (with the fp32
+    input video and masks on the device), the transformer call, and the decode."""
+    pixels = height * width
+    vae_peak = VAE_BYTES_PER_PIXEL_CHANNEL * vae.base_dim * pixels * element_bytes
+    inputs = frames * pixels * (3 + 1 + 1) * 4
+    latent = (1 + (frames - 1) // vae.temporal_factor, height // vae.spatial_factor, width // vae.spatial_factor)
+    tokens = math.prod(latent) // math.prod(transformer.patch_size[1:])
+    dim = transformer.inner_dim
+    dit_peak = tokens * ((transformer.ffn_dim + 6 * dim) * element_bytes + DIT_FP32_COPIES * dim * 4)
+    latents = 4 * math.prod(latent) * vae.z_dim * 4
+    return max(vae_peak + inputs, dit_peak, vae_peak + frames * pixels * 3 * 4) + latents
+
+
+def estimate_run(
+    windows: list[tuple[int, int, int]],
+    transformer: TransformerConfig,
+    vae: VAEConfig,
+    steps: int,
+    element_bytes: int,
+    stream_host_bytes: int,
+) -> RunEstimate:
+    """Cost of running the model on `windows` (padded frames, height, width each)."""
+    flops = sum(
+        sum(c.flops for c in pipeline_costs(transformer, vae, f, h, w, steps, element_bytes).values())
+        for f, h, w in windows
+    )
+    device = max((window_device_bytes(transformer, vae, f, h, w, element_bytes) for f, h, w in windows), default=0)
+    return RunEstimate(flops, device, stream_host_bytes, model_bytes(transformer, vae, element_bytes))
+
+
+GPU_MARKERS = {
+    "4090": GPUS["RTX 4090"],
+    "A100": GPUS["A100 SXM4 80GB"],
+    "H100": GPUS["H100 SXM5 80GB"],
+    "H200": GPUS["H200 SXM 141GB"],
+}
+ASSUMED_GPU_EFFICIENCY = 0.4  # share of the 16-bit tensor peak a whole run achieves (an assumption, unmeasured)
+
+
+def achievable_flops(device_name: str, device_type: str, probe_seconds: float = 0.2) -> float:
+    """FLOP/s to divide a plan's FLOPs by for a rough time: on a GPU of the table, its published
+    peak times ASSUMED_GPU_EFFICIENCY; elsewhere, a float32 matmul measured here for `probe_seconds`
+    (convolutions run slower than that, so CPU estimates are optimistic)."""
+    for marker, spec in GPU_MARKERS.items():
+        if device_type == "cuda" and marker in device_name:
+            return spec.tensor_tflops * 1e12 * ASSUMED_GPU_EFFICIENCY
+    size = 512
+    a = torch.randn(size, size, device=device_type)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < probe_seconds:
+        a @ a
+        count += 1
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * size**3 * count / (time.perf_counter() - start)

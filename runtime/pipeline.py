@@ -291,7 +291,7 @@ class Remover:
         """
         chunks = 1 + (video.shape[1] - 1) // self.stages.vae_config.temporal_factor
         latents = []
-        with tqdm(total=2 * chunks, desc="encode", disable=not progress) as bar:
+        with tqdm(total=2 * chunks, desc="encode", leave=False, disable=not progress) as bar:
             for source in encoder_batch(video, mask).split(1):
                 parts = []
                 for z in self.stages.iter_encode(source):
@@ -340,7 +340,7 @@ class Remover:
         out = np.empty((1 + factor * (latent_frames - 1), height * spatial, width * spatial, 3), dtype=np.float32)
         start = 0
         chunks = self.stages.iter_decode(latents.to(self.dtype))
-        for chunk in tqdm(chunks, total=latent_frames, desc="decode", disable=not progress):
+        for chunk in tqdm(chunks, total=latent_frames, desc="decode", leave=False, disable=not progress):
             pixels = (chunk[0] / 2 + 0.5).clamp(0.0, 1.0).permute(1, 2, 3, 0)
             out[start : start + len(pixels)] = pixels.cpu().numpy()
             start += len(pixels)

@@ -21,7 +21,12 @@ SIZE_MULTIPLE = 16  # VAE 8x, then 2x2 patches
 DEFAULT_SHORT_SIDE = 480
 LONG_SIDE_MULTIPLE = 32  # 16:9 -> 832x480, the Wan2.1 480p size
 ASPECT_TOLERANCE = 0.01  # a mask of another size is accepted when its aspect ratio matches this well
-FRAMES_PER_CHUNK = 8  # frames converted at once, bounding the memory of full-resolution floats
+CHUNK_PIXELS = 8 * 480 * 832  # pixels converted at once (38 MB of fp32 RGB), bounding full-resolution floats
+
+
+def chunk_frames(height: int, width: int) -> int:
+    """How many frames of this size to convert at once: CHUNK_PIXELS worth, at least one."""
+    return max(1, CHUNK_PIXELS // (height * width))
 
 
 def as_frames(frames: np.ndarray | Sequence) -> np.ndarray:
@@ -113,8 +118,9 @@ def resize(x: Tensor, size: tuple[int, int]) -> Tensor:
 def prepare_video(frames: np.ndarray, size: tuple[int, int], device: torch.device) -> Tensor:
     """uint8 [F, H, W, 3] -> fp32 [3, F, height, width] in [-1, 1] on `device`."""
     out = torch.empty(3, len(frames), *size, device=device)
-    for start in range(0, len(frames), FRAMES_PER_CHUNK):
-        chunk = torch.from_numpy(frames[start : start + FRAMES_PER_CHUNK]).to(device)
+    step = chunk_frames(*frames.shape[1:3])
+    for start in range(0, len(frames), step):
+        chunk = torch.from_numpy(frames[start : start + step]).to(device)
         scaled = chunk.permute(0, 3, 1, 2).float() / 127.5 - 1.0
         out[:, start : start + len(chunk)] = resize(scaled, size).transpose(0, 1)
     return out
@@ -126,10 +132,38 @@ def prepare_masks(
     """bool [F, h, w] -> (dilated masks at their own resolution [F, h, w] bool, fp32 {0, 1} [F, height, width])."""
     dilated = torch.empty(masks.shape, dtype=torch.bool, device=device)
     resized = torch.empty(len(masks), *size, device=device)
-    for start in range(0, len(masks), FRAMES_PER_CHUNK):
-        chunk = dilate(
-            torch.from_numpy(np.ascontiguousarray(masks[start : start + FRAMES_PER_CHUNK])).to(device), iterations
-        )
+    step = chunk_frames(*masks.shape[1:3])
+    for start in range(0, len(masks), step):
+        chunk = dilate(torch.from_numpy(np.ascontiguousarray(masks[start : start + step])).to(device), iterations)
         dilated[start : start + len(chunk)] = chunk
         resized[start : start + len(chunk)] = (resize(chunk.float()[:, None], size)[:, 0] > 0).float()
     return dilated, resized
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int], device: torch.device) -> np.ndarray:
+    """uint8 [F, H, W, 3] -> uint8 [F, height, width, 3]: bilinear, antialiased when shrinking (a
+    crop or a whole frame brought to the working size; the one-pass pipeline's own resize, as the
+    reference's, never antialiases)."""
+    if frames.shape[1:3] == size:
+        return frames
+    out = np.empty((len(frames), *size, 3), dtype=np.uint8)
+    step = chunk_frames(*frames.shape[1:3])
+    for start in range(0, len(frames), step):
+        chunk = torch.from_numpy(frames[start : start + step]).to(device).permute(0, 3, 1, 2).float()
+        resized = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False, antialias=True)
+        out[start : start + len(chunk)] = resized.round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+    return out
+
+
+def shrink_masks(masks: np.ndarray, size: tuple[int, int], device: torch.device) -> np.ndarray:
+    """bool [F, H, W] -> bool [F, height, width], a pixel set wherever any pixel of its footprint is
+    (area averaging, > 0), so a thin mask survives any downscale."""
+    if masks.shape[1:] == size:
+        return masks
+    out = np.empty((len(masks), *size), dtype=bool)
+    step = chunk_frames(*masks.shape[1:3])
+    for start in range(0, len(masks), step):
+        chunk = torch.from_numpy(np.ascontiguousarray(masks[start : start + step])).to(device)
+        resized = F.interpolate(chunk.float()[:, None], size=size, mode="area")
+        out[start : start + len(chunk)] = (resized[:, 0] > 0).cpu().numpy()
+    return out

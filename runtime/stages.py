@@ -33,7 +33,7 @@ def denoise_loop(
     model's), and the sampler's update runs in fp32.
     """
     latents = noise
-    for timestep in tqdm(sampler.timesteps, desc="denoise", disable=not progress):
+    for timestep in tqdm(sampler.timesteps, desc="denoise", leave=False, disable=not progress):
         model_input = torch.cat([latents.to(context.dtype), context], dim=1)
         latents = sampler.step(velocity(model_input, timestep.to(noise.device, torch.float32).expand(1)), latents)
     return latents
@@ -65,6 +65,12 @@ class Stages(ABC):
 
     def check_size(self, frames: int, height: int, width: int) -> None:  # noqa: B027 (any size by default)
         """Raise a RemoverError if these stages cannot run a clip of this padded size."""
+
+    @property
+    def window_frames(self) -> tuple[int, bool] | None:
+        """(frames, exact) a call can take after padding to 4k+1, exactly or at most, or None for any
+        length (engine bundles are exported for a frame count)."""
+        return None
 
     @property
     def default_size(self) -> tuple[int, int] | None:

@@ -1,0 +1,239 @@
+"""Run a plan over a clip as a stream: frames in, windows through the one-pass pipeline, finished
+frames out as soon as they are final.
+
+    frames + masks (lazy) -> buffer of the current window's frames -> crop the window's box, bring it
+    to the working size -> Remover (encode -> denoise -> decode) -> composite into the native frames
+    -> (crossfade with the previous window over the overlap) -> sink, frame by frame
+
+Host memory: the frames of one window at native resolution (uint8), their masks (only each mask's
+bounding box is kept), the next window's overlap, and one window's generation at the working size
+(fp32); nothing grows with the clip's length. See `host_bytes`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from runtime.composite import composite_window, to_uint8
+from runtime.errors import RemoverError
+from runtime.models.vae import VAEConfig
+from runtime.plan import Box, Plan, Window
+from runtime.preprocess import CHUNK_PIXELS, dilate, padded_frame_count, resize_frames, shrink_masks
+
+if TYPE_CHECKING:
+    from runtime.pipeline import Remover
+
+ENCODER_QUEUE_FRAMES = 50  # x264 at its default preset: a 40-frame lookahead, B-frames and frame threads
+
+# (finished frame uint8 [H, W, 3], its presentation timestamp or None)
+Sink = Callable[[np.ndarray, "int | None"], None]
+
+
+def mask_box(mask: np.ndarray) -> Box | None:
+    """The bounding box of a bool mask [H, W], or None if it is empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return None
+    return Box(int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+
+
+@dataclass
+class _Slot:
+    """One buffered frame: the input, its mask's bounding box and pixels there, its timestamp, and its
+    composited result once a window has made it."""
+
+    image: np.ndarray
+    mask_box: Box | None
+    mask_pixels: np.ndarray | None
+    pts: int | None
+    output: np.ndarray | None = None
+
+    def mask_in(self, box: Box) -> np.ndarray:
+        """The mask over `box` (bool [box.height, box.width])."""
+        out = np.zeros((box.height, box.width), dtype=bool)
+        m = self.mask_box
+        if m is None:
+            return out
+        top, left, bottom, right = (
+            max(m.top, box.top),
+            max(m.left, box.left),
+            min(m.bottom, box.bottom),
+            min(m.right, box.right),
+        )
+        if top < bottom and left < right:
+            out[top - box.top : bottom - box.top, left - box.left : right - box.left] = self.mask_pixels[
+                top - m.top : bottom - m.top, left - m.left : right - m.left
+            ]
+        return out
+
+
+def _slot(image: np.ndarray, mask: np.ndarray, pts: int | None) -> _Slot:
+    box = mask_box(mask)
+    pixels = None if box is None else mask[box.top : box.bottom, box.left : box.right].copy()
+    return _Slot(image, box, pixels, pts)
+
+
+def host_bytes(plan: Plan) -> int:
+    """What the stream holds on the host at most, beyond the models: one window of native frames (and,
+    crossfading, the overlap's second result), the window's input at the working size (uint8) and its
+    generation (fp32), the masks (counted as whole frames, their worst case), the fp32 temporaries
+    of converting CHUNK_PIXELS at a time (a handful of RGB tensors), and the video encoder's queue of
+    frames (x264's lookahead and threads: about ENCODER_QUEUE_FRAMES frames of 4:2:0)."""
+    height, width = plan.frame_size
+    longest = max((w.frames for w in plan.windows), default=0)
+    native = longest * height * width * (3 + 1)
+    if plan.options.blend == "crossfade":
+        native += plan.options.overlap * height * width * 3
+    working = max((w.frames * w.size[0] * w.size[1] * (3 + 1 + 3 * 4) for w in plan.model_windows), default=0)
+    encoder = ENCODER_QUEUE_FRAMES * height * width * 3 // 2
+    return native + working + 6 * CHUNK_PIXELS * 3 * 4 + encoder
+
+
+def run_plan(
+    remover: Remover,
+    plan: Plan,
+    frames: Iterable[tuple[np.ndarray, int | None]],
+    masks: Iterable[np.ndarray],
+    sink: Sink,
+    *,
+    steps: int = 6,
+    seed: int = 42,
+    paste_back: bool = True,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Run every window of `plan` over `frames` ((uint8 [H, W, 3], pts) in order) and `masks` (bool
+    [H, W], one per frame), handing each finished frame to `sink` in order. A clip of one window draws
+    its noise from `seed` as the one-pass pipeline does (and is exactly its result); windows of a longer
+    clip draw theirs per latent frame (`window_noise`). Without
+    `paste_back` the generation replaces the whole window (the plan must be whole-frame). Returns
+    the seconds spent in each stage, summed over the windows."""
+    timings: dict[str, float] = {}
+    inputs: Iterator[tuple[tuple[np.ndarray, int | None], np.ndarray]] = zip(frames, masks)
+    buffer: dict[int, _Slot] = {}
+    read = 0
+    written = 0
+    bar = tqdm(total=plan.frame_count, desc="frames", unit="frame", disable=not progress)
+    try:
+        for index, window in enumerate(plan.windows):
+            bar.set_postfix_str(f"window {index + 1}/{len(plan.windows)}")
+            start = time.perf_counter()
+            while read < window.stop:
+                try:
+                    (image, pts), mask = next(inputs)
+                except StopIteration:
+                    raise RemoverError(f"the video ended after {read} of its {plan.frame_count} frames") from None
+                buffer[read] = _slot(image, mask, pts)
+                read += 1
+            timings["read"] = timings.get("read", 0.0) + time.perf_counter() - start
+
+            single = len(plan.windows) == 1
+            outputs = _run_window(remover, window, single, buffer, steps, seed, paste_back, progress, timings)
+            start = time.perf_counter()
+            shared = plan.windows[index - 1].stop - window.start if index else 0  # frames the last window made too
+            for offset, output in enumerate(outputs):
+                slot = buffer[window.start + window.known + offset]
+                fade = window.known == 0 and offset < shared
+                slot.output = _crossfade(slot.output, output, offset, shared) if fade else output
+            timings["composite"] = timings.get("composite", 0.0) + time.perf_counter() - start
+
+            final = plan.windows[index + 1].start if index + 1 < len(plan.windows) else plan.frame_count
+            if plan.options.blend == "continue":
+                final = window.stop
+            start = time.perf_counter()
+            while written < final:
+                slot = buffer[written]
+                sink(slot.output, slot.pts)
+                written += 1
+                bar.update()
+            keep_from = plan.windows[index + 1].start if index + 1 < len(plan.windows) else read
+            for done in [i for i in buffer if i < keep_from]:
+                del buffer[done]
+            timings["write"] = timings.get("write", 0.0) + time.perf_counter() - start
+    finally:
+        bar.close()
+    return timings
+
+
+def _crossfade(previous: np.ndarray, current: np.ndarray, offset: int, overlap: int) -> np.ndarray:
+    """Frame `offset` of the overlap: from the previous window's result towards this one's, linearly."""
+    weight = (offset + 1) / (overlap + 1)
+    blended = torch.lerp(torch.from_numpy(previous).float(), torch.from_numpy(current).float(), weight)
+    return blended.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def window_noise(window: Window, vae: VAEConfig, seed: int) -> Tensor:
+    """Initial latents [1, z, T', h, w] for a window of a clip of several: each latent frame drawn from
+    (seed, the clip frame it ends at), so windows that share frames start from the same noise there
+    (and their results over the overlap are alike)."""
+    factor, spatial = vae.temporal_factor, vae.spatial_factor
+    count = 1 + (padded_frame_count(window.frames, factor) - 1) // factor
+    shape = (vae.z_dim, window.size[0] // spatial, window.size[1] // spatial)
+    frames = [
+        torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + window.start + factor * j))
+        for j in range(count)
+    ]
+    return torch.stack(frames, dim=1)[None]
+
+
+def _run_window(
+    remover: Remover,
+    window: Window,
+    single: bool,
+    buffer: dict[int, _Slot],
+    steps: int,
+    seed: int,
+    paste_back: bool,
+    progress: bool,
+    timings: dict[str, float],
+) -> list[np.ndarray]:
+    """The composited frames after the window's known ones (the inputs when nothing is masked)."""
+    slots = [buffer[i] for i in range(window.start, window.stop)]
+    new = slots[window.known :]
+    if window.box is None:
+        return [slot.image for slot in new]
+    start = time.perf_counter()
+    box, device = window.box, remover.device
+    region = (slice(box.top, box.bottom), slice(box.left, box.right))
+    images = np.stack([(s.output if i < window.known else s.image)[region] for i, s in enumerate(slots)])
+    masks = np.stack(
+        [s.mask_in(box) if i >= window.known else np.zeros(images.shape[1:3], bool) for i, s in enumerate(slots)]
+    )
+    images = resize_frames(images, window.size, device)
+    masks = shrink_masks(masks, window.size, device)
+    timings["preprocess"] = timings.get("preprocess", 0.0) + time.perf_counter() - start
+
+    generated = remover(
+        images,
+        masks,
+        height=window.size[0],
+        width=window.size[1],
+        num_inference_steps=steps,
+        mask_dilation=window.dilation,
+        seed=seed,
+        latents=None if single else window_noise(window, remover.stages.vae_config, seed),
+        paste_back=False,
+        progress=progress,
+    )
+    for stage, seconds in remover.timings.items():
+        timings[stage] = timings.get(stage, 0.0) + seconds
+    if not np.isfinite(generated).all():
+        raise RemoverError(
+            f"the model produced non-finite values in window {window.index + 1} (frames {window.start}-"
+            f"{window.stop - 1}); try another --dtype (fp32 is the safest)"
+        )
+    generated = generated[window.known :]
+    if not paste_back:
+        return list(to_uint8(generated))
+    start = time.perf_counter()
+    dilated = dilate(torch.from_numpy(masks[window.known :]).to(device), window.dilation)
+    outputs = composite_window([s.image for s in new], generated, dilated, box, window.feather)
+    timings["composite"] = timings.get("composite", 0.0) + time.perf_counter() - start
+    return outputs

@@ -1,0 +1,160 @@
+"""The planner: windows over time, crop boxes and working sizes, on mask boxes made up in the test."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from runtime import RemoverError
+from runtime.plan import Box, PlanOptions, make_plan, pixel_unit, window_spans
+from runtime.preprocess import output_size
+
+
+@pytest.mark.parametrize(
+    ("frames", "window", "overlap"), [(81, 81, 9), (82, 81, 9), (292, 81, 9), (321, 81, 9), (200, 33, 5), (50, 17, 0)]
+)
+def test_windows_cover_the_clip_with_the_overlap_and_never_exceed_the_window(frames, window, overlap):
+    spans = window_spans(frames, window, overlap)
+    assert spans[0][0] == 0 and spans[-1][1] == frames
+    assert all(stop - start <= window for start, stop in spans)
+    for (_, stop), (start, _) in zip(spans[:-1], spans[1:]):
+        assert stop - start == overlap  # consecutive windows share exactly the overlap
+    assert len(spans) == max(1, math.ceil((frames - overlap) / (window - overlap)))  # as few windows as fit
+
+
+def test_windows_are_balanced_and_4k_plus_1_long():
+    spans = window_spans(200, 81, 9)
+    lengths = [stop - start for start, stop in spans]
+    assert lengths[:-1] == [73, 73] and lengths[-1] <= 73  # 200 frames: three windows, not 81 + 81 + 56
+    assert all((length - 1) % 4 == 0 for length in lengths[:-1])
+
+
+def test_window_zero_or_a_short_clip_is_one_pass():
+    assert window_spans(500, 0, 9) == [(0, 500)]
+    assert window_spans(81, 81, 9) == [(0, 81)]
+
+
+def test_fixed_windows_all_have_the_window_length():
+    spans = window_spans(100, 33, 5, fixed=True)
+    assert all(stop - start == 33 for start, stop in spans) and spans[-1][1] == 100
+
+
+def test_continue_windows_know_the_overlap_and_crossfade_windows_do_not():
+    boxes = [Box(10, 10, 20, 20)] * 100
+    plan = make_plan(100, (240, 432), boxes, PlanOptions(window=33, overlap=5))
+    assert [w.known for w in plan.windows] == [0] + [5] * (len(plan.windows) - 1)
+    crossfade = make_plan(100, (240, 432), boxes, PlanOptions(window=33, overlap=5, blend="crossfade"))
+    assert all(w.known == 0 for w in crossfade.windows)
+
+
+def _object(frame_size, fraction, center=(0.5, 0.5)):
+    """A square box covering `fraction` of the frame."""
+    height, width = frame_size
+    side = round(math.sqrt(fraction * height * width))
+    top, left = round(center[0] * height - side / 2), round(center[1] * width - side / 2)
+    return Box(top, left, top + side, left + side)
+
+
+def test_a_small_object_in_1080p_is_cropped_at_native_resolution():
+    frame = (1080, 1920)
+    box = _object(frame, 0.02)
+    plan = make_plan(81, frame, [box] * 81, PlanOptions())
+    (window,) = plan.windows
+    assert plan.cropped
+    assert window.size == (window.box.height, window.box.width)  # scale 1: no resampling
+    assert window.size[0] % 16 == 0 and window.size[1] % 16 == 0
+    grown = box.grown(6 * pixel_unit(frame))
+    assert window.box.union(grown) == window.box  # the dilated mask is inside the crop
+    whole = output_size(*frame, None, None)
+    assert window.size[0] * window.size[1] * 3 <= whole[0] * whole[1]  # at least 3x fewer pixels
+
+
+def test_a_large_object_is_scaled_down_to_the_budget():
+    frame = (2160, 3840)
+    box = _object(frame, 0.3)
+    plan = make_plan(9, frame, [box] * 9, PlanOptions(crop="auto"))
+    (window,) = plan.windows
+    whole = output_size(*frame, None, None)
+    assert plan.cropped and window.size[0] * window.size[1] <= whole[0] * whole[1]
+    assert window.size[0] < window.box.height  # scaled down, but at more detail than the whole frame gets
+    assert window.size[0] / window.box.height > whole[0] / frame[0]
+
+
+def test_auto_takes_the_whole_frame_when_the_crop_would_be_no_smaller():
+    frame = (2160, 3840)
+    everywhere = Box(20, 20, 2140, 3820)
+    auto = make_plan(9, frame, [everywhere] * 9, PlanOptions(crop="auto"))
+    assert not auto.cropped and auto.windows[0].box == Box(0, 0, *frame)
+    assert auto.windows[0].size == output_size(*frame, None, None)
+    small = (144, 256)  # smaller than --min-crop: the crop would be the whole frame
+    assert not make_plan(5, small, [Box(50, 50, 60, 60)] * 5, PlanOptions(height=144, width=256)).cropped
+
+
+def test_every_window_has_the_same_crop_size_and_follows_the_object():
+    frame = (1080, 1920)
+    boxes = [Box(400, 100 + 8 * i, 500, 200 + 8 * i) for i in range(200)]  # moving right
+    plan = make_plan(200, frame, boxes, PlanOptions())
+    sizes = {(w.box.height, w.box.width) for w in plan.windows}
+    assert len(sizes) == 1
+    lefts = [w.box.left for w in plan.windows]
+    assert lefts == sorted(lefts) and lefts[-1] > lefts[0]
+    for w in plan.windows:  # each window's crop holds its own frames' (dilated) boxes
+        for box in boxes[w.start + w.known : w.stop]:
+            assert w.box.union(box.grown(6 * pixel_unit(frame))) == w.box
+
+
+def test_min_crop_gives_a_tiny_object_context():
+    frame = (2160, 3840)
+    plan = make_plan(5, frame, [Box(1000, 1000, 1010, 1010)] * 5, PlanOptions(min_crop=256))
+    assert min(plan.windows[0].size) >= 256
+
+
+def test_crop_off_is_the_one_pass_whole_frame():
+    frame = (1080, 1920)
+    plan = make_plan(9, frame, [_object(frame, 0.02)] * 9, PlanOptions(crop="off", height=240, width=416))
+    assert not plan.cropped and plan.windows[0].size == (240, 416) and plan.windows[0].box == Box(0, 0, 1080, 1920)
+
+
+def test_dilation_and_feather_scale_with_the_frame():
+    unit_480, unit_4k = pixel_unit((480, 832)), pixel_unit((2160, 3840))
+    assert unit_480 == 1 and unit_4k == 4.5 and pixel_unit((240, 432)) == 1
+    box = Box(1000, 1000, 1200, 1200)
+    cropped = make_plan(5, (2160, 3840), [box] * 5, PlanOptions(crop="on", context=0.25))
+    window = cropped.windows[0]
+    scale = window.size[0] / window.box.height
+    assert window.dilation == round(6 * 4.5 * scale) and window.feather == round(3 * 4.5 * scale)
+    whole = make_plan(5, (2160, 3840), [box] * 5, PlanOptions(crop="off")).windows[0]
+    assert whole.dilation == 6 and whole.feather == 3  # 4K shrunk to 480p: the released setting
+
+
+def test_windows_without_a_mask_are_copied_and_an_empty_mask_runs_nothing():
+    boxes = [None] * 40 + [Box(10, 10, 20, 20)] * 10 + [None] * 50
+    plan = make_plan(100, (240, 432), boxes, PlanOptions(window=33, overlap=5))  # windows 0-28, 24-52, 48-76, ...
+    assert [w.box is not None for w in plan.windows] == [False, True, False, False]  # 48-52 are known in window 3
+    crossfade = make_plan(100, (240, 432), boxes, PlanOptions(window=33, overlap=5, blend="crossfade"))
+    assert [w.box is not None for w in crossfade.windows] == [False, True, True, False]
+    assert not make_plan(10, (240, 432), [None] * 10, PlanOptions()).model_windows
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (PlanOptions(window=9, overlap=9), "smaller than --window"),
+        (PlanOptions(window=5, overlap=9), "smaller than --window"),
+        (PlanOptions(window=-1), ">= 0"),
+        (PlanOptions(blend="mix"), "blend mode"),
+        (PlanOptions(crop="maybe"), "crop mode"),
+        (PlanOptions(min_crop=8), "--min-crop"),
+    ],
+)
+def test_bad_options_are_clear_errors(options, message):
+    with pytest.raises(RemoverError, match=message):
+        make_plan(10, (240, 432), [None] * 10, options)
+
+
+def test_the_plan_describes_itself():
+    plan = make_plan(100, (1080, 1920), [_object((1080, 1920), 0.02)] * 100, PlanOptions())
+    lines = plan.describe()
+    assert lines[0].startswith("plan: 100 frames of 1920x1080 in 2 window(s) (continue, overlap 9); crop")
+    assert "tokens" in lines[1] and "5 known" not in lines[1] and "9 known" in lines[2]
