@@ -14,8 +14,11 @@ setup(
         "runtime": ["demo/*.mp4", "demo/weights/*/*.json", "demo/weights/*/*.safetensors"],
         "training": ["configs/*.json"],
     },
-    python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy", "safetensors", "av", "tqdm", "pillow"],
+    python_requires=">=3.11",  # PyAV 18 (below) needs 3.11; 3.10 reached its end of life in October 2026
+    # av 18.0: runtime/io decodes BT.2020 clips with Colorspace.BT2020 (new in 18.0), and 17.x's reformat
+    # raises on frames tagged with reserved primaries/transfer (VP9 output among them; fixed in 18.0).
+    # 18.0 needs Python 3.11.
+    install_requires=["torch>=2.4", "numpy", "safetensors", "av>=18.0", "tqdm", "pillow"],
     extras_require={
         # diffusers at the version the released checkpoint was written with: an independent oracle
         # triton: the fused kernels (tests run them in its CPU interpreter); Linux wheels; 3.5+ for triton.knobs

@@ -26,11 +26,11 @@ from bench.measure import NvmlMonitor, Span, StageRecorder, clock_and_memory
 from bench.reference import ReferencePipeline
 from bench.results import STAGE_ORDER
 from bench.workloads import MASK_DILATION, Workload, initial_noise
+from runtime.composite import to_uint8
+from runtime.io import read_clip, read_masks, write_clip
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
 from runtime.pipeline import Remover
-from runtime.run import to_uint8
 from runtime.stages import TorchStages
-from runtime.video import read_clip, read_masks, write_clip
 from runtime.weights import load_scheduler_config, load_vae, locate_checkpoint
 
 DIT_STEP = "dit_step"
@@ -91,7 +91,8 @@ def pipeline_call(side: str, model: Any, workload: Workload, inputs: tuple[Path,
     def call(recorder: StageRecorder) -> None:
         with tempfile.TemporaryDirectory() as scratch:
             recorder.mark("read")
-            clip, masks = read_clip(inputs[0]), read_masks(inputs[1])
+            clip = read_clip(inputs[0])
+            masks = read_masks(inputs[1], clip.info)
             noise = initial_noise(workload.latent_shape)
             recorder.mark("preprocess")
             options = {"height": workload.height, "width": workload.width, "latents": noise}

@@ -12,11 +12,11 @@ import torch
 from conftest import relative_error
 from PIL import Image
 
+from runtime.io import write_clip
 from runtime.models.vae import RELEASED_VAE, WanVAE
 from runtime.pipeline import Remover
 from runtime.scheduler import RELEASED_SCHEDULER
 from runtime.stages import TorchStages
-from runtime.video import write_clip
 from training.baselines import telea, temporal_median
 from training.data import ClipSpec, FolderSource, SyntheticSource, discover_pairs, make_source, random_shape_masks
 from training.flow import new_transformer

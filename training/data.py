@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from runtime.errors import RemoverError
+from runtime.io import IMAGE_SUFFIXES, read_clip, read_masks
 from runtime.preprocess import dilate, resize
-from runtime.video import IMAGE_SUFFIXES, read_clip, read_masks
 from training.synthetic import HELD_OUT_SHAPES, TRAIN_SHAPES, object_mask, render_clip
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
@@ -130,13 +130,8 @@ class FolderSource:
     def _pair(self, number: int) -> tuple[np.ndarray, np.ndarray]:
         if number not in self._loaded:
             video, mask = self.pairs[number]
-            frames = read_clip(video).frames
-            masks = read_masks(mask)
-            if masks.ndim == 2:
-                masks = np.broadcast_to(masks, (len(frames), *masks.shape))
-            if masks.shape[0] != len(frames) or masks.shape[1:] != frames.shape[1:3]:
-                raise RemoverError(f"{mask}: masks {list(masks.shape)} do not fit the frames {list(frames.shape)}")
-            self._loaded[number] = (frames, masks)
+            clip = read_clip(video)
+            self._loaded[number] = (clip.frames, read_masks(mask, clip.info))  # checked against the video
         return self._loaded[number]
 
     def __call__(self, index: int) -> TrainingClip:

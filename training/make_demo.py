@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from runtime.errors import exit_code
+from runtime.io import write_clip
 from runtime.run import DEMO_CLIP, DEMO_MASK, DEMO_WEIGHTS
-from runtime.video import write_clip
 from runtime.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint, save_checkpoint
 from training.synthetic import render_clip
 

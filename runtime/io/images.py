@@ -1,0 +1,86 @@
+"""Image files through Pillow: folders in natural order, sizes from the header alone, and pixels as
+8-bit arrays whatever the file's depth (16-bit PNG and TIFF are scaled, not clipped)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from runtime.errors import RemoverError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+JPEG_SUFFIXES = {".jpg", ".jpeg"}
+WIDE_GRAY_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}  # more than 8 bits of gray; Pillow clips these to 8
+
+
+def _natural_key(path: Path) -> list:
+    """Sort frame_2 before frame_10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files of a folder in natural order; none is an error."""
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+    if not files:
+        raise RemoverError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    return files
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        return Image.open(path)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise RemoverError(f"cannot read image {path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says: size, bits per channel, and whether it has an alpha channel."""
+
+    width: int
+    height: int
+    bit_depth: int
+    has_alpha: bool
+
+
+def image_header(path: Path) -> ImageHeader:
+    """The header of one image file, read without decoding the pixels."""
+    with _open(path) as image:
+        # the decoder's raw mode (a tile's 4th field, alone or first of a tuple) says 16 bits ("RGB;16B")
+        rawmodes = [str(tile[3][0] if isinstance(tile[3], tuple) else tile[3]) for tile in image.tile]
+        wide = image.mode in WIDE_GRAY_MODES or any(";16" in rawmode for rawmode in rawmodes)
+        return ImageHeader(image.width, image.height, 16 if wide else 8, _has_alpha(image))
+
+
+def probe_images(files: list[Path], where: Path) -> ImageHeader:
+    """The common header of a list of image files (the deepest bit depth, alpha if all have it); files
+    of different sizes are an error naming `where`."""
+    headers = [image_header(file) for file in files]
+    first_of_size: dict[tuple[int, int], Path] = {}
+    for file, header in zip(files, headers):
+        first_of_size.setdefault((header.width, header.height), file)
+    if len(first_of_size) > 1:
+        listed = ", ".join(f"{w}x{h} ({file.name})" for (w, h), file in first_of_size.items())
+        raise RemoverError(f"images in {where} have different sizes: {listed}")
+    bit_depth = max(header.bit_depth for header in headers)
+    return ImageHeader(headers[0].width, headers[0].height, bit_depth, all(header.has_alpha for header in headers))
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return "A" in image.getbands() or "transparency" in image.info
+
+
+def read_image(path: Path) -> np.ndarray:
+    """The pixels as uint8 [H, W, 3] RGB, or [H, W, 4] RGBA when the file has an alpha channel."""
+    try:
+        with _open(path) as image:
+            if image.mode in WIDE_GRAY_MODES:
+                gray = (np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+                return np.repeat(gray[..., None], 3, axis=-1)
+            return np.asarray(image.convert("RGBA" if _has_alpha(image) else "RGB"))
+    except OSError as exc:  # a header that opens over pixels that do not decode
+        raise RemoverError(f"cannot read image {path}: {exc}") from None
