@@ -19,14 +19,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from runtime.composite import composite_window, to_uint8
 from runtime.errors import RemoverError
-from runtime.models.vae import VAEConfig
 from runtime.plan import Box, Plan, Window
-from runtime.preprocess import CHUNK_PIXELS, dilate, padded_frame_count, resize_frames, shrink_masks
+from runtime.preprocess import CHUNK_PIXELS, dilate, resize_frames, shrink_masks
 
 if TYPE_CHECKING:
     from runtime.pipeline import Remover
@@ -110,9 +108,8 @@ def run_plan(
     progress: bool = True,
 ) -> dict[str, float]:
     """Run every window of `plan` over `frames` ((uint8 [H, W, 3], pts) in order) and `masks` (bool
-    [H, W], one per frame), handing each finished frame to `sink` in order. A clip of one window draws
-    its noise from `seed` as the one-pass pipeline does (and is exactly its result); windows of a longer
-    clip draw theirs per latent frame (`window_noise`). Without
+    [H, W], one per frame), handing each finished frame to `sink` in order. Window k's noise is drawn
+    from seed + k, so a clip of one window is exactly the one-pass pipeline's result. Without
     `paste_back` the generation replaces the whole window (the plan must be whole-frame). Returns
     the seconds spent in each stage, summed over the windows."""
     timings: dict[str, float] = {}
@@ -134,8 +131,7 @@ def run_plan(
                 read += 1
             timings["read"] = timings.get("read", 0.0) + time.perf_counter() - start
 
-            single = len(plan.windows) == 1
-            outputs = _run_window(remover, window, single, buffer, steps, seed, paste_back, progress, timings)
+            outputs = _run_window(remover, window, buffer, steps, seed + index, paste_back, progress, timings)
             start = time.perf_counter()
             shared = plan.windows[index - 1].stop - window.start if index else 0  # frames the last window made too
             for offset, output in enumerate(outputs):
@@ -169,24 +165,9 @@ def _crossfade(previous: np.ndarray, current: np.ndarray, offset: int, overlap: 
     return blended.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def window_noise(window: Window, vae: VAEConfig, seed: int) -> Tensor:
-    """Initial latents [1, z, T', h, w] for a window of a clip of several: each latent frame drawn from
-    (seed, the clip frame it ends at), so windows that share frames start from the same noise there
-    (and their results over the overlap are alike)."""
-    factor, spatial = vae.temporal_factor, vae.spatial_factor
-    count = 1 + (padded_frame_count(window.frames, factor) - 1) // factor
-    shape = (vae.z_dim, window.size[0] // spatial, window.size[1] // spatial)
-    frames = [
-        torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + window.start + factor * j))
-        for j in range(count)
-    ]
-    return torch.stack(frames, dim=1)[None]
-
-
 def _run_window(
     remover: Remover,
     window: Window,
-    single: bool,
     buffer: dict[int, _Slot],
     steps: int,
     seed: int,
@@ -218,7 +199,6 @@ def _run_window(
         num_inference_steps=steps,
         mask_dilation=window.dilation,
         seed=seed,
-        latents=None if single else window_noise(window, remover.stages.vae_config, seed),
         paste_back=False,
         progress=progress,
     )
