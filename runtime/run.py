@@ -11,18 +11,33 @@ import argparse
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from runtime import cost_model
 from runtime.attention import ATTENTION_CHOICES
 from runtime.errors import RemoverError, exit_code
+from runtime.io import check_output, open_clip
+from runtime.job import MaskOptions, OutputOptions, check_fits, estimate, fit_to_stages, open_job, run_job
 from runtime.pipeline import COMPILE_MODES, DTYPES, KERNEL_CHOICES, Remover
-from runtime.video import check_output_path, read_clip, read_masks, write_clip
+from runtime.plan import (
+    BLEND_MODES,
+    CROP_MODES,
+    DEFAULT_CONTEXT,
+    DEFAULT_DILATION,
+    DEFAULT_FEATHER,
+    DEFAULT_MIN_CROP,
+    DEFAULT_OVERLAP,
+    DEFAULT_WINDOW,
+    PlanOptions,
+)
+from runtime.preview import write_preview
 
 DEMO_DIR = Path(__file__).parent / "demo"
 DEMO_CLIP, DEMO_MASK, DEMO_WEIGHTS = DEMO_DIR / "clip.mp4", DEMO_DIR / "mask.mp4", DEMO_DIR / "weights"
+GB = 1e9
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,60 +45,124 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m runtime.run",
         description="Remove the masked object from a video with MiniMax-Remover.",
     )
-    parser.add_argument(
-        "--video", help="video file (mp4, mov, webm, mkv) or folder of frames; default: the bundled demo"
+    io = parser.add_argument_group("input and output")
+    io.add_argument(
+        "--video", help="video file (mp4, mov, webm, mkv, ...), folder of frames or one image; default: the demo"
     )
-    parser.add_argument(
-        "--mask", help="mask video, folder of mask images, or one image for all frames (white = remove)"
+    io.add_argument(
+        "--mask",
+        help="mask video, folder of mask images, one image for all frames (white or opaque = remove), or a JSON "
+        "file of per-frame boxes",
     )
-    parser.add_argument(
-        "--out", help="output .mp4/.mov/.mkv/.webm file, or a new folder for PNGs (default: <input>_removed.mp4)"
+    io.add_argument(
+        "--out",
+        help="output .mp4/.mov/.mkv/.webm, a new folder for PNGs, or an image file for a one-frame input "
+        "(default: <input>_removed.mp4)",
     )
-    parser.add_argument(
+    io.add_argument("--overwrite", action="store_true", help="replace an existing output (like ffmpeg -y)")
+    io.add_argument("--codec", help="video codec: h264 (default), h265, vp9 (webm), av1, ffv1, prores")
+    io.add_argument("--crf", type=int, help="quality, lower is better (default 17 for h264)")
+    io.add_argument("--lossless", action="store_true", help="write frames bit-exact (ffv1 in .mkv)")
+    io.add_argument("--mask-threshold", type=int, help="mask level 0-255 above which a pixel is removed")
+    io.add_argument("--invert-mask", action="store_true", help="remove where the mask is black")
+    io.add_argument("--mask-channel", choices=("auto", "luma", "alpha"), default="auto", help="default: auto")
+    io.add_argument(
+        "--preview", metavar="FILE", help="write the input with the mask, crops and windows drawn; no model"
+    )
+    io.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost, and exit")
+
+    plan = parser.add_argument_group("long and high-resolution clips")
+    plan.add_argument(
+        "--window", type=int, default=DEFAULT_WINDOW, help=f"frames per window (default {DEFAULT_WINDOW}); 0: one pass"
+    )
+    plan.add_argument(
+        "--overlap", type=int, default=DEFAULT_OVERLAP, help=f"frames windows share (default {DEFAULT_OVERLAP})"
+    )
+    plan.add_argument(
+        "--blend",
+        choices=BLEND_MODES,
+        default="continue",
+        help="continue: each window starts from the finished overlap (default); crossfade: independent windows "
+        "blended over the overlap",
+    )
+    plan.add_argument(
+        "--crop",
+        choices=CROP_MODES,
+        default="auto",
+        help="process a box around the mask at native resolution (auto: when it is fewer pixels than the whole frame)",
+    )
+    plan.add_argument(
+        "--context",
+        type=float,
+        default=DEFAULT_CONTEXT,
+        help=f"crop margin around the dilated mask, times its longer side (default {DEFAULT_CONTEXT})",
+    )
+    plan.add_argument(
+        "--min-crop",
+        type=int,
+        default=DEFAULT_MIN_CROP,
+        help=f"shortest crop side in working pixels (default {DEFAULT_MIN_CROP})",
+    )
+    plan.add_argument(
+        "--height",
+        type=int,
+        help="working height, a multiple of 16: the pixel budget of a window (default: 480p keeping the aspect ratio)",
+    )
+    plan.add_argument("--width", type=int, help="working width, a multiple of 16")
+    plan.add_argument(
+        "--dilate",
+        type=int,
+        default=DEFAULT_DILATION,
+        help=f"mask dilation in pixels at 480p, scaled up for larger frames (default {DEFAULT_DILATION})",
+    )
+    plan.add_argument(
+        "--feather",
+        type=int,
+        default=DEFAULT_FEATHER,
+        help=f"paste-back blend ramp in pixels at 480p, scaled likewise (default {DEFAULT_FEATHER})",
+    )
+    plan.add_argument(
+        "--no-paste-back",
+        action="store_true",
+        help="write the raw generation at the working size instead of compositing into the input",
+    )
+
+    model = parser.add_argument_group("model")
+    model.add_argument(
         "--weights", help="checkpoint folder or single-file transformer repack; default: the bundled demo weights"
     )
-    parser.add_argument("--vae", help="folder with the VAE (needed with a single-file repack)")
-    parser.add_argument(
+    model.add_argument("--vae", help="folder with the VAE (needed with a single-file repack)")
+    model.add_argument(
         "--engine",
         help="an engine bundle folder (python -m export.onnx) to run instead of the PyTorch modules; with "
         "--weights, the bundle must have been exported from those weights",
     )
-    parser.add_argument(
+    model.add_argument(
         "--backend",
         choices=("onnxruntime", "tensorrt", "aoti"),
         default="onnxruntime",
         help="what runs the --engine bundle (default onnxruntime)",
     )
-    parser.add_argument(
-        "--height", type=int, help="working height, a multiple of 16 (default: 480p keeping the aspect ratio)"
-    )
-    parser.add_argument("--width", type=int, help="working width, a multiple of 16")
-    parser.add_argument("--steps", type=int, default=6, help="sampling steps (default 6)")
-    parser.add_argument("--sampler", choices=("unipc", "euler"), default="unipc", help="default: unipc, as released")
-    parser.add_argument("--dilate", type=int, default=6, help="mask dilation in pixels of the mask (default 6)")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bf16 on GPU, fp32 on CPU")
-    parser.add_argument(
+    model.add_argument("--steps", type=int, default=6, help="sampling steps (default 6)")
+    model.add_argument("--sampler", choices=("unipc", "euler"), default="unipc", help="default: unipc, as released")
+    model.add_argument("--seed", type=int, default=42)
+    model.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    model.add_argument("--dtype", choices=sorted(DTYPES), help="default: bf16 on GPU, fp32 on CPU")
+    model.add_argument(
         "--kernels",
         choices=KERNEL_CHOICES,
         help="transformer's fused steps: Triton or the PyTorch references (default: $RUNTIME_KERNELS or auto)",
     )
-    parser.add_argument(
+    model.add_argument(
         "--attention",
         choices=ATTENTION_CHOICES,
         help="attention backend (default: $RUNTIME_ATTENTION or auto: flash-attn, else fused SDPA, else math)",
     )
-    parser.add_argument(
+    model.add_argument(
         "--compile",
         choices=sorted(COMPILE_MODES),
         default="off",
         help="compile the denoising step's model call (off by default: not yet measured faster)",
-    )
-    parser.add_argument(
-        "--no-paste-back",
-        action="store_true",
-        help="write the raw generation at the working size instead of compositing into the input",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
@@ -102,30 +181,8 @@ def resolve_device(name: str | None) -> torch.device | None:
     return device
 
 
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def run(args: argparse.Namespace) -> str:
-    """Do the whole job; return the summary line."""
-    demo = args.video is None
-    if demo and args.mask is not None:
-        raise RemoverError("--mask needs --video")
-    if not demo and args.mask is None:
-        raise RemoverError("--video needs --mask")
-    video, mask = (DEMO_CLIP, DEMO_MASK) if demo else (Path(args.video), Path(args.mask))
-    out = Path(args.out) if args.out else Path(f"{video.stem}_removed.mp4")
-    device = resolve_device(args.device)
-
-    start = time.perf_counter()
-    clip = read_clip(video)
-    masks = read_masks(mask)
-    check_output_path(out, clip.frames.shape[1:3])
-    read_s = time.perf_counter() - start
-    height, width = clip.frames.shape[1:3]
-    print(f"{video}: {len(clip.frames)} frames, {width}x{height} at {float(clip.fps):g} fps", file=sys.stderr)
-
-    start = time.perf_counter()
+def load_remover(args: argparse.Namespace, device: torch.device | None) -> tuple[Remover, str]:
+    """The model the arguments name (weights or an engine bundle) and a line saying what it is."""
     if args.engine is not None:
         options = {"--dtype": args.dtype, "--kernels": args.kernels, "--attention": args.attention}
         given = [flag for flag, value in {**options, "--compile": args.compile != "off"}.items() if value]
@@ -147,27 +204,91 @@ def run(args: argparse.Namespace) -> str:
             compile_mode=args.compile,
         )
         source = f"weights {args.weights or DEMO_WEIGHTS}"
-    load_s = time.perf_counter() - start
-    print(f"{source} on {remover.device} in {str(remover.dtype).removeprefix('torch.')}", file=sys.stderr)
+    return remover, f"{source} on {remover.device} in {str(remover.dtype).removeprefix('torch.')}"
 
-    if demo and args.height is None and args.width is None:
-        args.height, args.width = height, width  # the demo clip is made at the demo model's size
-    result = remover(
-        clip.frames,
-        masks,
+
+def plan_options(args: argparse.Namespace) -> PlanOptions:
+    return PlanOptions(
+        window=args.window,
+        overlap=args.overlap,
+        blend=args.blend,
+        crop=args.crop,
         height=args.height,
         width=args.width,
-        num_inference_steps=args.steps,
-        mask_dilation=args.dilate,
-        seed=args.seed,
-        paste_back=not args.no_paste_back,
-        progress=not args.quiet,
+        dilation=args.dilate,
+        feather=args.feather,
+        context=args.context,
+        min_crop=args.min_crop,
     )
+
+
+def say(line: str, to_stdout: bool = False) -> None:
+    """A line for the person running the command (stderr, so stdout keeps only the result)."""
+    print(line, file=sys.stdout if to_stdout else sys.stderr)
+
+
+def run(args: argparse.Namespace) -> str:
+    """Do the whole job; return the summary line."""
+    demo = args.video is None
+    if demo and args.mask is not None:
+        raise RemoverError("--mask needs --video")
+    if not demo and args.mask is None:
+        raise RemoverError("--video needs --mask")
+    video, mask = (DEMO_CLIP, DEMO_MASK) if demo else (Path(args.video), Path(args.mask))
+    out = Path(args.out) if args.out else Path(f"{video.stem}_removed.mp4")
+    output = OutputOptions(codec=args.codec, crf=args.crf, lossless=args.lossless, overwrite=args.overwrite)
+    device = resolve_device(args.device)
+    progress = not args.quiet
+    options = plan_options(args)
+    options.check()
+
     start = time.perf_counter()
-    write_clip(out, to_uint8(result), clip.fps)
-    stages = {"read": read_s, "load": load_s, **remover.timings, "write": time.perf_counter() - start}
+    reader = open_clip(video)
+    info = reader.info
+    say(f"{video}: {info.describe()}")
+    target = Path(args.preview) if args.preview else out
+    if not args.dry_run:
+        check_output(target, info, **output.writer_arguments())
+    if demo and args.height is None and args.width is None:  # the demo clip is made at the demo model's size
+        options = replace(options, height=info.height, width=info.width)
+    read_s = time.perf_counter() - start
+
+    remover, load_s = None, 0.0
+    if args.engine is not None or not args.preview:
+        start = time.perf_counter()
+        remover, loaded = load_remover(args, device)
+        load_s = time.perf_counter() - start
+        say(loaded)
+        options = fit_to_stages(options, remover.stages)
+
+    start = time.perf_counter()
+    mask_options = MaskOptions(threshold=args.mask_threshold, invert=args.invert_mask, channel=args.mask_channel)
+    job = open_job(reader, mask, options, mask_options, paste_back=not args.no_paste_back, progress=progress)
+    scan_s = time.perf_counter() - start
+    for line in job.plan.describe():
+        say(line, args.dry_run)
+    if args.preview:
+        write_preview(job, target, output, progress)
+        return f"wrote the preview {target} ({job.plan.frame_count} frames)"
+
+    figures = estimate(job, remover, args.steps)
+    rate = cost_model.achievable_flops(
+        torch.cuda.get_device_name(remover.device) if remover.device.type == "cuda" else "", remover.device.type
+    )
+    say(
+        f"estimate: {figures.flops / 1e12:.2f} TFLOP of model work, roughly {figures.flops / rate:.0f} s here; "
+        f"peak memory about {figures.device_bytes / GB:.2f} GB on the device beyond the "
+        f"{figures.weight_bytes / GB:.2f} GB of weights, {figures.host_bytes / GB:.2f} GB of frames on the host",
+        args.dry_run,
+    )
+    if args.dry_run:
+        return f"dry run: {len(job.plan.model_windows)} window(s) would run; nothing written"
+    check_fits(job, remover, figures)
+
+    timings = run_job(job, remover, out, output, steps=args.steps, seed=args.seed, progress=progress)
+    stages = {"read": read_s + scan_s + timings.pop("read", 0.0), "load": load_s, **timings}
     detail = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stages.items())
-    return f"wrote {out} ({len(result)} frames) in {sum(stages.values()):.1f} s: {detail} ({remover.backends})"
+    return f"wrote {out} ({job.plan.frame_count} frames) in {sum(stages.values()):.1f} s: {detail} ({remover.backends})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,7 +302,7 @@ def run_within_memory(args: argparse.Namespace) -> str:
     try:
         return run(args)
     except torch.OutOfMemoryError as exc:
-        raise RemoverError("out of memory; try a smaller --height/--width or fewer frames") from exc
+        raise RemoverError("out of memory; try a smaller --height/--width or --window") from exc
 
 
 if __name__ == "__main__":
