@@ -81,16 +81,19 @@ def _sized_masks(masks: MaskSource, size: tuple[int, int] | None) -> Iterator[np
 
 
 def fit_to_stages(options: PlanOptions, stages: Stages) -> PlanOptions:
-    """The plan options an engine bundle allows: its size, whole frames, its frame count per window."""
+    """The plan options an engine bundle allows: its size (another is an error), whole frames, its frame
+    count per window (exactly that many for a static bundle), an overlap of at most half a window."""
     limit = stages.window_frames
     if limit is None:
         return options
     if options.crop == "on":
         raise RemoverError("--crop on needs the PyTorch modules: an engine bundle runs one fixed size")
     frames, exact = limit
-    window = options.window if options.window and options.window <= frames else frames
     height, width = stages.default_size
-    return replace(options, crop="off", height=height, width=width, window=window, fixed_window=exact)
+    stages.check_size(frames, options.height or height, options.width or width)  # another size: a clear error
+    window = options.window if options.window and options.window <= frames else frames
+    overlap = min(options.overlap, (window - 1) // 2)  # a short bundle keeps most of each window new
+    return replace(options, crop="off", height=height, width=width, window=window, overlap=overlap, fixed_window=exact)
 
 
 def open_job(

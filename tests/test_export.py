@@ -280,3 +280,22 @@ def test_cli_runs_a_bundle_like_the_pytorch_modules(tiny_bundle, checkpoint, fix
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and message in errors[0]
         assert not (tmp_path / "again").exists()
+
+
+def test_a_clip_longer_than_a_static_bundle_runs_in_windows_of_its_length(tiny_bundle, data_dir, tmp_path, capsys):
+    from runtime import run
+    from runtime.io import open_clip
+
+    frames, masks = tmp_path / "frames", tmp_path / "masks"
+    frames.mkdir(), masks.mkdir()
+    for name in sorted(p.name for p in (data_dir / "tennis" / "frames").iterdir())[:20]:
+        (frames / name).symlink_to(data_dir / "tennis" / "frames" / name)
+        (masks / name).symlink_to(data_dir / "tennis" / "masks" / name)
+    out = tmp_path / "out.mp4"
+    code = run.main(["--video", str(frames), "--mask", str(masks), "--engine", str(tiny_bundle), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "20 frames of 432x240 in 4 window(s) (" in captured.err and ", overlap 4); whole frame" in captured.err
+    for line in [line for line in captured.err.splitlines() if line.startswith("  window")]:
+        assert "-> 96x64" in line  # every window is the bundle's 9 frames at its size
+    assert open_clip(out).info.frame_count == 20
