@@ -12,7 +12,7 @@ $(STAMP): setup.py
 
 .PHONY: demo test lint
 demo: $(STAMP)
-	$(PY) -m runtime.run --out demo_removed.mp4
+	$(PY) -m runtime.run --out demo_removed.mp4 --overwrite  # the demo replaces its own last result
 
 test: $(STAMP)
 	$(PY) -m pytest -q
