@@ -69,7 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     io.add_argument(
         "--preview", metavar="FILE", help="write the input with the mask, crops and windows drawn; no model"
     )
-    io.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost, and exit")
+    io.add_argument(
+        "--dry-run", action="store_true", help="print the plan and its estimated cost, check it fits, and exit"
+    )
 
     plan = parser.add_argument_group("long and high-resolution clips")
     plan.add_argument(
@@ -281,9 +283,9 @@ def run(args: argparse.Namespace) -> str:
         f"{figures.weight_bytes / GB:.2f} GB of weights, {figures.host_bytes / GB:.2f} GB of frames on the host",
         args.dry_run,
     )
+    check_fits(job, remover, figures)  # a dry run of a plan that cannot fit fails as the run would
     if args.dry_run:
         return f"dry run: {len(job.plan.model_windows)} window(s) would run; nothing written"
-    check_fits(job, remover, figures)
 
     timings = run_job(job, remover, out, output, steps=args.steps, seed=args.seed, progress=progress)
     stages = {"read": read_s + scan_s + timings.pop("read", 0.0), "load": load_s, **timings}

@@ -199,13 +199,14 @@ def test_window_boundaries_flicker_no_more_than_elsewhere(tmp_path, capsys):
 def test_dry_run_prints_the_plan_and_writes_nothing(hd_clip, checkpoint, tmp_path, capsys):
     video, mask = hd_clip
     out = tmp_path / "out.mp4"
-    code, stdout, _ = cli(
-        ["--video", video, "--mask", mask, "--weights", checkpoint, "--out", out, "--dry-run"], capsys
-    )
+    args = ["--video", video, "--mask", mask, "--weights", checkpoint, "--out", out]
+    code, stdout, _ = cli([*args, "--dry-run"], capsys)
     assert code == 0
     assert "plan: 5 frames of 1920x1080 in 1 window(s) (one pass); crop around the mask" in stdout
     assert "tokens" in stdout and "estimate:" in stdout and "GB" in stdout
     assert list(tmp_path.iterdir()) == []
+    code, stdout, stderr = cli([*args, "--dry-run", "--height", 16000, "--width", 16000, "--crop", "off"], capsys)
+    assert code == 2 and "this plan needs about" in errors(stderr)[0]  # as the run would be refused
 
 
 def test_preview_draws_the_plan_without_running_the_model(hd_clip, tmp_path, capsys, monkeypatch):
