@@ -26,7 +26,7 @@ from runtime.errors import RemoverError
 from runtime.preprocess import SIZE_MULTIPLE, output_size, padded_frame_count
 
 DEFAULT_WINDOW = 81  # the model's training length (21 latent frames)
-DEFAULT_OVERLAP = 9  # finished frames each window starts from (3 latent frames); see the README's measurement
+DEFAULT_OVERLAP = 5  # finished frames each window starts from (latents 0 and 1); see the README
 BLEND_MODES = ("continue", "crossfade")
 CROP_MODES = ("auto", "on", "off")
 REFERENCE_SHORT_SIDE = 480  # dilation and feather are given in pixels at this short side
