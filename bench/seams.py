@@ -96,6 +96,14 @@ def boundary_transitions(plan: Plan) -> set[int]:
     return found
 
 
+def seam_ratios(change: np.ndarray, seams: list[int], cycle: int) -> np.ndarray:
+    """Each boundary transition's change over the mean change of the other transitions at the same place
+    of the VAE's `cycle`-frame latent cycle (1: no seam). `change` [F - 1] per transition."""
+    rest = [t for t in range(len(change)) if t not in seams]
+    same_phase = [np.nanmean(change[[u for u in rest if u % cycle == t % cycle]]) for t in seams]
+    return change[seams] / np.array(same_phase)
+
+
 def measure(remover: Remover, clip: TestClip, options: PlanOptions) -> dict[str, float]:
     count = len(clip.frames)
     plan = make_plan(count, clip.frames.shape[1:3], [mask_box(m) for m in clip.masks], options)
@@ -125,8 +133,7 @@ def measure(remover: Remover, clip: TestClip, options: PlanOptions) -> dict[str,
     }
     if seams:
         result["temporal_error_boundary"] = float(np.nanmean(per_transition[seams]))
-        same_phase = [np.nanmean(per_transition[[u for u in rest if u % factor == t % factor]]) for t in seams]
-        result["boundary_over_rest"] = float(np.nanmean(per_transition[seams] / np.array(same_phase)))
+        result["boundary_over_rest"] = float(np.nanmean(seam_ratios(per_transition, seams, factor)))
     if clip.truth is not None:
         error = out[clip.masks] - clip.truth[clip.masks].astype(np.float32)
         result["psnr_inside_db"] = float(10 * np.log10(255.0**2 / np.mean(error**2)))
