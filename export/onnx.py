@@ -27,10 +27,10 @@ from export.aoti import compile_package
 from export.graphs import LATENT_FRAMES_AXIS, ExportGraph, constant_rope, dit_graphs, vae_graphs
 from kernels import TORCH_KERNELS
 from runtime.attention import SDPA
+from runtime.backends import DTYPES
 from runtime.bundle import GRAPHS, PRECISIONS, GraphSpec, Manifest, checkpoint_sha256
 from runtime.engines import open_graph
 from runtime.errors import RemoverError, exit_code
-from runtime.pipeline import DTYPES
 from runtime.preprocess import SIZE_MULTIPLE
 from runtime.scheduler import make_sampler
 from runtime.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint

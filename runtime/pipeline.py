@@ -9,7 +9,6 @@ The three heavy stages run on PyTorch modules (`from_pretrained`) or on an expor
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -21,9 +20,17 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from kernels import TORCH_KERNELS, TRITON_KERNELS, KernelOps, triton_support
 from runtime import composite
 from runtime.attention import select_attention
+from runtime.backends import (
+    COMPILE_MODES,
+    DTYPES,
+    check_compile_mode,
+    default_device,
+    resolve_dtype,
+    resolve_kernels,
+    verified_backends,
+)
 from runtime.errors import RemoverError
 from runtime.preprocess import (
     as_frames,
@@ -39,30 +46,9 @@ from runtime.scheduler import SchedulerConfig, make_sampler
 from runtime.stages import Stages, TorchStages, denoise_loop
 from runtime.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-KERNELS_ENV = "RUNTIME_KERNELS"
-KERNEL_CHOICES = ("auto", "triton", "torch")
-# The denoising step's model call, optionally compiled (gpt-fast style: around the model, not in it)
-COMPILE_MODES = {"off": None, "inductor": "default", "cuda-graphs": "reduce-overhead"}
-
 
 class EmptyMaskWarning(UserWarning):
     """The mask selects nothing, so the input is returned unchanged."""
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """bf16 on GPU and fp32 on the CPU unless given ("fp32", "bf16", "fp16" or a torch dtype)."""
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise RemoverError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-    return DTYPES[dtype]
 
 
 def encoder_batch(video: Tensor, mask: Tensor) -> Tensor:
@@ -70,37 +56,6 @@ def encoder_batch(video: Tensor, mask: Tensor) -> Tensor:
     (the hole is 0, mid-grey) and the mask video 2 m - 1, from video [3, F, H, W] in [-1, 1] and mask
     [F, H, W] in {0, 1}."""
     return torch.stack([video * (1.0 - mask), (2.0 * mask - 1.0).expand_as(video)])
-
-
-def resolve_kernels(choice: str | None, device: torch.device) -> KernelOps:
-    """The transformer's fused steps: `choice` ("auto", "triton", "torch"), else $RUNTIME_KERNELS, else
-    "auto" = Triton on CUDA (when installed), the PyTorch references elsewhere."""
-    choice = choice or os.environ.get(KERNELS_ENV) or "auto"
-    if choice not in KERNEL_CHOICES:
-        raise RemoverError(f"unknown kernels {choice!r} (argument or ${KERNELS_ENV}); choose one of {KERNEL_CHOICES}")
-    if choice == "auto":
-        compiled = device.type == "cuda" and triton_support.AVAILABLE and not triton_support.INTERPRETED
-        return TRITON_KERNELS if compiled else TORCH_KERNELS
-    if choice == "torch":
-        return TORCH_KERNELS
-    if not triton_support.AVAILABLE:
-        raise RemoverError("kernels 'triton' need the triton package (pip install triton)")
-    if device.type == "cpu" and not triton_support.INTERPRETED:
-        raise RemoverError(
-            "kernels 'triton' on the CPU run only in Triton's interpreter: start with TRITON_INTERPRET=1 "
-            "(slow, meant for tests), or use kernels 'torch'"
-        )
-    if device.type not in ("cuda", "cpu"):
-        raise RemoverError(f"kernels 'triton' need a CUDA device, not {device.type}")
-    return TRITON_KERNELS
-
-
-def check_compile_mode(mode: str, device: torch.device) -> None:
-    """A RemoverError unless `mode` is one of COMPILE_MODES and can run on `device`."""
-    if mode not in COMPILE_MODES:
-        raise RemoverError(f"unknown compile mode {mode!r}; choose one of {sorted(COMPILE_MODES)}")
-    if mode == "cuda-graphs" and device.type != "cuda":
-        raise RemoverError("compile mode 'cuda-graphs' needs a CUDA device")
 
 
 class Remover:
@@ -161,22 +116,21 @@ class Remover:
         dtype = resolve_dtype(dtype, device)
         paths = locate_checkpoint(path, vae)
         scheduler = load_scheduler_config(paths.scheduler)
-        make_sampler(sampler, scheduler, 1)  # fail early on a bad sampler name, kernels or compile mode
+        make_sampler(sampler, scheduler, 1)  # fail before loading on a bad sampler name or kernels choice
         kernel_ops = resolve_kernels(kernels, device)
-        check_compile_mode(compile_mode, device)
         transformer = load_transformer(paths.transformer, device, dtype)
         config = transformer.config
-        transformer.use_backends(
-            kernel_ops,
-            select_attention(
-                attention,
-                device,
-                dtype,
-                heads=config.num_attention_heads,
-                head_dim=config.attention_head_dim,
-                num_conditions=config.num_condition_tokens,
-            ),
+        attention_backend = select_attention(
+            attention,
+            device,
+            dtype,
+            heads=config.num_attention_heads,
+            head_dim=config.attention_head_dim,
+            num_conditions=config.num_condition_tokens,
         )
+        if device.type == "cuda":  # the fast paths, checked against the references on this GPU first
+            kernel_ops, attention_backend = verified_backends(kernel_ops, attention_backend, config, device, dtype)
+        transformer.use_backends(kernel_ops, attention_backend)
         return cls(
             TorchStages(transformer, load_vae(paths.vae, device, dtype)),
             scheduler,
@@ -275,8 +229,10 @@ class Remover:
         del video
         with self._stage("denoise"):
             clean = self.denoise(noise, context, num_inference_steps, progress, guidance_scale)
+            self._check_finite(bool(torch.isfinite(clean).all()), "the sampler's latents")
         with self._stage("decode"):
             generated = self.decode(clean, progress)[: len(frames)]
+            self._check_finite(bool(np.isfinite(generated).all()), "the decoded frames")
         if not paste_back:
             return generated
         with self._stage("composite"):
@@ -345,6 +301,15 @@ class Remover:
             out[start : start + len(pixels)] = pixels.cpu().numpy()
             start += len(pixels)
         return out
+
+    def _check_finite(self, finite: bool, what: str) -> None:
+        """A RemoverError naming the stage, never a black or garbage video, when values are NaN or inf."""
+        if not finite:
+            dtype = str(self.dtype).removeprefix("torch.")
+            raise RemoverError(
+                f"{what} hold NaN or infinite values ({self.backends}, {dtype}): the model overflowed or its "
+                "weights are broken; try another --dtype (fp32 is the safest) or check the weights"
+            )
 
     def _initial_noise(self, frame_count: int, size: tuple[int, int], seed: int, latents: Tensor | None) -> Tensor:
         """Standard normal latents from a CPU generator (same noise on every device), or `latents`."""

@@ -18,10 +18,11 @@ import torch
 
 from runtime import cost_model
 from runtime.attention import ATTENTION_CHOICES
+from runtime.backends import COMPILE_MODES, DTYPES, KERNEL_CHOICES
 from runtime.errors import RemoverError, exit_code
 from runtime.io import check_output, open_clip
 from runtime.job import MaskOptions, OutputOptions, check_fits, estimate, fit_to_stages, open_job, run_job
-from runtime.pipeline import COMPILE_MODES, DTYPES, KERNEL_CHOICES, Remover
+from runtime.pipeline import Remover
 from runtime.plan import (
     BLEND_MODES,
     CROP_MODES,

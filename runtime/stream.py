@@ -204,11 +204,6 @@ def _run_window(
     )
     for stage, seconds in remover.timings.items():
         timings[stage] = timings.get(stage, 0.0) + seconds
-    if not np.isfinite(generated).all():
-        raise RemoverError(
-            f"the model produced non-finite values in window {window.index + 1} (frames {window.start}-"
-            f"{window.stop - 1}); try another --dtype (fp32 is the safest)"
-        )
     generated = generated[window.known :]
     if not paste_back:
         return list(to_uint8(generated))

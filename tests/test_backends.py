@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,11 +16,12 @@ from conftest import fresh_seed
 from PIL import Image
 
 from kernels import TORCH_KERNELS, TRITON_KERNELS, triton_support
-from runtime import Remover, RemoverError, run
-from runtime.attention import ATTENTION_ENV
+from runtime import Remover, RemoverError, backends, run
+from runtime.attention import ATTENTION_ENV, MATH, SDPA, AttentionBackend
+from runtime.backends import CHECK_CACHE_ENV, KERNELS_ENV, resolve_kernels, verified_backends
+from runtime.errors import RemoverWarning
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
 from runtime.models.vae import RELEASED_VAE, WanVAE
-from runtime.pipeline import KERNELS_ENV, resolve_kernels
 from runtime.scheduler import RELEASED_SCHEDULER
 from runtime.weights import save_checkpoint
 
@@ -151,3 +153,62 @@ except RemoverError as error:
     )
     assert result.returncode == 0, result.stderr
     assert "need the triton package" in result.stdout
+
+
+# --- the self-check: fast choices verified against the references before use ----------------------
+
+
+@pytest.fixture
+def verdicts(tmp_path, monkeypatch):
+    """A fresh verdicts file for the self-check."""
+    path = tmp_path / "self-check.json"
+    monkeypatch.setenv(CHECK_CACHE_ENV, str(path))
+    return path
+
+
+def _broken_sdpa(q, k, v):
+    return MATH.run(q, k, v) * 0.5
+
+
+@needs_triton
+@pytest.mark.parametrize("config", [TOKENS_CONFIG, replace(TOKENS_CONFIG, num_condition_tokens=0)])
+def test_working_choices_pass_the_self_check_silently(config, verdicts, recwarn):
+    kernels, attention = verified_backends(TRITON_KERNELS, SDPA, config, DEVICE, torch.float32)
+    assert kernels is TRITON_KERNELS and attention is SDPA
+    assert not [w for w in recwarn if issubclass(w.category, RemoverWarning)]
+    assert list(json.loads(verdicts.read_text()).values()) == [{"kernels": None, "attention": None}]
+
+
+def test_a_wrong_kernel_falls_back_to_the_references_with_one_warning(verdicts):
+    broken = replace(TORCH_KERNELS, name="broken", gated_residual=lambda x, y, gate: x)  # drops the branch
+    with pytest.warns(RemoverWarning, match=r"the broken kernels failed on cpu in float32 \(relative error") as caught:
+        kernels, attention = verified_backends(broken, SDPA, TOKENS_CONFIG, CPU, torch.float32)
+    assert kernels is TORCH_KERNELS and attention is SDPA and len(caught) == 1
+
+
+def test_a_kernel_that_raises_or_attention_that_is_wrong_fall_back(verdicts):
+    def fails(*args):
+        raise RuntimeError("PTX compile error\nmore detail")
+
+    raising = replace(TORCH_KERNELS, name="raising", modulated_layer_norm=fails)
+    wrong = AttentionBackend("flash-attn 2", _broken_sdpa)
+    with pytest.warns(RemoverWarning) as caught:
+        kernels, attention = verified_backends(raising, wrong, TOKENS_CONFIG, CPU, torch.float16)
+    assert kernels is TORCH_KERNELS and attention is SDPA  # flash-attn -> SDPA (checked in turn, fine here)
+    messages = [str(w.message) for w in caught]
+    assert messages[0] == (
+        "self-check: the raising kernels failed on cpu in float16 (RuntimeError: PTX compile error): "
+        "using the PyTorch kernels"
+    )
+    assert messages[1].startswith("self-check: attention flash-attn 2 failed on cpu in float16 (relative error")
+    assert messages[1].endswith("): using sdpa") and len(messages) == 2
+
+
+def test_the_verdict_is_cached_and_a_cached_failure_still_warns(verdicts, monkeypatch):
+    broken = replace(TORCH_KERNELS, name="broken", gated_residual=lambda x, y, gate: x)
+    with pytest.warns(RemoverWarning):
+        verified_backends(broken, SDPA, TOKENS_CONFIG, CPU, torch.float32)
+    monkeypatch.setattr(backends, "_probe_output", None)  # a second check would crash
+    with pytest.warns(RemoverWarning, match="the broken kernels failed"):
+        assert verified_backends(broken, SDPA, TOKENS_CONFIG, CPU, torch.float32)[0] is TORCH_KERNELS
+    assert verified_backends(TORCH_KERNELS, MATH, TOKENS_CONFIG, CPU, torch.float32) == (TORCH_KERNELS, MATH)

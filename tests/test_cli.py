@@ -222,3 +222,24 @@ def test_interrupt_exits_130_without_output(tennis, checkpoint, tmp_path, capsys
     )
     assert code == 130 and "interrupted" in stderr
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_a_checkpoint_with_a_nan_fails_and_writes_nothing(tennis, checkpoint, tmp_path, capsys):
+    """One NaN in the transformer's weights used to write a garbage video and exit 0."""
+    from runtime.weights import load_scheduler_config, load_transformer, load_vae, save_checkpoint
+
+    cpu = torch.device("cpu")
+    transformer = load_transformer(checkpoint / "transformer", cpu, torch.float32)
+    with torch.no_grad():
+        transformer.proj_out.weight[0, 0] = float("nan")
+    broken = tmp_path / "broken"
+    vae = load_vae(checkpoint / "vae", cpu, torch.float32)
+    save_checkpoint(broken, transformer, vae, load_scheduler_config(None), torch.float32)
+    frames, masks = tennis
+    out = tmp_path / "out.mp4"
+    args = ["--video", str(frames), "--mask", str(masks), "--weights", str(broken), "--out", str(out)]
+    code, stdout, stderr = run_cli([*args, "--height", "64", "--width", "112"], capsys)
+    assert code == 2 and stdout == ""
+    assert len(error_lines(stderr)) == 1
+    assert "the sampler's latents hold NaN or infinite values" in error_lines(stderr)[0] and "--dtype" in stderr
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["broken", "frames", "masks"]

@@ -190,5 +190,5 @@ def test_non_finite_generation_is_an_error_and_nothing_more_is_written(fixture_r
     frames, masks = fixture_inputs
     plan = make_plan(9, frames.shape[1:3], [mask_box(m > 0) for m in masks], PlanOptions(height=32, width=48))
     monkeypatch.setattr(type(fixture_remover), "decode", lambda self, *a, **k: np.full((9, 32, 48, 3), np.nan))
-    with pytest.raises(RemoverError, match="non-finite"):
+    with pytest.raises(RemoverError, match="the decoded frames hold NaN or infinite values"):
         run(fixture_remover, plan, frames, masks > 0)
