@@ -150,7 +150,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--sampler", choices=("unipc", "euler"), default="unipc", help="default: unipc, as released")
     model.add_argument("--seed", type=int, default=42)
     model.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    model.add_argument("--dtype", choices=sorted(DTYPES), help="default: bf16 on GPU, fp32 on CPU")
+    model.add_argument("--dtype", choices=sorted(DTYPES), help="default: fp16 on GPU (see the README), fp32 on CPU")
     model.add_argument(
         "--kernels",
         choices=KERNEL_CHOICES,
