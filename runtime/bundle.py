@@ -48,6 +48,10 @@ GRAPHS = ("vae_encode_first", "vae_encode_next", "dit_step", "dit_sampler", "vae
 ENCODE_BATCH = 1  # one video at a time: the masked video, then the mask video
 NEXT_CHUNK_FRAMES = 4  # video frames per encoder chunk after the first (one latent frame)
 PRECISIONS = ("fp32", "fp16", "bf16")
+# Attention scores ONNX Runtime may materialize per layer (one call): a CPU-sized bundle is far below,
+# the released 480x832x81 in fp16 is 26 GB
+ORT_SCORES_LIMIT_BYTES = 4 * 1024**3
+FUSED_ATTENTION_OPS = {"Attention", "MultiHeadAttention", "GroupQueryAttention"}
 
 # How the runtime turns frames and masks into the graphs' inputs (runtime/preprocess.py) and the
 # decoder's output back into pixels; recorded so that other hosts can reproduce it.
@@ -262,6 +266,58 @@ def checkpoint_sha256(paths: CheckpointPaths) -> str:
     return digest.hexdigest()
 
 
+def _stale(manifest: Manifest, kind: str, tool: str, target: str) -> dict[str, tuple[Any, Any]]:
+    """What the `kind` artifacts were built for that differs from running them with `tool` on `target`."""
+    stored, live = manifest.artifacts[kind]["key"], manifest.key(tool, target)
+    return {k: (stored.get(k), v) for k, v in live.items() if stored.get(k) != v}
+
+
+def choose_backend(folder: Path, device: torch.device) -> str:
+    """The backend for a bundle when none is named: on CUDA TensorRT, else AOTInductor, else ONNX
+    Runtime; on the CPU ONNX Runtime, else AOTInductor; the first whose artifacts the bundle has,
+    built for this device and these versions."""
+    manifest = read_manifest(folder)
+    order = ("tensorrt", "aoti", "onnxruntime") if device.type == "cuda" else ("onnxruntime", "aoti")
+    for backend in order:
+        kind = BACKENDS[backend].artifact
+        if kind not in manifest.artifacts:
+            continue
+        try:
+            tool, target = BACKENDS[backend].key(device)
+        except RemoverError:  # TensorRT not installed, say
+            continue
+        if not _stale(manifest, kind, tool, target):
+            return backend
+    raise RemoverError(
+        f"{folder} has no artifacts built to run on {device.type} here (it has {sorted(manifest.artifacts)}): "
+        "build them (python -m export.onnx --aoti, python -m export.tensorrt) or name one with --backend"
+    )
+
+
+def check_onnxruntime_attention(manifest: Manifest, dit_graph: Path) -> None:
+    """A RemoverError when ONNX Runtime would materialize attention scores too large to hold: the graphs
+    write attention as MatMul -> Softmax -> MatMul (the pattern TensorRT fuses), which ONNX Runtime runs
+    as written unless the graph has a fused attention op."""
+    tokens = manifest.latent_frames * (manifest.latent_size[0] // 2) * (manifest.latent_size[1] // 2)
+    heads, element = manifest.transformer.num_attention_heads, 4 if manifest.precision == "fp32" else 2
+    scores = heads * tokens * (tokens + manifest.transformer.num_condition_tokens) * element
+    if scores <= ORT_SCORES_LIMIT_BYTES or _has_fused_attention(dit_graph):
+        return
+    raise RemoverError(
+        f"ONNX Runtime would hold {scores / 1e9:.0f} GB of attention scores per layer for this bundle "
+        f"({manifest.width}x{manifest.height}, {manifest.frames} frames, {tokens} tokens): its graphs have no fused "
+        "attention op; run it with --backend aoti or tensorrt, or export a smaller size for ONNX Runtime"
+    )
+
+
+def _has_fused_attention(path: Path) -> bool:
+    """Whether an ONNX graph has a fused attention node (ONNX Runtime's contrib ops or ONNX's Attention)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(node.op_type in FUSED_ATTENTION_OPS for node in graph.node)
+
+
 class BundleStages(Stages):
     """The pipeline's heavy stages on a bundle's graphs, run by one backend."""
 
@@ -293,12 +349,12 @@ class BundleStages(Stages):
             raise RemoverError(
                 f"{folder} has no {kind} artifacts for backend {backend!r} (it has {sorted(manifest.artifacts)})"
             )
-        stored_key = artifacts["key"]
-        live_key = manifest.key(tool, target)
-        stale = {k: (stored_key.get(k), v) for k, v in live_key.items() if stored_key.get(k) != v}
+        stale = _stale(manifest, kind, tool, target)
         if stale:
             detail = ", ".join(f"{k}: built for {old!r}, running with {new!r}" for k, (old, new) in stale.items())
             raise RemoverError(f"the {kind} artifacts in {folder} do not fit ({detail}); build them again")
+        if backend == "onnxruntime":
+            check_onnxruntime_attention(manifest, folder / artifacts["files"]["dit_step"])
         graphs = {}
         for name in GRAPHS:
             if name not in artifacts["files"]:

@@ -144,7 +144,7 @@ class Remover:
     def from_bundle(
         cls,
         path: str | Path,
-        backend: str = "onnxruntime",
+        backend: str | None = None,
         device: str | torch.device | None = None,
         *,
         weights: str | Path | None = None,
@@ -153,15 +153,17 @@ class Remover:
     ) -> Remover:
         """Run an engine bundle written by `python -m export.onnx` (and `export.tensorrt`).
 
-        backend: "onnxruntime", "tensorrt" or "aoti". The bundle fixes the size, frame count and
+        backend: "onnxruntime", "tensorrt" or "aoti"; None picks what fits the device and the bundle
+        (`runtime.bundle.choose_backend`). The bundle fixes the size, frame count and
         precision; `weights` (and `vae`, as in `from_pretrained`), if given, must be the checkpoint
         the bundle was exported from. A bundle that does not fit is a RemoverError. The bundle's
         sampler and step count run as its one unrolled graph; another `sampler` or step count runs
         the single-step graph in the sampler loop.
         """
-        from runtime.bundle import BundleStages, checkpoint_sha256
+        from runtime.bundle import BundleStages, checkpoint_sha256, choose_backend
 
         device = torch.device(device) if device is not None else default_device()
+        backend = backend or choose_backend(Path(path), device)
         expected = checkpoint_sha256(locate_checkpoint(weights, vae)) if weights is not None else None
         stages = BundleStages.load(Path(path), backend, device, expected_checkpoint=expected)
         manifest = stages.manifest

@@ -143,8 +143,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument(
         "--backend",
         choices=("onnxruntime", "tensorrt", "aoti"),
-        default="onnxruntime",
-        help="what runs the --engine bundle (default onnxruntime)",
+        help="what runs the --engine bundle (default: TensorRT, else AOTInductor on a GPU; ONNX Runtime, else "
+        "AOTInductor on the CPU; the first the bundle was built for)",
     )
     model.add_argument("--steps", type=int, default=6, help="sampling steps (default 6)")
     model.add_argument("--sampler", choices=("unipc", "euler"), default="unipc", help="default: unipc, as released")
