@@ -18,7 +18,10 @@ setup(
     # av 18.0: runtime/io decodes BT.2020 clips with Colorspace.BT2020 (new in 18.0), and 17.x's reformat
     # raises on frames tagged with reserved primaries/transfer (VP9 output among them; fixed in 18.0).
     # 18.0 needs Python 3.11.
-    install_requires=["torch>=2.4", "numpy", "safetensors", "av>=18.0", "tqdm", "pillow"],
+    # torch 2.13 is the only release this project is tested on (CPU here; its CUDA wheels pin a Triton with
+    # triton.knobs); older ones lack APIs it uses (torch.OutOfMemoryError, aoti_load_package, ...), so the
+    # floor is what is tested rather than a guess
+    install_requires=["torch>=2.13", "numpy", "safetensors", "av>=18.0", "tqdm", "pillow"],
     extras_require={
         # diffusers at the version the released checkpoint was written with: an independent oracle
         # triton: the fused kernels (tests run them in its CPU interpreter); Linux wheels; 3.5+ for triton.knobs
