@@ -26,3 +26,9 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# everything that needs a GPU, its figures into bench/RESULTS.md; one line and exit 0 without a GPU
+.PHONY: gpu-check
+gpu-check: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]" nvidia-ml-py
+	$(PY) -m bench.gpu_check
