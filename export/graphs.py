@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from runtime.bundle import ENCODE_BATCH, NEXT_CHUNK_FRAMES, GraphSpec, TensorSpec
+from runtime.bundle import ENCODE_BATCH, NEXT_CHUNK_FRAMES
+from runtime.graph_spec import GraphSpec, TensorSpec
 from runtime.models.transformer import RemoverTransformer, rope_cos_sin
 from runtime.models.vae import TemporalCache, WanVAE
 from runtime.scheduler import SchedulerConfig, make_sampler

@@ -28,9 +28,10 @@ from export.graphs import LATENT_FRAMES_AXIS, ExportGraph, constant_rope, dit_gr
 from kernels import TORCH_KERNELS
 from runtime.attention import SDPA
 from runtime.backends import DTYPES
-from runtime.bundle import GRAPHS, PRECISIONS, GraphSpec, Manifest, checkpoint_sha256
+from runtime.bundle import GRAPHS, PRECISIONS, Manifest, checkpoint_sha256
 from runtime.engines import open_graph
 from runtime.errors import RemoverError, exit_code
+from runtime.graph_spec import GraphSpec
 from runtime.preprocess import SIZE_MULTIPLE
 from runtime.scheduler import make_sampler
 from runtime.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint

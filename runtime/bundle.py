@@ -34,6 +34,7 @@ from torch import Tensor
 
 from runtime.engines import BACKENDS, Graph, open_graph
 from runtime.errors import RemoverError
+from runtime.graph_spec import GraphSpec, TensorSpec
 from runtime.models.config import config_from_dict
 from runtime.models.transformer import TransformerConfig
 from runtime.models.vae import VAEConfig
@@ -64,28 +65,6 @@ INPUT_NORMALIZATION = {
     "frames": "padded to 4k+1 by repeating the last frame",
     "decoded_video": "in [-1, 1]; pixel = (x + 1) / 2",
 }
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output: its name, shape (a str names a dynamic axis) and dtype."""
-
-    name: str
-    shape: tuple[int | str, ...]
-    dtype: str = "fp32"
-
-    def matches(self, shape: tuple[int, ...]) -> bool:
-        """Whether a concrete shape fits (a dynamic axis fits any size)."""
-        return len(shape) == len(self.shape) and all(isinstance(s, str) or s == n for s, n in zip(self.shape, shape))
-
-
-@dataclass(frozen=True)
-class GraphSpec:
-    """A graph's inputs and outputs, in call order, and what each cache tensor belongs to."""
-
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    cache_layers: tuple[str, ...] = ()
 
 
 @dataclass

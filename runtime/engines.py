@@ -11,29 +11,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from runtime.errors import RemoverError
-
-if TYPE_CHECKING:
-    from runtime.bundle import GraphSpec
-
-
-def format_shape(shape: tuple[int | str, ...]) -> str:
-    """'2x3x1x64x96' (a dynamic axis by its name)."""
-    return "x".join(str(s) for s in shape)
-
-
-def signature_metadata(spec: GraphSpec) -> dict[str, str]:
-    """A graph's inputs and outputs as flat strings ("name:2x3x1x64x96;..."), for files that carry
-    string metadata (AOTInductor packages; the C++ host reads shapes from there)."""
-    return {
-        "inputs": ";".join(f"{t.name}:{format_shape(t.shape)}" for t in spec.inputs),
-        "outputs": ";".join(f"{t.name}:{format_shape(t.shape)}" for t in spec.outputs),
-    }
+from runtime.graph_spec import GraphSpec, format_shape
 
 
 class Graph(ABC):

@@ -10,7 +10,7 @@ import torch
 
 from export.tensorrt import Precision, has_fp8_quantization, profile_shapes
 from runtime import Remover
-from runtime.bundle import GraphSpec, TensorSpec
+from runtime.graph_spec import GraphSpec, TensorSpec
 
 TF32_PIXEL_TOLERANCE = 1e-2  # TensorRT may run fp32 layers in TF32 (its default on Ampere and later)
 
