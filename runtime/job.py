@@ -1,4 +1,5 @@
-"""A clip file in, a clip file out: what `python -m runtime.run` does, for any length and resolution.
+"""A clip file in, a clip file out: what `python -m runtime.run` (and each clip of
+`python -m runtime.batch`) does, for any length and resolution. `remove_file` is the whole of it:
 
     open the video and the mask (lazy) -> scan the masks once for their bounding boxes -> plan the
     windows and crops (runtime/plan.py) -> check that the plan fits this machine -> stream the
@@ -9,8 +10,9 @@ Nothing is written unless the whole run succeeds: the writer works under a tempo
 
 from __future__ import annotations
 
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,9 +20,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from runtime.cost_model import RunEstimate, estimate_run
+from runtime.cost_model import RunEstimate, achievable_flops, estimate_run
 from runtime.errors import RemoverError
-from runtime.io import ClipReader, MaskSource, open_masks, open_writer
+from runtime.io import ClipReader, MaskSource, check_output, open_clip, open_masks, open_writer
 from runtime.pipeline import EmptyMaskWarning, Remover
 from runtime.plan import Plan, PlanOptions, make_plan
 from runtime.preprocess import output_size, padded_frame_count, resize_frames, shrink_masks
@@ -202,3 +204,52 @@ def run_job(
             paste_back=job.working_size is None,
             progress=progress,
         )
+
+
+def describe_estimate(figures: RunEstimate, device: torch.device) -> str:
+    """The estimate line a run prints: FLOPs, a rough time on this device, and the memory figures."""
+    rate = achievable_flops(torch.cuda.get_device_name(device) if device.type == "cuda" else "", device.type)
+    return (
+        f"estimate: {figures.flops / 1e12:.2f} TFLOP of model work, roughly {figures.flops / rate:.0f} s here; "
+        f"peak memory about {figures.device_bytes / GB:.2f} GB on the device beyond the "
+        f"{figures.weight_bytes / GB:.2f} GB of weights, {figures.host_bytes / GB:.2f} GB of frames on the host"
+    )
+
+
+def remove_file(
+    remover: Remover,
+    video: str | Path,
+    mask: str | Path,
+    out: str | Path,
+    options: PlanOptions | None = None,
+    mask_options: MaskOptions = MaskOptions(),
+    output: OutputOptions = OutputOptions(),
+    *,
+    steps: int = 6,
+    seed: int = 42,
+    paste_back: bool = True,
+    progress: bool = True,
+    dry_run: bool = False,
+    say: Callable[[str], None] = lambda line: None,
+) -> tuple[Plan, dict[str, float]]:
+    """Remove the masked object from the clip file `video` into `out`, saying what it does (the clip,
+    the plan, the estimate) through `say` before any work. Bad input, a plan that cannot fit and an
+    output that exists (without `output.overwrite`) are RemoverErrors before any work. `dry_run`
+    stops after the checks and writes nothing. Returns the plan and the seconds of each stage."""
+    start = time.perf_counter()
+    reader = open_clip(video)
+    say(f"{video}: {reader.info.describe()}")
+    if not dry_run:
+        check_output(out, reader.info, **output.writer_arguments())
+    options = fit_to_stages(options or PlanOptions(), remover.stages)
+    job = open_job(reader, mask, options, mask_options, paste_back=paste_back, progress=progress)
+    scan_s = time.perf_counter() - start
+    for line in job.plan.describe():
+        say(line)
+    figures = estimate(job, remover, steps)
+    say(describe_estimate(figures, remover.device))
+    check_fits(job, remover, figures)
+    if dry_run:
+        return job.plan, {}
+    timings = run_job(job, remover, out, output, steps=steps, seed=seed, progress=progress)
+    return job.plan, {"read": scan_s + timings.pop("read", 0.0), **timings}

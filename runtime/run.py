@@ -16,12 +16,11 @@ from pathlib import Path
 
 import torch
 
-from runtime import cost_model
 from runtime.attention import ATTENTION_CHOICES
 from runtime.backends import COMPILE_MODES, DTYPES, KERNEL_CHOICES
 from runtime.errors import RemoverError, exit_code
 from runtime.io import check_output, open_clip
-from runtime.job import MaskOptions, OutputOptions, check_fits, estimate, fit_to_stages, open_job, run_job
+from runtime.job import MaskOptions, OutputOptions, fit_to_stages, open_job, remove_file
 from runtime.pipeline import Remover
 from runtime.plan import (
     BLEND_MODES,
@@ -38,7 +37,6 @@ from runtime.preview import write_preview
 
 DEMO_DIR = Path(__file__).parent / "demo"
 DEMO_CLIP, DEMO_MASK, DEMO_WEIGHTS = DEMO_DIR / "clip.mp4", DEMO_DIR / "mask.mp4", DEMO_DIR / "weights"
-GB = 1e9
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -240,58 +238,51 @@ def run(args: argparse.Namespace) -> str:
     video, mask = (DEMO_CLIP, DEMO_MASK) if demo else (Path(args.video), Path(args.mask))
     out = Path(args.out) if args.out else Path(f"{video.stem}_removed.mp4")
     output = OutputOptions(codec=args.codec, crf=args.crf, lossless=args.lossless, overwrite=args.overwrite)
+    mask_options = MaskOptions(threshold=args.mask_threshold, invert=args.invert_mask, channel=args.mask_channel)
     device = resolve_device(args.device)
     progress = not args.quiet
     options = plan_options(args)
     options.check()
-
-    start = time.perf_counter()
-    reader = open_clip(video)
-    info = reader.info
-    say(f"{video}: {info.describe()}")
-    target = Path(args.preview) if args.preview else out
-    if not args.dry_run:
-        check_output(target, info, **output.writer_arguments())
+    info = open_clip(video).info  # bad input fails before the model loads (remove_file opens it again)
+    if not (args.dry_run or args.preview):
+        check_output(out, info, **output.writer_arguments())
     if demo and args.height is None and args.width is None:  # the demo clip is made at the demo model's size
         options = replace(options, height=info.height, width=info.width)
-    read_s = time.perf_counter() - start
-
-    remover, load_s = None, 0.0
-    if args.engine is not None or not args.preview:
-        start = time.perf_counter()
-        remover, loaded = load_remover(args, device)
-        load_s = time.perf_counter() - start
-        say(loaded)
-        options = fit_to_stages(options, remover.stages)
+    if args.preview and args.engine is None:  # the plan needs no model
+        return preview(video, mask, options, mask_options, args)
 
     start = time.perf_counter()
-    mask_options = MaskOptions(threshold=args.mask_threshold, invert=args.invert_mask, channel=args.mask_channel)
-    job = open_job(reader, mask, options, mask_options, paste_back=not args.no_paste_back, progress=progress)
-    scan_s = time.perf_counter() - start
-    for line in job.plan.describe():
-        say(line, args.dry_run)
+    remover, loaded = load_remover(args, device)
+    load_s = time.perf_counter() - start
+    say(loaded)
     if args.preview:
-        write_preview(job, target, output, progress)
-        return f"wrote the preview {target} ({job.plan.frame_count} frames)"
-
-    figures = estimate(job, remover, args.steps)
-    rate = cost_model.achievable_flops(
-        torch.cuda.get_device_name(remover.device) if remover.device.type == "cuda" else "", remover.device.type
-    )
-    say(
-        f"estimate: {figures.flops / 1e12:.2f} TFLOP of model work, roughly {figures.flops / rate:.0f} s here; "
-        f"peak memory about {figures.device_bytes / GB:.2f} GB on the device beyond the "
-        f"{figures.weight_bytes / GB:.2f} GB of weights, {figures.host_bytes / GB:.2f} GB of frames on the host",
-        args.dry_run,
-    )
-    check_fits(job, remover, figures)  # a dry run of a plan that cannot fit fails as the run would
+        return preview(
+            video, mask, Path(args.preview), fit_to_stages(options, remover.stages), mask_options, output, args
+        )
+    plan, timings = remove_file(
+        remover, video, mask, out, options, mask_options, output, steps=args.steps, seed=args.seed,
+        paste_back=not args.no_paste_back, progress=progress, dry_run=args.dry_run,
+        say=lambda line: say(line, args.dry_run),
+    )  # fmt: skip
     if args.dry_run:
-        return f"dry run: {len(job.plan.model_windows)} window(s) would run; nothing written"
-
-    timings = run_job(job, remover, out, output, steps=args.steps, seed=args.seed, progress=progress)
-    stages = {"read": read_s + scan_s + timings.pop("read", 0.0), "load": load_s, **timings}
+        return f"dry run: {len(plan.model_windows)} window(s) would run; nothing written"
+    stages = {"read": timings.pop("read"), "load": load_s, **timings}
     detail = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stages.items())
-    return f"wrote {out} ({job.plan.frame_count} frames) in {sum(stages.values()):.1f} s: {detail} ({remover.backends})"
+    return f"wrote {out} ({plan.frame_count} frames) in {sum(stages.values()):.1f} s: {detail} ({remover.backends})"
+
+
+def preview(video: Path, mask: Path, options: PlanOptions, mask_options: MaskOptions, args: argparse.Namespace) -> str:
+    """--preview: the plan drawn on the input; no model runs."""
+    target = Path(args.preview)
+    output = OutputOptions(codec=args.codec, crf=args.crf, lossless=args.lossless, overwrite=args.overwrite)
+    reader = open_clip(video)
+    say(f"{video}: {reader.info.describe()}")
+    check_output(target, reader.info, **output.writer_arguments())
+    job = open_job(reader, mask, options, mask_options, paste_back=not args.no_paste_back, progress=not args.quiet)
+    for line in job.plan.describe():
+        say(line)
+    write_preview(job, target, output, not args.quiet)
+    return f"wrote the preview {target} ({job.plan.frame_count} frames)"
 
 
 def main(argv: list[str] | None = None) -> int:
