@@ -209,8 +209,10 @@ def run_job(
 def describe_estimate(figures: RunEstimate, device: torch.device) -> str:
     """The estimate line a run prints: FLOPs, a rough time on this device, and the memory figures."""
     rate = achievable_flops(torch.cuda.get_device_name(device) if device.type == "cuda" else "", device.type)
+    seconds = figures.flops / rate
+    roughly = f"roughly {seconds:.0f} s" if seconds >= 1 else "under a second"
     return (
-        f"estimate: {figures.flops / 1e12:.2f} TFLOP of model work, roughly {figures.flops / rate:.0f} s here; "
+        f"estimate: {figures.flops / 1e12:.2f} TFLOP of model work, {roughly} here; "
         f"peak memory about {figures.device_bytes / GB:.2f} GB on the device beyond the "
         f"{figures.weight_bytes / GB:.2f} GB of weights, {figures.host_bytes / GB:.2f} GB of frames on the host"
     )
