@@ -63,9 +63,44 @@ def relative_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
     return float((actual - reference).norm() / reference.norm())
 
 
+# Seeds. Tests whose point is coverage (random configurations, exact or property checks that any draw
+# must pass) take `fresh_seed()`, new every run, so each run tries new cases. Tests that compare numbers
+# against a tolerance take `fixed_seed()`: a new draw adds no code path there, only a chance that CI
+# fails on an unlucky one. $RUNTIME_TEST_SEED replaces either (to replay a failure, or to try other
+# inputs against a tolerance), and a failing test's report lists the seeds it took.
+SEED_ENV = "RUNTIME_TEST_SEED"
+_seeds_taken: list[int] = []
+
+
 def fresh_seed() -> int:
-    """A seed drawn fresh for each run (tests report it so a failure can be replayed)."""
-    return int.from_bytes(os.urandom(4), "little")
+    """A seed new to each run, or $RUNTIME_TEST_SEED."""
+    return _take_seed(int.from_bytes(os.urandom(4), "little"))
+
+
+def fixed_seed() -> int:
+    """0, or $RUNTIME_TEST_SEED."""
+    return _take_seed(0)
+
+
+def _take_seed(default: int) -> int:
+    seed = int(os.environ.get(SEED_ENV) or default)
+    _seeds_taken.append(seed)
+    return seed
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _seeds_taken.clear()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    report = yield
+    if report.failed and _seeds_taken:
+        seeds = ", ".join(map(str, _seeds_taken))
+        replay = f"{SEED_ENV}={_seeds_taken[-1]} pytest '{item.nodeid}'"
+        report.sections.append(("seeds", f"this test took seed(s) {seeds}; replay: {replay}"))
+    return report
 
 
 # AOTInductor packages of the six bundle graphs take minutes to compile on 2 CPU cores, about as long

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fresh_seed
+from conftest import fixed_seed, fresh_seed
 from PIL import Image
 
 from kernels import TORCH_KERNELS, TRITON_KERNELS, triton_support
@@ -20,7 +20,7 @@ from runtime import Remover, RemoverError, backends, run
 from runtime.attention import ATTENTION_ENV, MATH, SDPA, AttentionBackend
 from runtime.backends import CHECK_CACHE_ENV, KERNELS_ENV, resolve_kernels, verified_backends
 from runtime.errors import RemoverWarning
-from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
+from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer, TransformerConfig
 from runtime.models.vae import RELEASED_VAE, WanVAE
 from runtime.scheduler import RELEASED_SCHEDULER
 from runtime.weights import save_checkpoint
@@ -84,13 +84,37 @@ def test_compile_mode_errors(checkpoint):
         Remover.from_pretrained(checkpoint, device="cpu", compile_mode="max")
 
 
+def tiny_checkpoint(folder: Path, config: TransformerConfig) -> Path:
+    """A released-layout checkpoint of a random transformer of `config` and a small VAE (fp32), in `folder`."""
+    transformer = RemoverTransformer(config).eval()
+    vae = WanVAE(replace(RELEASED_VAE, base_dim=8, num_res_blocks=1)).eval()
+    save_checkpoint(folder, transformer, vae, RELEASED_SCHEDULER, dtype=torch.float32)
+    return folder
+
+
+@pytest.mark.slow
+def test_inductor_compiled_steps_match_eager_on_a_one_layer_model(tmp_path):
+    """compile_mode="inductor" on the CPU, in every run: a one-layer model with condition tokens goes
+    through tracing, inductor's code generation and the C++ compiler (about 30 s with a cold cache on
+    2 cores), and two compiled steps give the latents of eager. The fixture's model: the opt-in test below."""
+    torch.manual_seed(fixed_seed())
+    checkpoint = tiny_checkpoint(tmp_path / "ckpt", replace(TOKENS_CONFIG, num_layers=1))
+    eager = Remover.from_pretrained(checkpoint, device="cpu")
+    compiled = Remover.from_pretrained(checkpoint, device="cpu", compile_mode="inductor")
+    assert compiled.backends.endswith(", compile inductor")
+    noise, context = torch.randn(1, 16, 2, 4, 6), torch.randn(1, 32, 2, 4, 6)
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled.denoise(noise, context, 2), eager.denoise(noise, context, 2))
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     os.environ.get("RUNTIME_TEST_INDUCTOR") != "1",
-    reason="inductor's first CPU compile takes ~2.5 min with a cold cache on 2 cores; RUNTIME_TEST_INDUCTOR=1 runs it",
+    reason="inductor's first CPU compile of the fixture's model takes ~2.5 min with a cold cache on 2 cores "
+    "(the one-layer test above runs by default); RUNTIME_TEST_INDUCTOR=1 runs it",
 )
 def test_compiled_denoising_step_matches_eager(checkpoint, expected):
-    """torch.compile (inductor on the CPU) around the per-step model call: the latents of eager."""
+    """torch.compile (inductor on the CPU) around the per-step call of the fixture's model: the latents of eager."""
     eager = Remover.from_pretrained(checkpoint, device="cpu")
     compiled = Remover.from_pretrained(checkpoint, device="cpu", compile_mode="inductor")
     assert compiled.backends.endswith(", compile inductor")
@@ -103,15 +127,13 @@ def test_compiled_denoising_step_matches_eager(checkpoint, expected):
 def test_denoising_step_traces_as_one_graph(model, checkpoint, tmp_path):
     """fullgraph tracing (what compile_mode relies on) of the per-step call: the released model, and
     a model with condition tokens through the cached K/V, alone and as the batched guidance call.
-    aot_eager runs the traced graph without code generation (inductor: the opt-in test above)."""
+    aot_eager runs the traced graph without code generation (inductor: the tests above)."""
     if model == "released":
         remover, guidance_scales = Remover.from_pretrained(checkpoint, device="cpu"), (None,)
     else:
         torch.manual_seed(fresh_seed())
-        transformer = RemoverTransformer(TOKENS_CONFIG).eval()
-        vae = WanVAE(replace(RELEASED_VAE, base_dim=8, num_res_blocks=1)).eval()
-        save_checkpoint(tmp_path / "ckpt", transformer, vae, RELEASED_SCHEDULER, dtype=torch.float32)
-        remover, guidance_scales = Remover.from_pretrained(tmp_path / "ckpt", device="cpu"), (None, 3.0)
+        remover = Remover.from_pretrained(tiny_checkpoint(tmp_path / "ckpt", TOKENS_CONFIG), device="cpu")
+        guidance_scales = (None, 3.0)
     step = torch.compile(remover._model_velocity, backend="aot_eager", fullgraph=True, dynamic=False)
     model_input, timestep = torch.randn(1, 48, 2, 4, 6), torch.tensor([500.0])
     with torch.inference_mode():

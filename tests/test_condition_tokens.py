@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import fresh_seed, relative_error
+from conftest import fixed_seed, relative_error
 
 from runtime import Remover, RemoverError
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer, apply_rope
@@ -23,7 +23,7 @@ TOKENS_CONFIG = replace(
 
 @pytest.fixture
 def model():
-    torch.manual_seed(fresh_seed())
+    torch.manual_seed(fixed_seed())
     return RemoverTransformer(TOKENS_CONFIG).eval()
 
 
