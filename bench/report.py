@@ -268,15 +268,17 @@ def chart(run: dict[str, Any], path: Path) -> None:
 
 
 def load_runs(folder: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:
-    """The run documents of `folder`, most telling first, each validated."""
+    """The run documents of `folder`, most telling first, each validated; the other benchmarks' results
+    there (bench.seams, bench.footage: no "meta") are not runs and are left out."""
     runs = {}
     paths = sorted(
         folder.glob("*.json"), key=lambda p: (RUN_ORDER.index(p.stem) if p.stem in RUN_ORDER else 99, p.stem)
     )
     for path in paths:
         run = json.loads(path.read_text())
-        results.validate(run)
-        runs[path.stem] = run
+        if "meta" in run:
+            results.validate(run)
+            runs[path.stem] = run
     return runs
 
 

@@ -239,10 +239,11 @@ def test_report_gpu_run_fills_the_gpu_table():
     assert "| ours (Test GPU, fp32) | 14.0 s | 0.9 GiB | 0.82x | 0.60x |" in text
 
 
-def test_update_keeps_other_sections(tmp_path):
+def test_update_keeps_other_sections_and_reads_only_runs(tmp_path):
     folder = tmp_path / "results"
     folder.mkdir()
     (folder / "cpu-quick.json").write_text(json.dumps(make_run()))
+    (folder / "seams.json").write_text(json.dumps({"tennis": {"ratio": 1.0}}))  # another benchmark's results
     results_md = tmp_path / "RESULTS.md"
     results_md.write_text(f"{report.BEGIN}\nold tables\n{report.END}\n\n## Kernels\n\nsomeone else's table\n")
     report.update_results(results_md, folder)
@@ -250,3 +251,4 @@ def test_update_keeps_other_sections(tmp_path):
     assert "old tables" not in text and "## Kernels\n\nsomeone else's table" in text
     assert text.count(report.BEGIN) == 1 and text.count(report.END) == 1
     assert (folder / "cpu-quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "seams" not in text and not (folder / "seams.png").exists()

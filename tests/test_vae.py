@@ -6,9 +6,10 @@ import random
 
 import pytest
 import torch
-from conftest import fresh_seed, relative_error
+from conftest import fixed_seed, fresh_seed, relative_error
 
-from runtime.models.vae import TemporalCache, VAEConfig, WanVAE
+from runtime.models import vae
+from runtime.models.vae import SINGLE_FRAME_MIN_HEIGHT, TemporalCache, VAEConfig, WanVAE
 from runtime.weights import load_into, load_vae
 
 TOLERANCE = 1e-4  # fixture README: VAE outputs within 1e-4 relative L2 in fp32
@@ -19,14 +20,31 @@ def fixture_vae(checkpoint):
     return load_vae(checkpoint / "vae", torch.device("cpu"), torch.float32)
 
 
-def test_encode_matches_reference_fixture(fixture_vae, expected):
+def stream_frames_per_step(monkeypatch: pytest.MonkeyPatch, frames: int) -> None:
+    """Make the VAE stream `frames` frames at a time inside a chunk, whatever the frame size."""
+    monkeypatch.setattr(vae, "frames_per_step", lambda height, temporal_factor: frames)
+
+
+@pytest.fixture(params=[1, 4], ids=["one frame a step", "four frames a step"])
+def frames_per_step(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Both streaming granularities: the fixture's 64 px high frames would otherwise take 4 at a time."""
+    stream_frames_per_step(monkeypatch, request.param)
+    return request.param
+
+
+def test_frames_per_step_is_one_from_the_height_where_single_frames_are_fast():
+    assert vae.frames_per_step(SINGLE_FRAME_MIN_HEIGHT - 1, 4) == 4
+    assert vae.frames_per_step(SINGLE_FRAME_MIN_HEIGHT, 4) == vae.frames_per_step(480, 4) == 1
+
+
+def test_encode_matches_reference_fixture(fixture_vae, expected, frames_per_step):
     mean, std = fixture_vae.latent_stats(torch.device("cpu"))
     with torch.no_grad():
         latents = fixture_vae.encode(expected["vae_input"])
     assert relative_error(latents * std + mean, expected["vae_latent_mode"]) < TOLERANCE
 
 
-def test_decode_matches_reference_fixture(fixture_vae, expected):
+def test_decode_matches_reference_fixture(fixture_vae, expected, frames_per_step):
     mean, std = fixture_vae.latent_stats(torch.device("cpu"))
     with torch.no_grad():
         video = fixture_vae.decode((expected["vae_latent_mode"] - mean) / std)
@@ -36,7 +54,7 @@ def test_decode_matches_reference_fixture(fixture_vae, expected):
 
 def test_chunk_size_does_not_change_the_result(fixture_vae):
     """Streaming is exact (up to fp32 rounding): one latent frame per chunk, two, or all at once."""
-    generator = torch.Generator().manual_seed(fresh_seed())
+    generator = torch.Generator().manual_seed(fixed_seed())
     video = torch.rand(1, 3, 13, 32, 48, generator=generator) * 2 - 1
     with torch.no_grad():
         by_one = fixture_vae.encode(video)
@@ -81,9 +99,11 @@ def _random_config(rng: random.Random) -> VAEConfig:
 
 
 @pytest.mark.parametrize("trial", range(4))
-def test_matches_diffusers_on_random_configs(trial):
+def test_matches_diffusers_on_random_configs(trial, monkeypatch):
+    """Random architectures, streamed one frame or four frames a step (alternate trials)."""
     from diffusers import AutoencoderKLWan
 
+    stream_frames_per_step(monkeypatch, (1, 4)[trial % 2])
     seed = fresh_seed()
     rng = random.Random(seed)
     torch.manual_seed(seed)

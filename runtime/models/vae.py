@@ -6,17 +6,20 @@ the last input frames it needs in a caller-owned `TemporalCache`, so activations
 than one chunk and peak memory does not grow with the clip's length. Streaming computes exactly
 what a causal pass over the whole clip computes.
 
-Inside a chunk, frames also go through the layers one at a time wherever the frame rate allows:
-the decoder runs depth first (each frame a temporal upsampler makes goes through all later layers
-before the next one), the encoder runs its layers before the first temporal downsampler frame by
-frame. That is exact for the same reason and keeps one frame of activations at the high resolutions
-instead of four; what stays is the cache itself (the last frames of every causal layer's input).
+Inside a chunk, the layers at the video's frame rate also run depth first, `frames_per_step` frames
+at a time (`depth_first`): the encoder's layers before its first temporal downsampler, and in the
+decoder each frame a temporal upsampler makes goes through all later layers before the next. That
+is exact for the same reason. At 72 px high and more a step is one frame, which holds one frame of
+activations at the high resolutions instead of four; below, a step is a latent frame's 4 video frames
+(faster there, and small). What stays between steps is the cache itself (the last frames of every
+causal layer's input).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -181,19 +184,35 @@ def per_frame(layer: nn.Module, x: Tensor) -> Tensor:
     return y.unflatten(0, (batch, frames)).transpose(1, 2)
 
 
-CausalLayer = Callable[[Tensor, TemporalCache], Tensor]
+# --- streaming inside a chunk -------------------------------------------------------------------
+
+# Frames at least this high go through the layers at the video's frame rate one at a time; lower ones
+# a latent frame's worth (4 video frames) at a time. PyTorch's CPU conv3d takes its slow native path,
+# about 3x slower per frame than oneDNN, where batch x channels x frames x height <= 20480: one frame
+# with its 2 cached frames of the released VAE's 96 channels falls under that below 72 px, 4 frames
+# do not. Measured (released VAE, fp32, 1 thread, CPU s of 2 encodes of 5 frames + 1 decode of 2
+# latent frames, 4 at a time vs 1): 56x96 6.5 vs 9.9, 64x112 9.8 vs 14.3, 72x128 11.0 vs 10.5,
+# 96x160 16.6 vs 15.9, 128x224 33.0 vs 30.5. Below it 4 frames of activations are little memory.
+SINGLE_FRAME_MIN_HEIGHT = 72
+
+Layer = Callable[[Tensor], Tensor]
 
 
-def depth_first(layers: Sequence[CausalLayer], x: Tensor, cache: TemporalCache) -> Tensor:
-    """Run causal layers that keep or multiply the frame count on x [B, C, T, H, W] one frame at a time:
-    each frame, and each frame a layer makes of it, goes through all later layers before the next.
-    The result of whole-chunk calls, holding one frame of activations instead of T."""
-    if x.shape[2] > 1:
-        return torch.cat([depth_first(layers, x[:, :, t : t + 1], cache) for t in range(x.shape[2])], dim=2)
+def frames_per_step(height: int, temporal_factor: int) -> int:
+    """How many frames of `height` px `depth_first` takes at a time: 1, or a latent frame's worth."""
+    return 1 if height >= SINGLE_FRAME_MIN_HEIGHT else temporal_factor
+
+
+def depth_first(layers: Sequence[Layer], x: Tensor, frames: int) -> Tensor:
+    """Run layers that keep or multiply the frame count on x [B, C, T, H, W], `frames` frames at a time:
+    each step, and each group of `frames` a layer makes of it, goes through all later layers before
+    the next. The result of whole-chunk calls, holding `frames` frames of activations instead of T."""
+    if x.shape[2] > frames:
+        return torch.cat([depth_first(layers, step, frames) for step in x.split(frames, dim=2)], dim=2)
     for index, layer in enumerate(layers):
-        x = layer(x, cache)
-        if x.shape[2] > 1:
-            return depth_first(layers[index + 1 :], x, cache)
+        x = layer(x)
+        if x.shape[2] > frames:
+            return depth_first(layers[index + 1 :], x, frames)
     return x
 
 
@@ -205,8 +224,8 @@ class Downsample(nn.Module):
         self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
         self.time_conv = nn.Conv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1)) if temporal else None
 
-    def downscale(self, x: Tensor, cache: TemporalCache) -> Tensor:
-        """The spatial half, frame by frame (`cache` unused: the signature of a causal layer)."""
+    def downscale(self, x: Tensor) -> Tensor:
+        """The spatial half, frame by frame."""
         return per_frame(self.resample, x)
 
     def halve_time(self, x: Tensor, cache: TemporalCache) -> Tensor:
@@ -220,7 +239,7 @@ class Downsample(nn.Module):
         return self.time_conv(torch.cat([past, x], dim=2))
 
     def forward(self, x: Tensor, cache: TemporalCache) -> Tensor:
-        return self.halve_time(self.downscale(x, cache), cache)
+        return self.halve_time(self.downscale(x), cache)
 
 
 class Upsample(nn.Module):
@@ -246,8 +265,8 @@ class Upsample(nn.Module):
         pairs = self.time_conv(x, cache).unflatten(1, (2, -1))  # [B, 2, C, T, H, W]
         return pairs.permute(0, 2, 3, 1, 4, 5).flatten(2, 3)  # interleave -> [B, C, 2T, H, W]
 
-    def upscale(self, x: Tensor, cache: TemporalCache) -> Tensor:
-        """The spatial half, frame by frame (`cache` unused: the signature of a causal layer)."""
+    def upscale(self, x: Tensor) -> Tensor:
+        """The spatial half, frame by frame."""
         return per_frame(self.resample, x)
 
 
@@ -262,11 +281,12 @@ class UpBlock(nn.Module):
         if upsample is not None:
             self.upsamplers = nn.ModuleList([Upsample(out_dim, temporal=upsample == "3d")])
 
-    def layers(self) -> list[CausalLayer]:
-        """The block as a sequence of causal layers (the decoder runs them depth first)."""
-        if self.upsamplers is None:
-            return [*self.resnets]
-        return [*self.resnets, self.upsamplers[0].double_time, self.upsamplers[0].upscale]
+    def layers(self, cache: TemporalCache) -> list[Layer]:
+        """The block as a sequence of one-input layers on `cache` (the decoder runs them depth first)."""
+        layers: list[Layer] = [partial(resnet, cache=cache) for resnet in self.resnets]
+        if self.upsamplers is not None:
+            layers += [partial(self.upsamplers[0].double_time, cache=cache), self.upsamplers[0].upscale]
+        return layers
 
 
 class Encoder(nn.Module):
@@ -275,33 +295,42 @@ class Encoder(nn.Module):
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         dims = [config.base_dim * m for m in (1, *config.dim_mult)]
+        self.temporal_factor = config.temporal_factor
         self.conv_in = CausalConv3d(3, dims[0], 3, spatial_padding=1)
-        layers: list[nn.Module] = []
+        blocks: list[nn.Module] = []
         for level, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
             for _ in range(config.num_res_blocks):
-                layers.append(ResidualBlock(in_dim, out_dim))
+                blocks.append(ResidualBlock(in_dim, out_dim))
                 in_dim = out_dim
             if level < len(config.dim_mult) - 1:
-                layers.append(Downsample(out_dim, temporal=config.temperal_downsample[level]))
-        self.down_blocks = nn.ModuleList(layers)
+                blocks.append(Downsample(out_dim, temporal=config.temperal_downsample[level]))
+        self.down_blocks = nn.ModuleList(blocks)
         self.mid_block = MidBlock(dims[-1])
         self.norm_out = ChannelRMSNorm(dims[-1], 3)
         self.conv_out = CausalConv3d(dims[-1], 2 * config.z_dim, 3, spatial_padding=1)
-        # the layers at the full frame rate: up to the first downsampler that halves time
-        self.full_rate = next(
-            (i for i, layer in enumerate(layers) if isinstance(layer, Downsample) and layer.time_conv is not None),
-            len(layers),
+        # the down blocks before the first downsampler that halves time run at the video's frame rate
+        self.full_rate_blocks = next(
+            (i for i, block in enumerate(blocks) if isinstance(block, Downsample) and block.time_conv is not None),
+            len(blocks),
         )
 
     def forward(self, x: Tensor, cache: TemporalCache) -> Tensor:
-        full_rate: list[CausalLayer] = [self.conv_in, *self.down_blocks[: self.full_rate]]
-        rest = list(self.down_blocks[self.full_rate :])
-        if rest:  # the first temporal downsampler: its spatial half still runs frame by frame
-            full_rate.append(rest[0].downscale)
-            rest[0] = rest[0].halve_time
-        x = depth_first(full_rate, x, cache)
-        for layer in rest:
-            x = layer(x, cache)
+        full_rate, reduced_rate = self.down_blocks[: self.full_rate_blocks], self.down_blocks[self.full_rate_blocks :]
+
+        # 1. At the video's frame rate, depth first: the input conv, the blocks before the first
+        #    downsampler that halves time, and that downsampler's spatial half
+        layers: list[Layer] = [partial(layer, cache=cache) for layer in (self.conv_in, *full_rate)]
+        if reduced_rate:
+            layers.append(reduced_rate[0].downscale)
+        x = depth_first(layers, x, frames_per_step(x.shape[3], self.temporal_factor))
+
+        # 2. At lower frame rates, the whole chunk at once: that downsampler's temporal half, the later blocks
+        if reduced_rate:
+            x = reduced_rate[0].halve_time(x, cache)
+        for block in reduced_rate[1:]:
+            x = block(x, cache)
+
+        # 3. Mid block, output norm and conv
         x = self.mid_block(x, cache)
         return self.conv_out(F.silu(self.norm_out(x)), cache)
 
@@ -313,6 +342,7 @@ class Decoder(nn.Module):
         super().__init__()
         dims = [config.base_dim * m for m in (config.dim_mult[-1], *reversed(config.dim_mult))]
         temporal_upsample = tuple(reversed(config.temperal_downsample))
+        self.temporal_factor, self.spatial_factor = config.temporal_factor, config.spatial_factor
         self.conv_in = CausalConv3d(config.z_dim, dims[0], 3, spatial_padding=1)
         self.mid_block = MidBlock(dims[0])
         blocks = []
@@ -332,10 +362,12 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(x)), cache)
 
     def forward(self, z: Tensor, cache: TemporalCache) -> Tensor:
-        layers: list[CausalLayer] = [self.conv_in, self.mid_block]
+        # every layer keeps or multiplies the frame count: all of them run depth first
+        layers: list[Layer] = [partial(self.conv_in, cache=cache), partial(self.mid_block, cache=cache)]
         for block in self.up_blocks:
-            layers += block.layers()
-        return depth_first([*layers, self.output], z, cache)
+            layers += block.layers(cache)
+        layers.append(partial(self.output, cache=cache))
+        return depth_first(layers, z, frames_per_step(z.shape[3] * self.spatial_factor, self.temporal_factor))
 
 
 # --- the model ----------------------------------------------------------------------------------
