@@ -208,8 +208,17 @@ def load_remover(args: argparse.Namespace, device: torch.device | None) -> tuple
     return remover, f"{source} on {remover.device} in {str(remover.dtype).removeprefix('torch.')}"
 
 
+def mask_options(args: argparse.Namespace) -> MaskOptions:
+    return MaskOptions(threshold=args.mask_threshold, invert=args.invert_mask, channel=args.mask_channel)
+
+
+def output_options(args: argparse.Namespace) -> OutputOptions:
+    return OutputOptions(codec=args.codec, crf=args.crf, lossless=args.lossless, overwrite=args.overwrite)
+
+
 def plan_options(args: argparse.Namespace) -> PlanOptions:
-    return PlanOptions(
+    """The plan the arguments ask for, checked."""
+    options = PlanOptions(
         window=args.window,
         overlap=args.overlap,
         blend=args.blend,
@@ -221,6 +230,8 @@ def plan_options(args: argparse.Namespace) -> PlanOptions:
         context=args.context,
         min_crop=args.min_crop,
     )
+    options.check()
+    return options
 
 
 def say(line: str, to_stdout: bool = False) -> None:
@@ -237,19 +248,17 @@ def run(args: argparse.Namespace) -> str:
         raise RemoverError("--video needs --mask")
     video, mask = (DEMO_CLIP, DEMO_MASK) if demo else (Path(args.video), Path(args.mask))
     out = Path(args.out) if args.out else Path(f"{video.stem}_removed.mp4")
-    output = OutputOptions(codec=args.codec, crf=args.crf, lossless=args.lossless, overwrite=args.overwrite)
-    mask_options = MaskOptions(threshold=args.mask_threshold, invert=args.invert_mask, channel=args.mask_channel)
+    output, masking = output_options(args), mask_options(args)
     device = resolve_device(args.device)
     progress = not args.quiet
     options = plan_options(args)
-    options.check()
     info = open_clip(video).info  # bad input fails before the model loads (remove_file opens it again)
     if not (args.dry_run or args.preview):
         check_output(out, info, **output.writer_arguments())
     if demo and args.height is None and args.width is None:  # the demo clip is made at the demo model's size
         options = replace(options, height=info.height, width=info.width)
     if args.preview and args.engine is None:  # the plan needs no model
-        return preview(video, mask, options, mask_options, args)
+        return preview(video, mask, options, masking, args)
 
     start = time.perf_counter()
     remover, loaded = load_remover(args, device)
@@ -260,7 +269,7 @@ def run(args: argparse.Namespace) -> str:
             video, mask, Path(args.preview), fit_to_stages(options, remover.stages), mask_options, output, args
         )
     plan, timings = remove_file(
-        remover, video, mask, out, options, mask_options, output, steps=args.steps, seed=args.seed,
+        remover, video, mask, out, options, masking, output, steps=args.steps, seed=args.seed,
         paste_back=not args.no_paste_back, progress=progress, dry_run=args.dry_run,
         say=lambda line: say(line, args.dry_run),
     )  # fmt: skip
@@ -271,14 +280,13 @@ def run(args: argparse.Namespace) -> str:
     return f"wrote {out} ({plan.frame_count} frames) in {sum(stages.values()):.1f} s: {detail} ({remover.backends})"
 
 
-def preview(video: Path, mask: Path, options: PlanOptions, mask_options: MaskOptions, args: argparse.Namespace) -> str:
+def preview(video: Path, mask: Path, options: PlanOptions, masking: MaskOptions, args: argparse.Namespace) -> str:
     """--preview: the plan drawn on the input; no model runs."""
-    target = Path(args.preview)
-    output = OutputOptions(codec=args.codec, crf=args.crf, lossless=args.lossless, overwrite=args.overwrite)
+    target, output = Path(args.preview), output_options(args)
     reader = open_clip(video)
     say(f"{video}: {reader.info.describe()}")
     check_output(target, reader.info, **output.writer_arguments())
-    job = open_job(reader, mask, options, mask_options, paste_back=not args.no_paste_back, progress=not args.quiet)
+    job = open_job(reader, mask, options, masking, paste_back=not args.no_paste_back, progress=not args.quiet)
     for line in job.plan.describe():
         say(line)
     write_preview(job, target, output, not args.quiet)
