@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from runtime import composite
+from runtime import composite, parallel
 from runtime.attention import select_attention
 from runtime.backends import (
     COMPILE_MODES,
@@ -71,6 +71,7 @@ class Remover:
         dtype: torch.dtype,
         sampler: str = "unipc",
         compile_mode: str = "off",
+        ranks: parallel.SequenceParallel | None = None,
     ) -> None:
         self.stages = stages
         self.scheduler = scheduler
@@ -78,6 +79,7 @@ class Remover:
         self.dtype = dtype
         self.sampler = sampler
         self.timings: dict[str, float] = {}  # seconds per stage of the last call
+        self.ranks = ranks  # the torchrun group the transformer is split over, if any
         check_compile_mode(compile_mode, device)
         self.compile_mode = compile_mode
         self._velocity = self._model_velocity
@@ -105,12 +107,17 @@ class Remover:
         kernels: str | None = None,
         attention: str | None = None,
         compile_mode: str = "off",
+        sequence_parallel: bool = False,
     ) -> Remover:
         """Load a released checkpoint folder, or a single-file repack with `vae` naming the VAE's folder.
 
         `kernels` ("auto", "triton", "torch"; default $RUNTIME_KERNELS or "auto") and `attention`
         ("auto", "flash-attn", "sdpa", "math"; default $RUNTIME_ATTENTION or "auto") choose what runs
         the transformer; `compile_mode` ("off", "inductor", "cuda-graphs") compiles its per-step call.
+
+        `sequence_parallel` (under `torchrun`, every rank loading the model): split the transformer over
+        the ranks (`runtime.parallel`); rank 0 calls the Remover, the others call `serve()`. Without it
+        each process runs its own model (as data-parallel training does).
         """
         device = torch.device(device) if device is not None else default_device()
         dtype = resolve_dtype(dtype, device)
@@ -131,6 +138,11 @@ class Remover:
         if device.type == "cuda":  # the fast paths, checked against the references on this GPU first
             kernel_ops, attention_backend = verified_backends(kernel_ops, attention_backend, config, device, dtype)
         transformer.use_backends(kernel_ops, attention_backend)
+        ranks = None
+        if sequence_parallel and parallel.world_size() > 1:
+            parallel.check_supported(compile_mode)
+            ranks = parallel.SequenceParallel(device, config.num_attention_heads)
+            transformer.split_over(ranks)
         return cls(
             TorchStages(transformer, load_vae(paths.vae, device, dtype)),
             scheduler,
@@ -138,6 +150,7 @@ class Remover:
             dtype=dtype,
             sampler=sampler,
             compile_mode=compile_mode,
+            ranks=ranks,
         )
 
     @classmethod
@@ -271,12 +284,30 @@ class Remover:
         for the remove (0) and regenerate (1) tokens: v = v_neg + g (v_pos - v_neg)."""
         if guidance_scale is not None and not self.stages.transformer_config.num_condition_tokens:
             raise RemoverError("guidance_scale needs a model with condition tokens")
+        if self.ranks is not None:
+            return self._denoise_over_ranks(noise, context, num_steps, progress, guidance_scale)
         if guidance_scale is None:
             unrolled = self.stages.unrolled_sampler(self.sampler, num_steps)
             if unrolled is not None:
                 return unrolled(noise, context)
         sampler = make_sampler(self.sampler, self.scheduler, num_steps)
         return denoise_loop(lambda x, t: self._velocity(x, t, guidance_scale), sampler, noise, context, progress)
+
+    def _denoise_over_ranks(
+        self, noise: Tensor, context: Tensor, num_steps: int, progress: bool, guidance_scale: float | None
+    ) -> Tensor:
+        """`denoise` with the transformer split over the group; rank 0 first hands the others the job."""
+        if self.ranks.rank == 0:
+            parallel.tell(parallel.DENOISE, self.device, parallel.DenoiseJob(noise, context, num_steps, guidance_scale))
+        sampler = make_sampler(self.sampler, self.scheduler, num_steps)
+        return denoise_loop(lambda x, t: self._velocity(x, t, guidance_scale), sampler, noise, context, progress)
+
+    def serve(self) -> None:
+        """Ranks other than 0 of a group: compute this rank's share of each window rank 0 denoises,
+        until it says STOP."""
+        z_dim = self.stages.vae_config.z_dim
+        while (job := parallel.receive(self.device, z_dim, self.dtype)) is not None:
+            self.denoise(job.noise, job.context, job.num_steps, guidance_scale=job.guidance_scale)
 
     def _model_velocity(self, model_input: Tensor, timestep: Tensor, guidance_scale: float | None) -> Tensor:
         """One step's velocity (the function `compile_mode` compiles): the model on noisy | context

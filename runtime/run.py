@@ -11,13 +11,15 @@ import argparse
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from runtime import parallel
 from runtime.attention import ATTENTION_CHOICES
-from runtime.backends import COMPILE_MODES, DTYPES, KERNEL_CHOICES
+from runtime.backends import COMPILE_MODES, DTYPES, KERNEL_CHOICES, default_device
 from runtime.errors import RemoverError, exit_code
 from runtime.io import check_output, open_clip
 from runtime.job import MaskOptions, OutputOptions, fit_to_stages, open_job, remove_file
@@ -185,6 +187,8 @@ def resolve_device(name: str | None) -> torch.device | None:
 def load_remover(args: argparse.Namespace, device: torch.device | None) -> tuple[Remover, str]:
     """The model the arguments name (weights or an engine bundle) and a line saying what it is."""
     if args.engine is not None:
+        if parallel.world_size() > 1:
+            raise RemoverError("--engine runs in one process; torchrun splits the PyTorch model (--weights) only")
         options = {"--dtype": args.dtype, "--kernels": args.kernels, "--attention": args.attention}
         given = [flag for flag, value in {**options, "--compile": args.compile != "off"}.items() if value]
         if given:
@@ -203,6 +207,7 @@ def load_remover(args: argparse.Namespace, device: torch.device | None) -> tuple
             kernels=args.kernels,
             attention=args.attention,
             compile_mode=args.compile,
+            sequence_parallel=parallel.world_size() > 1,
         )
         source = f"weights {args.weights or DEMO_WEIGHTS}"
     return remover, f"{source} on {remover.device} in {str(remover.dtype).removeprefix('torch.')}"
@@ -239,8 +244,9 @@ def say(line: str, to_stdout: bool = False) -> None:
     print(line, file=sys.stdout if to_stdout else sys.stderr)
 
 
-def run(args: argparse.Namespace) -> str:
-    """Do the whole job; return the summary line."""
+def run(args: argparse.Namespace, before_load: Callable[[], None] = lambda: None) -> str:
+    """Do the whole job; return the summary line. `before_load` runs once the input has been checked,
+    just before the model loads."""
     demo = args.video is None
     if demo and args.mask is not None:
         raise RemoverError("--mask needs --video")
@@ -260,14 +266,13 @@ def run(args: argparse.Namespace) -> str:
     if args.preview and args.engine is None:  # the plan needs no model
         return preview(video, mask, options, masking, args)
 
+    before_load()
     start = time.perf_counter()
     remover, loaded = load_remover(args, device)
     load_s = time.perf_counter() - start
     say(loaded)
     if args.preview:
-        return preview(
-            video, mask, Path(args.preview), fit_to_stages(options, remover.stages), mask_options, output, args
-        )
+        return preview(video, mask, fit_to_stages(options, remover.stages), masking, args)
     plan, timings = remove_file(
         remover, video, mask, out, options, masking, output, steps=args.steps, seed=args.seed,
         paste_back=not args.no_paste_back, progress=progress, dry_run=args.dry_run,
@@ -296,15 +301,40 @@ def preview(video: Path, mask: Path, options: PlanOptions, masking: MaskOptions,
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
+    if parallel.world_size() > 1:
+        return exit_code(lambda: run_in_group(args))
     return exit_code(lambda: run_within_memory(args))
 
 
-def run_within_memory(args: argparse.Namespace) -> str:
+def run_within_memory(args: argparse.Namespace, before_load: Callable[[], None] = lambda: None) -> str:
     """`run`, with running out of memory reported as what the user can change."""
     try:
-        return run(args)
+        return run(args, before_load)
     except torch.OutOfMemoryError as exc:
         raise RemoverError("out of memory; try a smaller --height/--width or --window") from exc
+
+
+def run_in_group(args: argparse.Namespace) -> str:
+    """Under `torchrun`: rank 0 does the job as `run` does and tells the others when to load the model
+    (after its input checks) and when to stop; the others load the same model and compute their
+    share of each window's denoising (`runtime.parallel`). Only rank 0 prints."""
+    device = parallel.local_device(resolve_device(args.device) or default_device())
+    args.device = str(device)
+    parallel.join(device)
+    if parallel.rank() != 0:
+        if parallel.wait_to_start(device):
+            load_remover(args, device)[0].serve()
+        parallel.leave()
+        return ""
+    try:
+        result = run_within_memory(args, before_load=lambda: parallel.tell(parallel.START, device))
+    except parallel.GroupFailed:
+        raise  # the others are gone or stuck: nobody to tell
+    except BaseException:
+        parallel.stop_others(device)
+        raise
+    parallel.stop_others(device)
+    return result
 
 
 if __name__ == "__main__":

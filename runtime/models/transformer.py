@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,9 @@ from kernels.attention_inputs import rms_norm
 from runtime.attention import SDPA, AttentionBackend, attention
 from runtime.errors import RemoverError
 from runtime.models.config import ANY
+
+if TYPE_CHECKING:
+    from runtime.parallel import SequenceParallel
 
 ROPE_THETA = 10000.0
 
@@ -265,6 +269,7 @@ class RemoverTransformer(nn.Module):
         self._condition_kv_cache: list[tuple[Tensor, Tensor]] = []
         self.kernels: KernelOps = TORCH_KERNELS
         self.attention_backend: AttentionBackend = SDPA
+        self.parallel: SequenceParallel | None = None  # the group of ranks that shares the tokens, if any
 
     def use_backends(self, kernels: KernelOps | None = None, attention: AttentionBackend | None = None) -> None:
         """Run every block's fused steps with `kernels` and its attention with `attention` (None keeps
@@ -274,6 +279,12 @@ class RemoverTransformer(nn.Module):
         for block in self.blocks:
             block.kernels = block.attn1.kernels = self.kernels
             block.attn1.attention_backend = self.attention_backend
+
+    def split_over(self, parallel: SequenceParallel) -> None:
+        """Run as this rank's part of `parallel`: its share of the tokens, attention across the ranks
+        (with the current backend), the whole output on every rank."""
+        self.parallel = parallel
+        self.use_backends(attention=parallel.attention(self.attention_backend))
 
     def condition_kv(self, condition: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Per-block condition keys and values [B, n, heads, head_dim] for conditions [B] (0 or 1)."""
@@ -333,6 +344,8 @@ class RemoverTransformer(nn.Module):
         # 1. Patch embedding and rotary tables; tokens are frame-major [B, L, D]
         x = self.patch_embedding(latents).flatten(2).transpose(1, 2)
         rope = self.rope(grid, latents.device)
+        if self.parallel is not None:  # this rank's share of the tokens
+            x, rope = self.parallel.shard(x, rope)
 
         # 2. Timestep embedding and per-block modulation; condition tokens' keys and values
         temb, modulation = self.condition_embedder(timestep)
@@ -345,6 +358,8 @@ class RemoverTransformer(nn.Module):
         # 4. Output norm, modulation and projection
         shift, scale = (self.scale_shift_table.float() + temb.float()[:, None]).chunk(2, dim=1)
         x = self.proj_out(self.kernels.modulated_layer_norm(x, shift, scale, self.config.eps))
+        if self.parallel is not None:
+            x = self.parallel.gather(x)
 
         # 5. Unpatchify [B, L, pt*ph*pw*C] -> [B, C, T, H, W]
         x = x.reshape(batch, *grid, pt, ph, pw, self.config.out_channels)

@@ -1,0 +1,50 @@
+"""What the parallel tests start under `torchrun` (tests/test_parallel.py).
+
+parallel_entry.py api FIXTURE CHECKPOINT OUT.npy  the fixture's inputs and noise through the Remover API
+parallel_entry.py cli ARGS...                     python -m runtime.run ARGS
+parallel_entry.py cli-rank-1-dies ARGS...         the same, with rank 1 exiting hard on its first window
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from safetensors.torch import load_file
+
+from runtime import Remover, parallel, run
+
+
+def remove_fixture_inputs(fixture: Path, checkpoint: str, out: Path) -> None:
+    """Rank 0: the fixture's frames from its initial noise, unpasted, at its size, saved to `out`; the
+    others serve."""
+    remover = Remover.from_pretrained(checkpoint, device="cpu", dtype="fp32", sequence_parallel=True)
+    if parallel.rank() != 0:
+        remover.serve()
+        parallel.leave()
+        return
+    frames = np.stack([np.asarray(Image.open(p)) for p in sorted((fixture / "inputs").glob("frame_*.png"))])
+    masks = np.stack([np.asarray(Image.open(p).convert("L")) for p in sorted((fixture / "inputs").glob("mask_*.png"))])
+    noise = load_file(str(fixture / "expected.safetensors"))["noise"]
+    generated = remover(frames, masks, height=64, width=96, latents=noise, paste_back=False, progress=False)
+    parallel.tell(parallel.STOP, remover.device)
+    parallel.leave()
+    np.save(out, generated)
+
+
+def die_on_first_window(remover: Remover) -> None:
+    parallel.receive(remover.device, remover.stages.vae_config.z_dim, remover.dtype)
+    os._exit(3)
+
+
+if __name__ == "__main__":
+    mode, arguments = sys.argv[1], sys.argv[2:]
+    if mode == "api":
+        remove_fixture_inputs(Path(arguments[0]), arguments[1], Path(arguments[2]))
+    else:
+        if mode == "cli-rank-1-dies" and parallel.rank() == 1:
+            Remover.serve = die_on_first_window
+        sys.exit(run.main(arguments))
