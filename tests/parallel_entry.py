@@ -30,8 +30,7 @@ def remove_fixture_inputs(fixture: Path, checkpoint: str, out: Path) -> None:
     masks = np.stack([np.asarray(Image.open(p).convert("L")) for p in sorted((fixture / "inputs").glob("mask_*.png"))])
     noise = load_file(str(fixture / "expected.safetensors"))["noise"]
     generated = remover(frames, masks, height=64, width=96, latents=noise, paste_back=False, progress=False)
-    parallel.tell(parallel.STOP, remover.device)
-    parallel.leave()
+    parallel.stop_others(remover.device)
     np.save(out, generated)
 
 
