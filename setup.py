@@ -27,7 +27,7 @@ setup(
         # triton: the fused kernels (tests run them in its CPU interpreter); Linux wheels; 3.5+ for triton.knobs
         # opencv: the Telea baseline the training tests evaluate against; EXPORT: the export tests run the bundles
         # accelerate, matplotlib: the tests load the benchmark's reference (diffusers' from_pretrained) and
-        # render its report's chart
+        # render its report's chart; ray: the batch runner's tests start a local Ray instance
         "test": [
             "pytest",
             "ruff",
@@ -36,9 +36,12 @@ setup(
             "matplotlib",
             "triton>=3.5; platform_system == 'Linux'",
             "opencv-python-headless",
+            "ray",
             *EXPORT,
         ],
         "export": EXPORT,
+        # python -m runtime.batch --address: workers as Ray actors (local mode needs nothing more)
+        "ray": ["ray"],
         # the benchmark's reference loads through diffusers' from_pretrained, which needs accelerate
         "bench": ["pytest", "pytest-benchmark", "matplotlib", "diffusers==0.33.1", "accelerate"],
         "gpu": ["flash-attn", "nvidia-ml-py", "triton>=3.5"],

@@ -4,7 +4,7 @@ from runtime.io.color import ColorInfo
 from runtime.io.images import IMAGE_SUFFIXES, image_files
 from runtime.io.masks import MaskSource, open_masks, read_masks
 from runtime.io.reader import Clip, ClipInfo, ClipReader, Frame, StreamInfo, open_clip, read_clip
-from runtime.io.writer import ClipWriter, check_output, open_writer, write_clip
+from runtime.io.writer import ClipWriter, check_output, open_writer, remove_partial_output, write_clip
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -21,6 +21,7 @@ __all__ = [
     "open_clip",
     "open_masks",
     "open_writer",
+    "remove_partial_output",
     "read_clip",
     "read_masks",
     "write_clip",

@@ -192,9 +192,15 @@ def check_output(
     _plan(Path(path), source, overwrite, codec, crf, lossless)
 
 
-def _temporary_name(path: Path, purpose: str = "partial") -> Path:
-    """A hidden sibling of `path` (same suffix, so the muxer is still chosen by it)."""
-    return path.with_name(f".{path.stem}.{purpose}-{os.getpid()}{path.suffix}")
+def _temporary_name(path: Path, purpose: str = "partial", pid: int | None = None) -> Path:
+    """A hidden sibling of `path` (same suffix, so the muxer is still chosen by it), named for the
+    process writing it."""
+    return path.with_name(f".{path.stem}.{purpose}-{pid or os.getpid()}{path.suffix}")
+
+
+def remove_partial_output(path: str | Path, pid: int) -> None:
+    """Remove what a writer in process `pid`, killed before it finished, left of the output `path`."""
+    _remove(_temporary_name(Path(path), pid=pid))
 
 
 def _remove(path: Path) -> None:

@@ -1,0 +1,319 @@
+"""`python -m runtime.batch`: many clips on local worker processes or Ray actors, failures retried or
+reported without stopping the rest, finished clips skipped on a rerun, Ctrl-C, manifest errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from media import encode_video, gradient_frames, patch_frames
+
+from runtime import batch
+from runtime.io import read_clip
+from runtime.job import remove_file
+from runtime.run import load_remover, parse_args
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = ["--height", "64", "--width", "96"]  # the clips' own size: the demo model runs them in about a second
+
+
+def make_clip(folder: Path, name: str, frames: np.ndarray, box: bool = True) -> None:
+    """folder/NAME.mp4 and its mask folder/NAME_mask.mp4 (a box over the middle, or nothing)."""
+    masks = np.zeros_like(frames)
+    masks[:, 16:40, 24:64] = 255 if box else 0
+    encode_video(folder / f"{name}.mp4", frames)
+    encode_video(folder / f"{name}_mask.mp4", masks)
+
+
+@pytest.fixture
+def clips(tmp_path: Path) -> Path:
+    """tmp_path/in: two good 5-frame clips (a, b), one with an empty mask, and a truncated one (bad.mp4);
+    tmp_path/out: empty."""
+    (tmp_path / "in").mkdir(), (tmp_path / "out").mkdir()
+    make_clip(tmp_path / "in", "a", patch_frames(5, 64, 96))
+    make_clip(tmp_path / "in", "b", gradient_frames(5, 64, 96))
+    make_clip(tmp_path / "in", "empty", gradient_frames(5, 64, 96), box=False)
+    (tmp_path / "in" / "bad.mp4").write_bytes((tmp_path / "in" / "a.mp4").read_bytes()[:300])
+    return tmp_path
+
+
+def write_csv(path: Path, rows: list[str], header: str = "video,mask,output") -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def run_batch_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = batch.main([*args, "--quiet"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Hidden files a writer leaves behind when it is not cleaned up."""
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_local_workers_finish_the_good_clips_report_the_corrupt_one_and_a_rerun_skips(clips, capsys):
+    manifest = write_csv(
+        clips / "manifest.csv",
+        [
+            "in/a.mp4,in/a_mask.mp4,out/a.mkv,,",
+            "in/bad.mp4,in/a_mask.mp4,out/bad.mkv,,",
+            "in/b.mp4,in/b_mask.mp4,out/b.mkv,,7",
+            "in/empty.mp4,in/empty_mask.mp4,out/empty.mp4,false,",  # rows override the command line's defaults
+        ],
+        header="video,mask,output,lossless,seed",
+    )
+    summary_path = clips / "summary.json"
+    args = [str(manifest), "--workers", "2", "--json", str(summary_path), "--lossless", *SIZE]
+    code, stdout, stderr = run_batch_cli(args, capsys)
+
+    assert code == 1, stderr
+    assert "4 clip(s), 0 skipped, 4 to run on 2 local worker process(es) on cpu, cpu" in stderr
+    assert "failed  line 3 (bad.mp4) after 1 attempt(s): cannot read video" in stderr  # bad input: no retry
+    assert "warning: line 5: the mask is empty: writing the input unchanged" in stderr
+    assert sorted(p.name for p in (clips / "out").iterdir()) == ["a.mkv", "b.mkv", "empty.mp4"]
+    summary = json.loads(summary_path.read_text())
+    assert [(c["line"], c["status"], c["attempts"], c["frames"]) for c in summary["clips"]] == [
+        (2, "done", 1, 5),
+        (3, "failed", 1, None),
+        (4, "done", 1, 5),
+        (5, "done", 1, 5),
+    ]
+    assert summary["clips"][1]["error"].startswith(f"cannot read video {clips / 'in' / 'bad.mp4'}")
+    assert summary["clips"][0]["output"] == str(clips / "out" / "a.mkv")  # relative to the manifest
+    totals = summary["totals"]
+    assert (totals["clips"], totals["done"], totals["skipped"], totals["failed"], totals["frames"]) == (4, 3, 0, 1, 15)
+    assert stdout.splitlines()[0].split() == [
+        "line",
+        "status",
+        "attempts",
+        "seconds",
+        "frames",
+        "frames/s",
+        "video",
+        "error",
+    ]
+    assert stdout.splitlines()[-1].startswith("total: 4 clip(s), 3 done, 0 skipped, 1 failed; 15 frames")
+
+    # the model's clips through remove_file in this process, with the options the manifest gave them: the
+    # same frames (the outputs are lossless: an encoder's choices do not blur the comparison)
+    remover, _ = load_remover(parse_args([]), torch.device("cpu"))
+    clip_a, _, clip_b, clip_empty = batch.read_manifest(manifest, {"height": 64, "width": 96, "lossless": True})
+    assert (clip_a.seed, clip_b.seed, clip_a.encoding.lossless, clip_empty.encoding.lossless) == (42, 7, True, False)
+    for clip in (clip_a, clip_b):
+        direct = clips / f"direct_{clip.output.name}"
+        plan, _ = remove_file(
+            remover, clip.video, clip.mask, direct, clip.plan, clip.masking, clip.encoding,
+            steps=clip.steps, seed=clip.seed, paste_back=clip.paste_back, progress=False,
+        )  # fmt: skip
+        batched = read_clip(clip.output).frames
+        assert batched.shape == (plan.frame_count, 64, 96, 3) == (5, 64, 96, 3)
+        np.testing.assert_array_equal(batched, read_clip(direct).frames)
+        direct.unlink()
+    assert read_clip(clip_empty.output).frames.shape == (5, 64, 96, 3)
+
+    written = {p.name: p.stat().st_mtime_ns for p in (clips / "out").iterdir()}
+    code, _, stderr = run_batch_cli(args, capsys)
+    assert code == 1
+    assert all(f"skipped line {line}" in stderr for line in (2, 4, 5))
+    assert "4 clip(s), 3 skipped, 1 to run on 1 local worker process(es)" in stderr
+    assert {p.name: p.stat().st_mtime_ns for p in (clips / "out").iterdir()} == written  # nothing redone
+    statuses = [c["status"] for c in json.loads(summary_path.read_text())["clips"]]
+    assert statuses == ["skipped", "failed", "skipped", "skipped"]
+
+
+# Run as the main script (`python crashing_batch.py MANIFEST ...`), this is runtime.batch whose workers die
+# on a video named crash_exit* (os._exit(3)) or crash_segv* (a segmentation fault), each after starting
+# the output's temporary file as the writer would. Local workers: spawn runs the main script again in
+# each worker (as __mp_main__), so the replaced remove_file is theirs too. Ray actors: the actor class
+# is replaced by one defined here, which Ray therefore ships by value.
+CRASHING_MAIN = """
+import ctypes, os, resource, sys
+from pathlib import Path
+
+import runtime.batch as batch
+
+
+def crash(video, out):
+    name, out = Path(video).stem, Path(out)
+    if name.startswith("crash"):
+        out.with_name(f".{out.stem}.partial-{os.getpid()}{out.suffix}").write_bytes(b"half a video")
+        if name == "crash_exit":
+            os._exit(3)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        ctypes.string_at(0)
+
+
+real_remove_file = batch.remove_file
+
+
+def remove_file(remover, video, mask, out, *args, **kwargs):
+    crash(video, out)
+    return real_remove_file(remover, video, mask, out, *args, **kwargs)
+
+
+class CrashingActor(batch._RayWorker):
+    def run(self, clip):
+        crash(clip.video, clip.output)
+        return super().run(clip)
+
+
+batch.remove_file, batch._RayWorker = remove_file, CrashingActor
+if __name__ == "__main__":
+    sys.exit(batch.main())
+"""
+
+
+def run_crashing_batch(folder: Path, args: list[str]) -> subprocess.CompletedProcess:
+    script = folder / "crashing_batch.py"
+    script.write_text(CRASHING_MAIN)
+    command = [sys.executable, str(script), *args, "--json", str(folder / "summary.json"), "--quiet", *SIZE]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_a_dying_worker_is_replaced_and_its_clip_retried_without_stopping_the_others(clips):
+    for name in ("crash_exit", "crash_segv"):
+        make_clip(clips / "in", name, patch_frames(5, 64, 96))
+    rows = [f"in/{name}.mp4,in/{name}_mask.mp4,out/{name}.mp4" for name in ("crash_exit", "a", "crash_segv", "b")]
+    manifest = write_csv(clips / "manifest.csv", rows)
+    result = run_crashing_batch(clips, [str(manifest), "--workers", "2"])
+    assert result.returncode == 1, result.stderr
+    assert "failed  line 2 (crash_exit.mp4), attempt 1 of 2, retrying: the worker process died (exit code 3)" in (
+        result.stderr
+    )
+    outcomes = {Path(c["video"]).stem: c for c in json.loads((clips / "summary.json").read_text())["clips"]}
+    assert {name: (c["status"], c["attempts"]) for name, c in outcomes.items()} == {
+        "crash_exit": ("failed", 2),
+        "a": ("done", 1),
+        "crash_segv": ("failed", 2),
+        "b": ("done", 1),
+    }
+    assert outcomes["crash_exit"]["error"] == "the worker process died (exit code 3)"
+    assert outcomes["crash_segv"]["error"] == "the worker process died (signal SIGSEGV)"
+    assert sorted(p.name for p in (clips / "out").iterdir()) == ["a.mp4", "b.mp4"]  # no partial files
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_a_rerun_does_the_rest(clips, capsys):
+    rows = [f"in/a.mp4,in/a_mask.mp4,out/{i}.mp4" for i in range(5)]
+    manifest = write_csv(clips / "manifest.csv", rows)
+    command = [sys.executable, "-m", "runtime.batch", str(manifest), "--workers", "1", "--quiet", *SIZE]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (clips / "out" / "0.mp4").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)  # the second clip is under way
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 130, stderr
+    assert stderr.splitlines()[-1] == "interrupted" and "Traceback" not in stderr
+    finished = sorted(p.name for p in (clips / "out").iterdir())
+    assert "0.mp4" in finished and len(finished) < 5 and not leftovers(clips / "out")
+
+    code, _, stderr = run_batch_cli([str(manifest), "--workers", "1", *SIZE], capsys)
+    assert code == 0, stderr
+    assert f"5 clip(s), {len(finished)} skipped, {5 - len(finished)} to run" in stderr
+    assert sorted(p.name for p in (clips / "out").iterdir()) == [f"{i}.mp4" for i in range(5)]
+    assert all(read_clip(clips / "out" / f"{i}.mp4").frames.shape == (5, 64, 96, 3) for i in range(5))
+
+
+@pytest.mark.slow
+def test_a_local_ray_instance_runs_the_batch_through_a_corrupt_clip_and_a_dying_actor(clips):
+    pytest.importorskip("ray")
+    make_clip(clips / "in", "crash_exit", patch_frames(5, 64, 96))
+    lines = [
+        {"video": "in/a.mp4", "mask": "in/a_mask.mp4", "output": "out/a.mp4"},
+        {"video": "in/bad.mp4", "mask": "in/a_mask.mp4", "output": "out/bad.mp4"},
+        {"video": "in/crash_exit.mp4", "mask": "in/crash_exit_mask.mp4", "output": "out/crash.mp4"},
+        {"video": "in/b.mp4", "mask": "in/b_mask.mp4", "output": "out/b.mp4", "crf": 20},
+    ]
+    manifest = clips / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = run_crashing_batch(clips, [str(manifest), "--address", "local", "--workers", "2"])
+
+    assert result.returncode == 1, result.stderr
+    assert "4 clip(s), 0 skipped, 4 to run on 2 Ray actor(s) at local, each with 1 CPU" in result.stderr
+    summary = json.loads((clips / "summary.json").read_text())
+    assert [(c["status"], c["attempts"], c["frames"]) for c in summary["clips"]] == [
+        ("done", 1, 5),
+        ("failed", 1, None),
+        ("failed", 2, None),
+        ("done", 1, 5),
+    ]
+    assert "cannot read video" in summary["clips"][1]["error"]
+    assert summary["clips"][2]["error"].startswith("the worker actor died")
+    assert sorted(p.name for p in (clips / "out").iterdir()) == ["a.mp4", "b.mp4"]  # no partial files
+    assert read_clip(clips / "out" / "b.mp4").frames.shape == (5, 64, 96, 3)
+
+
+def test_address_without_ray_names_the_extra(clips, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` does where it is not installed
+    manifest = write_csv(clips / "manifest.csv", ["in/a.mp4,in/a_mask.mp4,out/a.mp4"])
+    code, stdout, stderr = run_batch_cli([str(manifest), "--address", "local"], capsys)
+    assert code == 2 and stdout == ""
+    assert stderr.strip() == "error: --address needs Ray: pip install 'minimax-remover-runtime[ray]'"
+
+
+GOOD = "in/a.mp4,in/a_mask.mp4,out/a.mp4"
+BAD_MANIFESTS = {
+    "missing column": ("m.csv", "video,output\nin/a.mp4,out/a.mp4\n", [], "m.csv, line 1: no 'mask' column"),
+    "unknown option": ("m.csv", f"video,mask,output,colour\n{GOOD},red\n", [], "line 1: unknown option 'colour'"),
+    "model option in a row": (
+        "m.jsonl",
+        '{"video": "in/a.mp4", "mask": "in/a_mask.mp4", "output": "out/a.mp4"}\n'
+        '{"video": "in/b.mp4", "mask": "in/b_mask.mp4", "output": "out/b.mp4", "weights": "w"}\n',
+        [],
+        "m.jsonl, line 2: --weights is for the whole batch",
+    ),
+    "bad value": (
+        "m.csv",
+        f"video,mask,output,height\n{GOOD},64\nin/b.mp4,in/b_mask.mp4,out/b.mp4,tall\n",
+        [],
+        "m.csv, line 3: argument --height: invalid int value: 'tall'",
+    ),
+    "bad choice": ("m.csv", f"video,mask,output,blend\n{GOOD},smooth\n", [], "line 2: argument --blend: invalid"),
+    "bad switch": ("m.csv", f"video,mask,output,lossless\n{GOOD},maybe\n", [], "line 2: lossless: expected true"),
+    "plan that cannot be": (
+        "m.csv",
+        f"video,mask,output,window,overlap\n{GOOD},9,9\n",
+        [],
+        "line 2: --overlap (9) must be smaller than --window (9)",
+    ),
+    "duplicate output": (
+        "m.csv",
+        f"video,mask,output\n{GOOD}\nin/b.mp4,in/b_mask.mp4,out/../out/a.mp4\n",
+        [],
+        "line 3: output",
+    ),
+    "missing value": ("m.jsonl", '{"video": "in/a.mp4", "output": "out/a.mp4"}\n', [], "m.jsonl, line 1: no mask"),
+    "not JSON": ("m.jsonl", "{video: a}\n", [], "m.jsonl, line 1: not JSON"),
+    "bad default on the command line": ("m.csv", f"video,mask,output\n{GOOD}\n", ["--crf", "x"], "argument --crf"),
+    "unknown format": ("m.txt", GOOD, [], "a manifest is .csv or JSON lines"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_MANIFESTS)
+def test_a_bad_manifest_is_one_error_line_and_exit_2(case, clips, capsys):
+    name, text, extra, message = BAD_MANIFESTS[case]
+    (clips / name).write_text(text)
+    code, stdout, stderr = run_batch_cli([str(clips / name), *extra], capsys)
+    assert code == 2 and stdout == "" and "Traceback" not in stderr
+    assert len(error_lines(stderr)) == 1 and message in error_lines(stderr)[0], stderr
+    assert stderr.strip() == error_lines(stderr)[0]  # nothing started: no worker, no model
+    assert list((clips / "out").iterdir()) == []
