@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from runtime.cost_model import RunEstimate, achievable_flops, estimate_run
 from runtime.errors import RemoverError
 from runtime.io import ClipReader, MaskSource, check_output, open_clip, open_masks, open_writer
+from runtime.parallel import WindowShare
 from runtime.pipeline import EmptyMaskWarning, Remover
 from runtime.plan import Plan, PlanOptions, make_plan
 from runtime.preprocess import output_size, padded_frame_count, resize_frames, shrink_masks
@@ -187,9 +188,10 @@ def run_job(
     steps: int = 6,
     seed: int = 42,
     progress: bool = True,
+    share: WindowShare | None = None,
 ) -> dict[str, float]:
-    """Stream the plan into `out` (committed only when every frame is written). Returns the seconds of
-    each stage."""
+    """Stream the plan into `out` (committed only when every frame is written), with the other ranks'
+    windows from them if `share`. Returns the seconds of each stage."""
     if not job.plan.model_windows:
         warnings.warn("the mask is empty: writing the input unchanged", EmptyMaskWarning, stacklevel=2)
     with open_writer(out, job.video.info, **output.writer_arguments()) as writer:
@@ -203,6 +205,7 @@ def run_job(
             seed=seed,
             paste_back=job.working_size is None,
             progress=progress,
+            share=share,
         )
 
 
@@ -233,11 +236,13 @@ def remove_file(
     progress: bool = True,
     dry_run: bool = False,
     say: Callable[[str], None] = lambda line: None,
+    share: WindowShare | None = None,
 ) -> tuple[Plan, dict[str, float]]:
     """Remove the masked object from the clip file `video` into `out`, saying what it does (the clip,
     the plan, the estimate) through `say` before any work. Bad input, a plan that cannot fit and an
     output that exists (without `output.overwrite`) are RemoverErrors before any work. `dry_run`
-    stops after the checks and writes nothing. Returns the plan and the seconds of each stage."""
+    stops after the checks and writes nothing. `share`: rank 0 of a torchrun group sharing the windows
+    (`runtime.parallel.WindowShare`). Returns the plan and the seconds of each stage."""
     start = time.perf_counter()
     reader = open_clip(video)
     say(f"{video}: {reader.info.describe()}")
@@ -253,5 +258,5 @@ def remove_file(
     check_fits(job, remover, figures)
     if dry_run:
         return job.plan, {}
-    timings = run_job(job, remover, out, output, steps=steps, seed=seed, progress=progress)
+    timings = run_job(job, remover, out, output, steps=steps, seed=seed, progress=progress, share=share)
     return job.plan, {"read": scan_s + timings.pop("read", 0.0), **timings}

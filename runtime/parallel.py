@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -46,8 +47,11 @@ TIMEOUT_ENV = "RUNTIME_PARALLEL_TIMEOUT"
 IDLE_TIMEOUT = timedelta(days=1)  # how long the other ranks wait for rank 0's next window
 SCORE_CHUNK_BYTES = 1 << 28  # ring attention materializes at most this many bytes of fp32 scores at a time
 
-# control messages from rank 0: [op, steps, frames, height, width, has guidance] (int64) and the guidance scale
+# control messages from rank 0: [op, steps, frames, height, width, has guidance] (int64) and the guidance scale;
+# START carries the mode in the second field
 STOP, START, DENOISE = 0, 1, 2
+# how the ranks share a clip: the transformer split by sequence, or whole windows each (crossfaded windows only)
+SEQUENCE, WINDOWS = 0, 1
 
 
 def world_size() -> int:
@@ -234,11 +238,12 @@ class GroupFailed(RemoverError):
     """The group broke: a rank died, or a collective timed out."""
 
 
-def tell(op: int, device: torch.device, job: DenoiseJob | None = None) -> None:
-    """Rank 0: START (load the model), a window's DENOISE job, or STOP, to the other ranks."""
+def tell(op: int, device: torch.device, job: DenoiseJob | None = None, mode: int = SEQUENCE) -> None:
+    """Rank 0: START (load the model, share the clip in `mode`), a window's DENOISE job, or STOP, to the
+    other ranks."""
     header = torch.zeros(6, dtype=torch.int64)
     guidance = torch.zeros(1, dtype=torch.float64)
-    header[0] = op
+    header[0], header[1] = op, mode
     if job is not None:
         _, _, frames, height, width = job.noise.shape
         header[1:] = torch.tensor([job.num_steps, frames, height, width, job.guidance_scale is not None])
@@ -259,12 +264,47 @@ def stop_others(device: torch.device) -> None:
     leave()
 
 
-def wait_to_start(device: torch.device) -> bool:
-    """The other ranks: True once rank 0 says START, False at STOP (it ended before loading a model)."""
-    header = torch.zeros(6, dtype=torch.int64)
-    _broadcast(header, device)
+def wait_to_start(device: torch.device) -> int | None:
+    """The other ranks: the mode once rank 0 says START, None at STOP (it ended before loading a model)."""
+    header = _broadcast(torch.zeros(6, dtype=torch.int64), device)
     _broadcast(torch.zeros(1, dtype=torch.float64), device)
-    return int(header[0]) == START
+    return int(header[1]) if int(header[0]) == START else None
+
+
+def wait_for_stop(device: torch.device) -> None:
+    """The other ranks, after their shared windows: rank 0's STOP (it has received every window)."""
+    header = _broadcast(torch.zeros(6, dtype=torch.int64), device)
+    _broadcast(torch.zeros(1, dtype=torch.float64), device)
+    if int(header[0]) != STOP:
+        raise GroupFailed(f"rank {rank()}: expected STOP from rank 0, got message {int(header[0])}")
+
+
+def choose_mode(blend: str, windows: int, dry_run: bool = False) -> int:
+    """WINDOWS when windows are independent (crossfaded) and there are enough for every rank, else
+    SEQUENCE (also for a dry run, which computes nothing)."""
+    return WINDOWS if blend == "crossfade" and windows >= world_size() and not dry_run else SEQUENCE
+
+
+@dataclass(frozen=True)
+class WindowShare:
+    """Whole windows spread over the ranks (`runtime.stream.window_owners` says whose each is): the
+    others send their windows' finished frames to rank 0, which writes every frame in order."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    def send(self, frames: list[np.ndarray]) -> None:
+        """Another rank: a window's finished frames (uint8 [H, W, 3] each) to rank 0."""
+        with collective():
+            dist.send(torch.from_numpy(np.stack(frames)).to(self.device), 0)
+
+    def receive(self, owner: int, count: int, frame_shape: tuple[int, ...]) -> list[np.ndarray]:
+        """Rank 0: the `count` finished frames of a window from its rank, `owner`."""
+        frames = torch.empty(count, *frame_shape, dtype=torch.uint8, device=self.device)
+        with collective():
+            dist.recv(frames, owner)
+        return list(frames.cpu().numpy())
 
 
 def receive(device: torch.device, z_dim: int, dtype: torch.dtype) -> DenoiseJob | None:

@@ -21,7 +21,7 @@ from runtime import parallel
 from runtime.attention import ATTENTION_CHOICES
 from runtime.backends import COMPILE_MODES, DTYPES, KERNEL_CHOICES, default_device
 from runtime.errors import RemoverError, exit_code
-from runtime.io import check_output, open_clip
+from runtime.io import ClipInfo, check_output, open_clip
 from runtime.job import MaskOptions, OutputOptions, fit_to_stages, open_job, remove_file
 from runtime.pipeline import Remover
 from runtime.plan import (
@@ -34,8 +34,10 @@ from runtime.plan import (
     DEFAULT_OVERLAP,
     DEFAULT_WINDOW,
     PlanOptions,
+    window_spans,
 )
 from runtime.preview import write_preview
+from runtime.stream import run_shared_windows
 
 DEMO_DIR = Path(__file__).parent / "demo"
 DEMO_CLIP, DEMO_MASK, DEMO_WEIGHTS = DEMO_DIR / "clip.mp4", DEMO_DIR / "mask.mp4", DEMO_DIR / "weights"
@@ -184,8 +186,11 @@ def resolve_device(name: str | None) -> torch.device | None:
     return device
 
 
-def load_remover(args: argparse.Namespace, device: torch.device | None) -> tuple[Remover, str]:
-    """The model the arguments name (weights or an engine bundle) and a line saying what it is."""
+def load_remover(
+    args: argparse.Namespace, device: torch.device | None, sequence_parallel: bool = False
+) -> tuple[Remover, str]:
+    """The model the arguments name (weights or an engine bundle) and a line saying what it is;
+    `sequence_parallel`: split over the torchrun group."""
     if args.engine is not None:
         if parallel.world_size() > 1:
             raise RemoverError("--engine runs in one process; torchrun splits the PyTorch model (--weights) only")
@@ -207,7 +212,7 @@ def load_remover(args: argparse.Namespace, device: torch.device | None) -> tuple
             kernels=args.kernels,
             attention=args.attention,
             compile_mode=args.compile,
-            sequence_parallel=parallel.world_size() > 1,
+            sequence_parallel=sequence_parallel,
         )
         source = f"weights {args.weights or DEMO_WEIGHTS}"
     return remover, f"{source} on {remover.device} in {str(remover.dtype).removeprefix('torch.')}"
@@ -244,31 +249,44 @@ def say(line: str, to_stdout: bool = False) -> None:
     print(line, file=sys.stdout if to_stdout else sys.stderr)
 
 
-def run(args: argparse.Namespace, before_load: Callable[[], None] = lambda: None) -> str:
-    """Do the whole job; return the summary line. `before_load` runs once the input has been checked,
-    just before the model loads."""
+def clip_paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """The video, mask and output the arguments name (the demo's without --video)."""
     demo = args.video is None
     if demo and args.mask is not None:
         raise RemoverError("--mask needs --video")
     if not demo and args.mask is None:
         raise RemoverError("--video needs --mask")
     video, mask = (DEMO_CLIP, DEMO_MASK) if demo else (Path(args.video), Path(args.mask))
-    out = Path(args.out) if args.out else Path(f"{video.stem}_removed.mp4")
+    return video, mask, Path(args.out) if args.out else Path(f"{video.stem}_removed.mp4")
+
+
+def clip_plan_options(args: argparse.Namespace, info: ClipInfo) -> PlanOptions:
+    """`plan_options`, with the demo clip run at its own size (the demo model's)."""
+    options = plan_options(args)
+    if args.video is None and args.height is None and args.width is None:
+        options = replace(options, height=info.height, width=info.width)
+    return options
+
+
+def run(args: argparse.Namespace, before_load: Callable[[PlanOptions, int], int] | None = None) -> str:
+    """Do the whole job; return the summary line. `before_load(options, frame_count)` runs once the
+    input has been checked, just before the model loads, on rank 0 of a torchrun group; it says how
+    the ranks share the clip (`runtime.parallel`)."""
+    video, mask, out = clip_paths(args)
     output, masking = output_options(args), mask_options(args)
     device = resolve_device(args.device)
     progress = not args.quiet
-    options = plan_options(args)
     info = open_clip(video).info  # bad input fails before the model loads (remove_file opens it again)
+    options = clip_plan_options(args, info)
     if not (args.dry_run or args.preview):
         check_output(out, info, **output.writer_arguments())
-    if demo and args.height is None and args.width is None:  # the demo clip is made at the demo model's size
-        options = replace(options, height=info.height, width=info.width)
     if args.preview and args.engine is None:  # the plan needs no model
         return preview(video, mask, options, masking, args)
 
-    before_load()
+    mode = before_load(options, info.frame_count) if before_load else None
+    share = parallel.WindowShare(0, parallel.world_size(), device) if mode == parallel.WINDOWS else None
     start = time.perf_counter()
-    remover, loaded = load_remover(args, device)
+    remover, loaded = load_remover(args, device, sequence_parallel=mode == parallel.SEQUENCE)
     load_s = time.perf_counter() - start
     say(loaded)
     if args.preview:
@@ -276,12 +294,14 @@ def run(args: argparse.Namespace, before_load: Callable[[], None] = lambda: None
     plan, timings = remove_file(
         remover, video, mask, out, options, masking, output, steps=args.steps, seed=args.seed,
         paste_back=not args.no_paste_back, progress=progress, dry_run=args.dry_run,
-        say=lambda line: say(line, args.dry_run),
+        say=lambda line: say(line, args.dry_run), share=share,
     )  # fmt: skip
     if args.dry_run:
         return f"dry run: {len(plan.model_windows)} window(s) would run; nothing written"
     stages = {"read": timings.pop("read"), "load": load_s, **timings}
     detail = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stages.items())
+    if share is not None:
+        detail += f"; windows shared by {share.world} ranks"
     return f"wrote {out} ({plan.frame_count} frames) in {sum(stages.values()):.1f} s: {detail} ({remover.backends})"
 
 
@@ -306,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     return exit_code(lambda: run_within_memory(args))
 
 
-def run_within_memory(args: argparse.Namespace, before_load: Callable[[], None] = lambda: None) -> str:
+def run_within_memory(args: argparse.Namespace, before_load: Callable[[PlanOptions, int], int] | None = None) -> str:
     """`run`, with running out of memory reported as what the user can change."""
     try:
         return run(args, before_load)
@@ -322,12 +342,23 @@ def run_in_group(args: argparse.Namespace) -> str:
     args.device = str(device)
     parallel.join(device)
     if parallel.rank() != 0:
-        if parallel.wait_to_start(device):
-            load_remover(args, device)[0].serve()
+        mode = parallel.wait_to_start(device)
+        if mode == parallel.SEQUENCE:
+            load_remover(args, device, sequence_parallel=True)[0].serve()
+        elif mode == parallel.WINDOWS:
+            compute_shared_windows(args, device)
+            parallel.wait_for_stop(device)
         parallel.leave()
         return ""
+
+    def start_the_others(options: PlanOptions, frame_count: int) -> int:
+        windows = len(window_spans(frame_count, options.window, options.overlap))
+        mode = parallel.choose_mode(options.blend, windows, args.dry_run)
+        parallel.tell(parallel.START, device, mode=mode)
+        return mode
+
     try:
-        result = run_within_memory(args, before_load=lambda: parallel.tell(parallel.START, device))
+        result = run_within_memory(args, before_load=start_the_others)
     except parallel.GroupFailed:
         raise  # the others are gone or stuck: nobody to tell
     except BaseException:
@@ -335,6 +366,20 @@ def run_in_group(args: argparse.Namespace) -> str:
         raise
     parallel.stop_others(device)
     return result
+
+
+def compute_shared_windows(args: argparse.Namespace, device: torch.device) -> None:
+    """A rank other than 0 sharing crossfaded windows: open the same clip, make the same plan, and
+    compute this rank's windows for rank 0 (`runtime.stream.run_shared_windows`)."""
+    video, mask, _ = clip_paths(args)
+    reader = open_clip(video)
+    options = clip_plan_options(args, reader.info)
+    remover, _ = load_remover(args, device)
+    paste_back = not args.no_paste_back
+    job = open_job(reader, mask, options, mask_options(args), paste_back=paste_back, progress=False)
+    share = parallel.WindowShare(parallel.rank(), parallel.world_size(), device)
+    frames, masks = job.frames(), job.mask_frames()
+    run_shared_windows(remover, job.plan, frames, masks, share, steps=args.steps, seed=args.seed, paste_back=paste_back)
 
 
 if __name__ == "__main__":

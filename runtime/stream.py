@@ -27,6 +27,7 @@ from runtime.plan import Box, Plan, Window
 from runtime.preprocess import CHUNK_PIXELS, dilate, resize_frames, shrink_masks
 
 if TYPE_CHECKING:
+    from runtime.parallel import WindowShare
     from runtime.pipeline import Remover
 
 ENCODER_QUEUE_FRAMES = 50  # x264 at its default preset: a 40-frame lookahead, B-frames and frame threads
@@ -106,12 +107,15 @@ def run_plan(
     seed: int = 42,
     paste_back: bool = True,
     progress: bool = True,
+    share: WindowShare | None = None,
 ) -> dict[str, float]:
     """Run every window of `plan` over `frames` ((uint8 [H, W, 3], pts) in order) and `masks` (bool
     [H, W], one per frame), handing each finished frame to `sink` in order. Window k's noise is drawn
     from seed + k, so a clip of one window is exactly the one-pass pipeline's result. Without
-    `paste_back` the generation replaces the whole window (the plan must be whole-frame). Returns
-    the seconds spent in each stage, summed over the windows."""
+    `paste_back` the generation replaces the whole window (the plan must be whole-frame). With
+    `share` (rank 0 of a group, crossfaded windows) the other ranks' windows come from them
+    (`run_shared_windows`). Returns the seconds spent in each stage, summed over the windows."""
+    owners = window_owners(plan, share.world if share else 1)
     timings: dict[str, float] = {}
     inputs: Iterator[tuple[tuple[np.ndarray, int | None], np.ndarray]] = zip(frames, masks)
     buffer: dict[int, _Slot] = {}
@@ -131,7 +135,12 @@ def run_plan(
                 read += 1
             timings["read"] = timings.get("read", 0.0) + time.perf_counter() - start
 
-            outputs = _run_window(remover, window, buffer, steps, seed + index, paste_back, progress, timings)
+            if owners[index] == 0:
+                outputs = _run_window(remover, window, buffer, steps, seed + index, paste_back, progress, timings)
+            else:
+                start = time.perf_counter()
+                outputs = share.receive(owners[index], window.frames - window.known, (*plan.frame_size, 3))
+                timings["other ranks"] = timings.get("other ranks", 0.0) + time.perf_counter() - start
             start = time.perf_counter()
             shared = plan.windows[index - 1].stop - window.start if index else 0  # frames the last window made too
             for offset, output in enumerate(outputs):
@@ -156,6 +165,52 @@ def run_plan(
     finally:
         bar.close()
     return timings
+
+
+def window_owners(plan: Plan, ranks: int) -> list[int]:
+    """The rank that computes each window: the windows with a mask in turn, those without on rank 0
+    (they copy their input)."""
+    owners, turn = [], 0
+    for window in plan.windows:
+        owners.append(0 if window.box is None else turn % ranks)
+        turn += window.box is not None
+    return owners
+
+
+def run_shared_windows(
+    remover: Remover,
+    plan: Plan,
+    frames: Iterable[tuple[np.ndarray, int | None]],
+    masks: Iterable[np.ndarray],
+    share: WindowShare,
+    *,
+    steps: int = 6,
+    seed: int = 42,
+    paste_back: bool = True,
+) -> None:
+    """A rank other than 0 of a group sharing crossfaded windows: read the clip, compute this rank's
+    windows as `run_plan` would, and send each one's finished frames to rank 0. Holds one window of
+    frames at a time."""
+    if plan.options.blend != "crossfade":
+        raise RemoverError("only crossfaded windows can be computed apart")
+    owners = window_owners(plan, share.world)
+    mine = [window for window, owner in zip(plan.windows, owners) if owner == share.rank]
+    inputs = zip(frames, masks)
+    buffer: dict[int, _Slot] = {}
+    read = 0
+    for turn, window in enumerate(mine):
+        while read < window.stop:
+            try:
+                (image, pts), mask = next(inputs)
+            except StopIteration:
+                raise RemoverError(f"the video ended after {read} of its {plan.frame_count} frames") from None
+            if read >= window.start:  # frames before it are other ranks' (later windows start later)
+                buffer[read] = _slot(image, mask, pts)
+            read += 1
+        share.send(_run_window(remover, window, buffer, steps, seed + window.index, paste_back, False, {}))
+        keep_from = mine[turn + 1].start if turn + 1 < len(mine) else read
+        for done in [i for i in buffer if i < keep_from]:
+            del buffer[done]
 
 
 def _crossfade(previous: np.ndarray, current: np.ndarray, offset: int, overlap: int) -> np.ndarray:

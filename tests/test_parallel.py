@@ -136,12 +136,16 @@ def read_pngs(folder: Path) -> np.ndarray:
     return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))])
 
 
-def test_long_clip_in_windows_on_two_ranks_matches_one_process(checkpoint, tmp_path):
-    """29 frames in windows of 9 (continuing over 2 frames) through the CLI, on 2 ranks and on one:
-    the same frames (up to a rounding flip of one level where fp32 rounding differs)."""
+@pytest.mark.parametrize(
+    "blend, shared_by", [("continue", "over 2 ranks (ulysses 2 x ring 1)"), ("crossfade", "windows shared by 2 ranks")]
+)
+def test_long_clip_in_windows_on_two_ranks_matches_one_process(blend, shared_by, checkpoint, tmp_path):
+    """29 frames in 4 windows of 9 (2 shared) through the CLI, on 2 ranks and on one: the same frames
+    (up to one level where fp32 rounding differs). Continued windows depend on the one before, so
+    each is split by sequence; crossfaded ones are independent, so each rank takes whole windows."""
     frames, masks = write_moving_patch_clip(tmp_path, 29, 64, 96)
     arguments = ["--video", str(frames), "--mask", str(masks), "--weights", str(checkpoint), "--window", "9"]
-    arguments += ["--overlap", "2", "--height", "64", "--width", "96", "--quiet"]
+    arguments += ["--overlap", "2", "--blend", blend, "--height", "64", "--width", "96", "--quiet"]
     single = subprocess.run(
         [sys.executable, "-m", "runtime.run", *arguments, "--out", str(tmp_path / "single")],
         capture_output=True, text=True, cwd=REPO, timeout=240,
@@ -149,7 +153,7 @@ def test_long_clip_in_windows_on_two_ranks_matches_one_process(checkpoint, tmp_p
     assert single.returncode == 0, single.stderr
     result = torchrun(2, "cli", *arguments, "--out", str(tmp_path / "ranks"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "window 4: frames 21-28" in result.stderr and "over 2 ranks (ulysses 2 x ring 1)" in result.stdout
+    assert "window 4: frames 21-28" in result.stderr and shared_by in result.stdout, result.stdout
     one, two = read_pngs(tmp_path / "single"), read_pngs(tmp_path / "ranks")
     assert one.shape == two.shape == (29, 64, 96, 3)
     assert np.abs(one.astype(int) - two).max() <= 1
