@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.workloads import default_weights_dir, ensure_random_checkpoint
+from bench.workloads import WEIGHTS_HELP, resolve_weights
 from runtime.cost_model import pipeline_costs
 from runtime.errors import RemoverError, exit_code
 from runtime.io import write_clip
@@ -36,7 +36,6 @@ from runtime.models.transformer import RELEASED_TRANSFORMER
 from runtime.models.vae import RELEASED_VAE
 from runtime.plan import Box, PlanOptions, make_plan
 from runtime.preprocess import padded_frame_count
-from runtime.run import DEMO_WEIGHTS
 
 RESULTS_DIR = Path(__file__).parent / "results"
 LENGTHS = (81, 161, 321)
@@ -169,10 +168,7 @@ def tables(run: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.footage", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--weights", default="demo", help="demo (the bundled tiny model, default), released (random weights of the "
-        "released shapes: for a GPU), or a checkpoint folder",
-    )  # fmt: skip
+    parser.add_argument("--weights", default="demo", help=WEIGHTS_HELP)
     parser.add_argument("--height", type=int, default=64, help="working height of the length suite (default 64)")
     parser.add_argument("--width", type=int, default=112, help="working width of the length suite (default 112)")
     parser.add_argument("--crop-frames", type=int, default=17, help="frames of the 1080p clip (default 17)")
@@ -180,9 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def work() -> str:
-        weights = {"demo": DEMO_WEIGHTS, "released": None}.get(args.weights, Path(args.weights))
-        if weights is None:
-            weights = ensure_random_checkpoint(default_weights_dir())
+        weights = resolve_weights(args.weights)
         log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as scratch:

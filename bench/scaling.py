@@ -25,9 +25,8 @@ from typing import Any
 import torch
 
 from bench.footage import RESULTS_DIR, write_inputs
-from bench.workloads import default_weights_dir, ensure_random_checkpoint
+from bench.workloads import WEIGHTS_HELP, resolve_weights
 from runtime.errors import RemoverError, exit_code
-from runtime.run import DEMO_WEIGHTS
 
 SUMMARY = re.compile(r"wrote .* in (\S+) s: .*load (\S+) s")
 
@@ -82,10 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="rank counts (default 1 2)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[81, 321], help="clip lengths (default 81 321)")
-    parser.add_argument(
-        "--weights", default="demo", help="demo (the bundled tiny model, default), released (random weights of the "
-        "released shapes: for GPUs), or a checkpoint folder",
-    )  # fmt: skip
+    parser.add_argument("--weights", default="demo", help=WEIGHTS_HELP)
     parser.add_argument("--height", type=int, default=64, help="frame and working height (default 64; 480 on GPUs)")
     parser.add_argument("--width", type=int, default=112, help="frame and working width (default 112; 832 on GPUs)")
     parser.add_argument("--window", type=int, default=81, help="window length (default 81)")
@@ -93,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def work() -> str:
-        weights = {"demo": DEMO_WEIGHTS, "released": None}.get(args.weights, Path(args.weights))
-        if weights is None:
-            weights = ensure_random_checkpoint(default_weights_dir())
+        weights = resolve_weights(args.weights)
         gpus = torch.cuda.device_count()
         if gpus and max(args.ranks) > gpus:
             raise RemoverError(f"{max(args.ranks)} ranks need as many GPUs; this machine has {gpus}")

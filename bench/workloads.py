@@ -135,6 +135,23 @@ def ensure_random_checkpoint(folder: Path) -> Path:
     return folder
 
 
+WEIGHTS_HELP = (
+    "demo (the bundled tiny model, default), released (random weights of the released shapes: for GPUs), "
+    "or a checkpoint folder"
+)
+
+
+def resolve_weights(choice: str) -> Path:
+    """The checkpoint a benchmark's --weights names (see WEIGHTS_HELP)."""
+    from runtime.run import DEMO_WEIGHTS
+
+    if choice == "demo":
+        return DEMO_WEIGHTS
+    if choice == "released":
+        return ensure_random_checkpoint(default_weights_dir())
+    return Path(choice)
+
+
 def write_pipeline_inputs(workload: Workload, folder: Path) -> tuple[Path, Path]:
     """Render the synthetic clip of a pipeline workload: an mp4 and a folder of PNG masks."""
     height, width = workload.source

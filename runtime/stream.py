@@ -80,6 +80,15 @@ def _slot(image: np.ndarray, mask: np.ndarray, pts: int | None) -> _Slot:
     return _Slot(image, box, pixels, pts)
 
 
+def _next_slot(inputs: Iterator[tuple[tuple[np.ndarray, int | None], np.ndarray]], read: int, total: int) -> _Slot:
+    """The next frame and mask as a slot; a clip that ends early is a RemoverError."""
+    try:
+        (image, pts), mask = next(inputs)
+    except StopIteration:
+        raise RemoverError(f"the video ended after {read} of its {total} frames") from None
+    return _slot(image, mask, pts)
+
+
 def host_bytes(plan: Plan) -> int:
     """What the stream holds on the host at most, beyond the models: one window of native frames (and,
     crossfading, the overlap's second result), the window's input at the working size (uint8) and its
@@ -127,11 +136,7 @@ def run_plan(
             bar.set_postfix_str(f"window {index + 1}/{len(plan.windows)}")
             start = time.perf_counter()
             while read < window.stop:
-                try:
-                    (image, pts), mask = next(inputs)
-                except StopIteration:
-                    raise RemoverError(f"the video ended after {read} of its {plan.frame_count} frames") from None
-                buffer[read] = _slot(image, mask, pts)
+                buffer[read] = _next_slot(inputs, read, plan.frame_count)
                 read += 1
             timings["read"] = timings.get("read", 0.0) + time.perf_counter() - start
 
@@ -200,12 +205,9 @@ def run_shared_windows(
     read = 0
     for turn, window in enumerate(mine):
         while read < window.stop:
-            try:
-                (image, pts), mask = next(inputs)
-            except StopIteration:
-                raise RemoverError(f"the video ended after {read} of its {plan.frame_count} frames") from None
+            slot = _next_slot(inputs, read, plan.frame_count)
             if read >= window.start:  # frames before it are other ranks' (later windows start later)
-                buffer[read] = _slot(image, mask, pts)
+                buffer[read] = slot
             read += 1
         share.send(_run_window(remover, window, buffer, steps, seed + window.index, paste_back, False, {}))
         keep_from = mine[turn + 1].start if turn + 1 < len(mine) else read
