@@ -130,7 +130,7 @@ class SequenceParallel:
                 self.ring_group = group
 
     def describe(self) -> str:
-        """ "4 ranks (ulysses 2 x ring 2)"."""
+        """What the run summary shows, e.g. 4 ranks (ulysses 2 x ring 2)."""
         return f"{self.world} ranks (ulysses {self.ulysses} x ring {self.ring})"
 
     # --- tokens ---------------------------------------------------------------------------------
