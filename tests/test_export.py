@@ -303,6 +303,22 @@ def test_a_clip_longer_than_a_static_bundle_runs_in_windows_of_its_length(tiny_b
     assert open_clip(out).info.frame_count == 20
 
 
+def test_preview_with_an_engine_draws_the_plan_the_bundle_allows(tiny_bundle, data_dir, tmp_path, capsys):
+    """--preview with --engine plans with the bundle's size and frame count (it needs the bundle loaded)."""
+    from runtime import run
+    from runtime.io import open_clip
+
+    frames = data_dir / "tennis" / "frames"
+    masks = data_dir / "tennis" / "masks"
+    out = tmp_path / "preview.mp4"
+    code = run.main(["--video", str(frames), "--mask", str(masks), "--engine", str(tiny_bundle), "--preview", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    windows = [line for line in captured.err.splitlines() if line.startswith("  window")]
+    assert windows and all("-> 96x64" in line for line in windows)
+    assert open_clip(out).info.frame_count == open_clip(frames).info.frame_count
+
+
 def test_the_backend_is_chosen_for_the_device_when_none_is_named(tiny_bundle):
     from runtime.bundle import choose_backend
 
