@@ -50,6 +50,22 @@ def test_hd_clip_with_audio_keeps_size_rate_timestamps_audio_and_colour(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4"]
 
 
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".mkv"])
+def test_audio_stays_in_sync_with_the_video(tmp_path, suffix):
+    """AAC starts 1024 priming samples (21.3 ms at 48 kHz) before the first frame. Matroska holds no
+    negative timestamps, so its muxer moves both streams later by that much: the file starts 21 ms late,
+    but audio against video (what a viewer hears against what they see) stays as in the source."""
+    source = encode_video(tmp_path / "in.mp4", patch_frames(25, 64, 96), audio_seconds=1.0)
+    rewrite(source, tmp_path / f"out{suffix}")
+    offsets = []
+    for path in (source, tmp_path / f"out{suffix}"):
+        (_, audio_start, audio_end), (_, video_start, _) = stream_span(path, "audio"), stream_span(path, "video")
+        offsets.append((float(audio_start - video_start), float(audio_end - video_start)))
+    assert offsets[0][0] == pytest.approx(-1024 / 48000)
+    # Matroska counts milliseconds: a packet's start and its duration are each rounded (a few ms, not 21)
+    assert offsets[1] == pytest.approx(offsets[0], abs=3e-3)
+
+
 @pytest.mark.parametrize(
     ("size", "matrix", "full_range", "tagged", "written"),
     [
