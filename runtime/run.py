@@ -336,8 +336,9 @@ def run_within_memory(args: argparse.Namespace, before_load: Callable[[PlanOptio
 
 def run_in_group(args: argparse.Namespace) -> str:
     """Under `torchrun`: rank 0 does the job as `run` does and tells the others when to load the model
-    (after its input checks) and when to stop; the others load the same model and compute their
-    share of each window's denoising (`runtime.parallel`). Only rank 0 prints."""
+    (after its input checks), how to share the clip, and when to stop; the others load the same model
+    and compute their share of each window's denoising, or whole crossfaded windows of their own
+    (`runtime.parallel`). Only rank 0 prints, but for errors."""
     device = parallel.local_device(resolve_device(args.device) or default_device())
     args.device = str(device)
     parallel.join(device)
