@@ -255,6 +255,36 @@ def tell(op: int, device: torch.device, job: DenoiseJob | None = None, mode: int
             _broadcast(tensor.contiguous(), device)
 
 
+def _listen(device: torch.device) -> tuple[list[int], float]:
+    """The other ranks: rank 0's next control message, the header's fields and the guidance scale."""
+    header = _broadcast(torch.zeros(6, dtype=torch.int64), device)
+    guidance = _broadcast(torch.zeros(1, dtype=torch.float64), device)
+    return header.tolist(), float(guidance[0])
+
+
+def wait_to_start(device: torch.device) -> int | None:
+    """The other ranks: the mode once rank 0 says START, None at STOP (it ended before loading a model)."""
+    (op, mode, *_), _ = _listen(device)
+    return mode if op == START else None
+
+
+def receive(device: torch.device, z_dim: int, dtype: torch.dtype) -> DenoiseJob | None:
+    """The other ranks: the next window's denoising from rank 0, or None at STOP."""
+    (op, steps, frames, height, width, has_guidance), guidance = _listen(device)
+    if op == STOP:
+        return None
+    noise = _broadcast(torch.empty(1, z_dim, frames, height, width), device)
+    context = _broadcast(torch.empty(1, 2 * z_dim, frames, height, width, dtype=dtype), device)
+    return DenoiseJob(noise, context, steps, guidance if has_guidance else None)
+
+
+def wait_for_stop(device: torch.device) -> None:
+    """The other ranks, after their shared windows: rank 0's STOP (it has received every window)."""
+    (op, *_), _ = _listen(device)
+    if op != STOP:
+        raise GroupFailed(f"rank {rank()}: expected STOP from rank 0, got message {op}")
+
+
 def stop_others(device: torch.device) -> None:
     """Rank 0 at the end, however it ended: STOP to the others (those still there), and leave."""
     try:
@@ -262,21 +292,6 @@ def stop_others(device: torch.device) -> None:
     except GroupFailed:
         pass  # a rank that already ended (it failed too) cannot be told
     leave()
-
-
-def wait_to_start(device: torch.device) -> int | None:
-    """The other ranks: the mode once rank 0 says START, None at STOP (it ended before loading a model)."""
-    header = _broadcast(torch.zeros(6, dtype=torch.int64), device)
-    _broadcast(torch.zeros(1, dtype=torch.float64), device)
-    return int(header[1]) if int(header[0]) == START else None
-
-
-def wait_for_stop(device: torch.device) -> None:
-    """The other ranks, after their shared windows: rank 0's STOP (it has received every window)."""
-    header = _broadcast(torch.zeros(6, dtype=torch.int64), device)
-    _broadcast(torch.zeros(1, dtype=torch.float64), device)
-    if int(header[0]) != STOP:
-        raise GroupFailed(f"rank {rank()}: expected STOP from rank 0, got message {int(header[0])}")
 
 
 def choose_mode(blend: str, windows: int, dry_run: bool = False) -> int:
@@ -305,18 +320,6 @@ class WindowShare:
         with collective():
             dist.recv(frames, owner)
         return list(frames.cpu().numpy())
-
-
-def receive(device: torch.device, z_dim: int, dtype: torch.dtype) -> DenoiseJob | None:
-    """The other ranks: the next window's denoising from rank 0, or None at STOP."""
-    header, guidance = torch.zeros(6, dtype=torch.int64), torch.zeros(1, dtype=torch.float64)
-    header, guidance = _broadcast(header, device), _broadcast(guidance, device)
-    op, steps, frames, height, width, has_guidance = header.tolist()
-    if op == STOP:
-        return None
-    noise = _broadcast(torch.empty(1, z_dim, frames, height, width), device)
-    context = _broadcast(torch.empty(1, 2 * z_dim, frames, height, width, dtype=dtype), device)
-    return DenoiseJob(noise, context, steps, float(guidance[0]) if has_guidance else None)
 
 
 def _broadcast(tensor: Tensor, device: torch.device) -> Tensor:

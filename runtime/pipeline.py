@@ -284,21 +284,12 @@ class Remover:
         for the remove (0) and regenerate (1) tokens: v = v_neg + g (v_pos - v_neg)."""
         if guidance_scale is not None and not self.stages.transformer_config.num_condition_tokens:
             raise RemoverError("guidance_scale needs a model with condition tokens")
-        if self.ranks is not None:
-            return self._denoise_over_ranks(noise, context, num_steps, progress, guidance_scale)
+        if self.ranks is not None and self.ranks.rank == 0:  # the other ranks compute their share of the same steps
+            parallel.tell(parallel.DENOISE, self.device, parallel.DenoiseJob(noise, context, num_steps, guidance_scale))
         if guidance_scale is None:
             unrolled = self.stages.unrolled_sampler(self.sampler, num_steps)
             if unrolled is not None:
                 return unrolled(noise, context)
-        sampler = make_sampler(self.sampler, self.scheduler, num_steps)
-        return denoise_loop(lambda x, t: self._velocity(x, t, guidance_scale), sampler, noise, context, progress)
-
-    def _denoise_over_ranks(
-        self, noise: Tensor, context: Tensor, num_steps: int, progress: bool, guidance_scale: float | None
-    ) -> Tensor:
-        """`denoise` with the transformer split over the group; rank 0 first hands the others the job."""
-        if self.ranks.rank == 0:
-            parallel.tell(parallel.DENOISE, self.device, parallel.DenoiseJob(noise, context, num_steps, guidance_scale))
         sampler = make_sampler(self.sampler, self.scheduler, num_steps)
         return denoise_loop(lambda x, t: self._velocity(x, t, guidance_scale), sampler, noise, context, progress)
 
