@@ -41,8 +41,10 @@ def run_on_ranks(ranks: int, arguments: list[Any]) -> dict[str, float]:
     wall = time.perf_counter() - start
     found = SUMMARY.search(result.stdout)
     if result.returncode != 0 or found is None:
-        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")] or ["no summary line"]
-        raise RemoverError(f"{ranks} rank(s): the run failed: {errors[-1]}")
+        lines = result.stderr.splitlines()
+        errors = [line for line in lines if line.startswith("error:")]
+        said = errors[-1] if errors else " | ".join(lines[-8:]) or "no output"  # torchrun's own report
+        raise RemoverError(f"{ranks} rank(s): the run failed (exit status {result.returncode}): {said}")
     total, load = map(float, found.groups())
     return {"seconds": total - load, "wall_s": wall, "summary": result.stdout.strip()}
 

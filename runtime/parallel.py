@@ -28,6 +28,7 @@ rank 0's next window (rank 0 may be reading or running the VAE) has no such limi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Iterator
@@ -84,9 +85,14 @@ def join(device: torch.device) -> None:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=IDLE_TIMEOUT)
 
 
-def leave() -> None:
-    """Leave the group (after rank 0 has sent STOP)."""
+def leave(together: bool = True) -> None:
+    """Leave the group, after STOP. `together`: first wait until every rank is leaving, so that no rank
+    tears its connections down while another still reads from them (gloo then aborted the process at
+    exit now and then); a rank already gone is not waited for."""
     if dist.is_initialized():
+        if together:
+            with contextlib.suppress(GroupFailed), collective():
+                dist.barrier()
         dist.destroy_process_group()
 
 
@@ -285,13 +291,12 @@ def wait_for_stop(device: torch.device) -> None:
         raise GroupFailed(f"rank {rank()}: expected STOP from rank 0, got message {op}")
 
 
-def stop_others(device: torch.device) -> None:
-    """Rank 0 at the end, however it ended: STOP to the others (those still there), and leave."""
-    try:
+def stop_others(device: torch.device, together: bool = True) -> None:
+    """Rank 0 at the end: STOP to the others (those still there), and leave with them. After a failure
+    (`together` False) it does not wait for them: a rank computing shared windows would not come."""
+    with contextlib.suppress(GroupFailed):  # a rank that already ended (it failed too) cannot be told
         tell(STOP, device)
-    except GroupFailed:
-        pass  # a rank that already ended (it failed too) cannot be told
-    leave()
+    leave(together)
 
 
 def choose_mode(blend: str, windows: int, dry_run: bool = False) -> int:

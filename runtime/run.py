@@ -363,7 +363,7 @@ def run_in_group(args: argparse.Namespace) -> str:
     except parallel.GroupFailed:
         raise  # the others are gone or stuck: nobody to tell
     except BaseException:
-        parallel.stop_others(device)
+        parallel.stop_others(device, together=False)
         raise
     parallel.stop_others(device)
     return result
