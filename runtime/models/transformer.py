@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from kernels import TORCH_KERNELS, KernelOps
 from kernels.attention_inputs import apply_rope as apply_rope  # re-exported: the tables are built below
@@ -232,8 +233,17 @@ class TransformerBlock(nn.Module):
         self.kernels: KernelOps = TORCH_KERNELS
 
     def forward(
-        self, x: Tensor, modulation: Tensor, rope: tuple[Tensor, Tensor], extra_kv: tuple[Tensor, Tensor] | None = None
+        self,
+        x: Tensor,
+        modulation: Tensor,
+        rope: tuple[Tensor, Tensor],
+        extra_kv: tuple[Tensor, Tensor] | None = None,
+        condition_tokens: Tensor | None = None,
     ) -> Tensor:
+        """`extra_kv`: the condition tokens' keys and values (cached); or `condition_tokens` [B, n, D], whose
+        keys and values the block computes itself (training: so a sharded block uses its own weights)."""
+        if condition_tokens is not None:
+            extra_kv = self.attn1.condition_kv(condition_tokens)
         # modulation [B, 6, D] -> six [B, 1, D] fp32 vectors
         shift, scale, gate, c_shift, c_scale, c_gate = (self.scale_shift_table.float() + modulation.float()).chunk(
             6, dim=1
@@ -270,6 +280,9 @@ class RemoverTransformer(nn.Module):
         self.kernels: KernelOps = TORCH_KERNELS
         self.attention_backend: AttentionBackend = SDPA
         self.parallel: SequenceParallel | None = None  # the group of ranks that shares the tokens, if any
+        # training: the first `checkpointed_blocks` blocks (all if -1) keep only their input for the
+        # backward pass and recompute the rest there (activation checkpointing); 0 stores everything
+        self.checkpointed_blocks = 0
 
     def use_backends(self, kernels: KernelOps | None = None, attention: AttentionBackend | None = None) -> None:
         """Run every block's fused steps with `kernels` and its attention with `attention` (None keeps
@@ -308,22 +321,22 @@ class RemoverTransformer(nn.Module):
             self._condition_kv_cache = []
         return super().train(mode)
 
-    def _block_condition_kv(
-        self, condition: int | Tensor | None, batch: int
-    ) -> list[tuple[Tensor, Tensor]] | list[None]:
-        """The condition K/V each block appends: cached in inference, computed when training."""
+    def _block_conditions(self, condition: int | Tensor | None, batch: int) -> tuple[list, Tensor | None]:
+        """What each block appends to its keys and values: (per-block cached K/V or Nones, None) in
+        inference, ([None] * blocks, the condition tokens [B, n, D]) when training."""
+        nothing = [None] * len(self.blocks)
         if not self.config.num_condition_tokens:
             if condition is not None:
                 raise RemoverError("this model has no condition tokens; pass condition=None")
-            return [None] * len(self.blocks)
+            return nothing, None
         if condition is None:
             raise RemoverError("this model has condition tokens: pass condition=0 (remove) or 1 (regenerate)")
         conditions = torch.as_tensor(condition, device=self.condition_embedding.weight.device).long().reshape(-1)
         conditions = conditions.expand(batch) if conditions.numel() == 1 else conditions
         if self._condition_kv_cache and not torch.is_grad_enabled():
             # indexed on the device: no host sync, and torch.compile traces it without a graph break
-            return [(keys[conditions], values[conditions]) for keys, values in self._condition_kv_cache]
-        return self.condition_kv(conditions)
+            return [(keys[conditions], values[conditions]) for keys, values in self._condition_kv_cache], None
+        return nothing, self.condition_embedding(conditions).unflatten(-1, (self.config.num_condition_tokens, -1))
 
     def rope(self, grid: tuple[int, int, int], device: torch.device) -> tuple[Tensor, Tensor]:
         """cos/sin tables for a token grid, computed once per grid and device."""
@@ -349,11 +362,15 @@ class RemoverTransformer(nn.Module):
 
         # 2. Timestep embedding and per-block modulation; condition tokens' keys and values
         temb, modulation = self.condition_embedder(timestep)
-        condition_kv = self._block_condition_kv(condition, batch)
+        condition_kv, condition_tokens = self._block_conditions(condition, batch)
 
         # 3. Transformer blocks
-        for block, extra_kv in zip(self.blocks, condition_kv):
-            x = block(x, modulation, rope, extra_kv)
+        checkpointed = len(self.blocks) if self.checkpointed_blocks < 0 else self.checkpointed_blocks
+        for number, (block, extra_kv) in enumerate(zip(self.blocks, condition_kv)):
+            if number < checkpointed and torch.is_grad_enabled():
+                x = checkpoint(block, x, modulation, rope, extra_kv, condition_tokens, use_reentrant=False)
+            else:
+                x = block(x, modulation, rope, extra_kv, condition_tokens)
 
         # 4. Output norm, modulation and projection
         shift, scale = (self.scale_shift_table.float() + temb.float()[:, None]).chunk(2, dim=1)
