@@ -64,6 +64,6 @@ def test_two_gloo_processes_train_like_one(tmp_path):
     (tmp_path / "stage2.json").write_text(json.dumps({**stage2, "threads": 1}))
     run("training.stage2", tmp_path / "stage2.json", tmp_path / "s2-ddp", processes=2)
     run("training.stage2", tmp_path / "stage2.json", tmp_path / "s2-one", processes=1)
-    curated = [torch.load(tmp_path / run / "curated.pt", weights_only=True) for run in ("s2-ddp", "s2-one")]
-    assert torch.equal(curated[0]["clip"], curated[1]["clip"])
+    kept = [json.loads((tmp_path / run / "curated" / "kept.json").read_text()) for run in ("s2-ddp", "s2-one")]
+    assert kept[0]["clip"] == kept[1]["clip"] and kept[0]["score"] == pytest.approx(kept[1]["score"])
     assert_same_weights(tmp_path / "s2-ddp", tmp_path / "s2-one")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import weakref
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,16 +14,28 @@ import pytest
 import torch
 
 from runtime import Remover
+from runtime.errors import RemoverError
 from runtime.models.vae import RELEASED_VAE, WanVAE
 from runtime.weights import load_transformer, load_vae
 from training.data import ClipSpec, SyntheticSource
 from training.evaluate import EvalConfig, evaluate
 from training.flow import new_transformer
-from training.latents import LatentSet
-from training.stage1 import Stage1Config, stage1_sample, train_stage1
-from training.stage2 import Stage2Config, bad_noise, is_curated, stage2_model, train_stage2
+from training.latents import ClipLatents, LatentSet, clip_path
+from training.stage1 import stage1_sample, train_stage1
+from training.stage2 import (
+    SCORERS,
+    CuratedSet,
+    bad_noise,
+    curate,
+    curation_clips,
+    is_curated,
+    stage2_model,
+    train_stage2,
+    write_kept_index,
+)
+from training.stage_config import Stage1Config, Stage2Config
 from training.train_vae import VAETrainConfig, train_vae
-from training.trainer import Distributed, load_config, save_model_folder
+from training.trainer import Distributed, load_config, sample_rng, save_model_folder, torch_generator
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = Distributed(rank=0, world_size=1, device=torch.device("cpu"))
@@ -85,11 +98,10 @@ def test_stage1_samples_pair_masks_with_tokens():
     (or token 1 at the condition-dropout rate). The target is always the clip itself."""
     n, slots = 4, 3
     video = torch.arange(n, dtype=torch.float16).view(n, 1, 1, 1, 1).expand(n, 16, 2, 4, 6).clone()
-    masked = (10 * torch.arange(slots, dtype=torch.float16)).view(1, slots, 1, 1, 1, 1).expand(n, slots, 16, 2, 4, 6)
-    latents = LatentSet(
-        video, None, masked.clone(), torch.zeros(n, slots, dtype=torch.long), torch.zeros(1, 16, 2, 4, 6),
-        torch.zeros(n, 2, 4, 6, dtype=torch.bool),
-    )  # fmt: skip
+    masked = (10 * torch.arange(slots, dtype=torch.float16)).view(slots, 1, 1, 1, 1).expand(slots, 16, 2, 4, 6)
+    region, masks = torch.zeros(2, 4, 6, dtype=torch.bool), torch.zeros(slots, 16, 2, 4, 6)
+    clips = [ClipLatents(video[c], None, masked.clone(), masks, region) for c in range(n)]
+    latents = LatentSet(clips.__getitem__, n)
     config = Stage1Config(out="x", vae="x", steps=1, negative_fraction=0.5, condition_dropout=0.25)
     kinds = {"negative": 0, "positive": 0, "dropped": 0}
     for index in range(400):
@@ -169,8 +181,8 @@ def test_stage2_trains_from_stage1_and_serves_without_cfg(stage1_run, tmp_path, 
         condition_tokens=tokens, warmup=1, log_every=1,
     )  # fmt: skip
     folder = train_stage2(config, CPU)
-    curated = torch.load(tmp_path / "stage2" / "curated.pt", weights_only=True)
-    assert len(curated["clip"]) == 2 and curated["score"][0] >= curated["score"][1]  # best half of 3, sorted
+    kept = json.loads((tmp_path / "stage2" / "curated" / "kept.json").read_text())
+    assert len(kept["clip"]) == 2 and kept["score"][0] >= kept["score"][1]  # best half of 3, sorted
     remover = Remover.from_pretrained(folder, "cpu", "fp32")
     transformer = remover.stages.transformer
     expected_tokens = 2 if tokens == "positive" else 0
@@ -181,6 +193,79 @@ def test_stage2_trains_from_stage1_and_serves_without_cfg(stage1_run, tmp_path, 
     assert not torch.equal(transformer.proj_out.weight, stage1.proj_out.weight)
     clip = SyntheticSource(ClipSpec(5, 32, 48, seed=9))(0)
     assert np.isfinite(remover(clip.frames, clip.masks, progress=False)).all()
+
+
+class FakeStage1:
+    """Stands in for the stage-1 remover in curation: its removal is half the noise."""
+
+    loaded = 0
+
+    @classmethod
+    def from_pretrained(cls, *args) -> FakeStage1:
+        cls.loaded += 1
+        return cls()
+
+    def denoise(self, noise: torch.Tensor, context: torch.Tensor, steps: int, guidance_scale: float) -> torch.Tensor:
+        return noise / 2
+
+
+def test_curation_takes_a_seeded_subset_and_resumes_after_an_interruption(tmp_path, monkeypatch):
+    scored = []
+    monkeypatch.setattr("training.stage2.Remover", FakeStage1)
+    monkeypatch.setitem(SCORERS, "fake", lambda latents, clip, removal: scored.append(clip) or float(clip * 7 % 10))
+    region, slots = torch.zeros(2, 4, 6, dtype=torch.bool), torch.zeros(2, 16, 2, 4, 6, dtype=torch.float16)
+    latents = LatentSet(lambda n: ClipLatents(torch.zeros(16, 2, 4, 6), None, slots, slots, region), 10)
+    config = Stage2Config(out=str(tmp_path), stage1="x", steps=1, scorer="fake", curation_clips=4, curation_seed=3)
+    folder = tmp_path / "curated"
+
+    curated = curate(config, Path("stage1"), latents, CPU)
+    chosen = curation_clips(3, 10, 4)
+    assert len(set(chosen)) == 4 and sorted(scored) == chosen
+    assert sorted(folder.glob("clip-*.pt")) == [clip_path(folder, clip) for clip in chosen]
+    assert curated.clip == sorted(chosen, key=lambda clip: -(clip * 7 % 10))[:2]  # the better half, best first
+    best = curated.clip[0]  # its removal: half its noise, drawn from (curation seed, clip), kept in fp16
+    noise = torch.randn(16, 2, 4, 6, generator=torch_generator(sample_rng(3, 0, best)))
+    assert torch.equal(curated.removal(best), (noise / 2).half())
+
+    # a rerun curates nothing; an interrupted one curates only the clips it lacks
+    scored.clear()
+    written = {clip: clip_path(folder, clip).stat().st_mtime_ns for clip in chosen}
+    loaded = FakeStage1.loaded
+    assert curate(config, Path("stage1"), latents, CPU).clip == curated.clip
+    assert scored == [] and FakeStage1.loaded == loaded
+    clip_path(folder, chosen[1]).unlink()
+    (folder / f".{clip_path(folder, chosen[1]).name}.partial").write_bytes(b"cut off")  # being written when stopped
+    assert curate(config, Path("stage1"), latents, CPU).clip == curated.clip and scored == [chosen[1]]
+    assert all(clip_path(folder, clip).stat().st_mtime_ns == written[clip] for clip in chosen if clip != chosen[1])
+
+    # the subset follows the seed; a larger count keeps a smaller one's clips; 0 curates all
+    assert curation_clips(3, 10, 4) == chosen and curation_clips(4, 10, 4) != chosen
+    assert set(chosen) < set(curation_clips(3, 10, 7)) and curation_clips(3, 10, 0) == list(range(10))
+    with pytest.raises(RemoverError, match="curation_clips is 11, but the stage-1 data has only 10 clips"):
+        curation_clips(3, 10, 11)
+    with pytest.raises(RemoverError, match="curation_clips must be 0"):
+        replace(config, curation_clips=-1).validate("stage2.json")
+
+
+def test_the_kept_index_holds_the_best_fraction_by_score_and_removals_are_read_lazily(tmp_path):
+    scores = {0: 1.0, 2: 5.0, 3: -2.0, 5: 5.0, 7: 3.0, 9: 0.5}
+    for clip, score in scores.items():
+        removal = torch.full((16, 1, 2, 2), clip, dtype=torch.float16)
+        torch.save({"removal": removal, "score": score}, clip_path(tmp_path, clip))
+    write_kept_index(tmp_path, [0, 3, 9], 0.1)  # at least one
+    assert json.loads((tmp_path / "kept.json").read_text()) == {"clip": [0], "score": [1.0]}
+    write_kept_index(tmp_path, list(scores), 0.5)  # ties: the lower clip first
+    assert json.loads((tmp_path / "kept.json").read_text()) == {"clip": [2, 5, 7], "score": [5.0, 5.0, 3.0]}
+
+    curated = CuratedSet(tmp_path, capacity=2)
+    alive = []
+    for clip in [2, 5, 7, 2, 7, 5]:
+        removal = curated.removal(clip)
+        assert removal.dtype == torch.float16 and (removal == clip).all()
+        alive.append(weakref.ref(removal))
+        del removal
+        assert len({id(ref()) for ref in alive if ref() is not None}) <= 2  # the rest were let go
+    assert curated.removal(5) is alive[-1]()  # a recent removal is kept
 
 
 def test_tokenless_stage2_model_keeps_every_other_weight(stage1_run):

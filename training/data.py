@@ -1,26 +1,37 @@
-"""Training clips: (video, mask) pairs from folders or video files, and synthetic clips with ground truth.
+"""Training clips: (video, mask) pairs from a folder or a manifest, and synthetic clips with ground truth.
 
 Every source hands out `TrainingClip`s by index, each drawn with its own seeded generator, so a
 clip depends only on (seed, index): any process of a distributed run can make any clip, and a
 rerun makes the same ones. Windows of `num_frames` frames are taken at a random frame stride and
 cropped at random; masks are augmented by random dilation, and random moving shapes serve as
-masks with no object under them (the positive samples of stage 1).
+masks with no object under them (the positive samples of stage 1). A source also makes a clip's
+masks alone (`masks(index)`), without decoding its video, for the masks lent to other clips.
+
+Masks are read by `runtime.io.open_masks`, so a tracker's output works as it is: a folder of PNGs per
+clip (`00000.png`, ...), palette PNGs whose pixel values are object ids (SAM2, DAVIS) or 8-bit id
+images included: every pixel that is not background (id 0, drawn black) is object.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from runtime.errors import RemoverError
-from runtime.io import IMAGE_SUFFIXES, read_clip, read_masks
+from runtime.io import IMAGE_SUFFIXES, ClipInfo, open_clip, open_masks
 from runtime.preprocess import dilate, resize
 from training.synthetic import HELD_OUT_SHAPES, TRAIN_SHAPES, object_mask, render_clip
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
+SOURCES = ("synthetic", "synthetic-held-out", "folder", "manifest")
 
 
 @dataclass
@@ -31,6 +42,14 @@ class TrainingClip:
     frames: np.ndarray
     masks: np.ndarray
     background: np.ndarray | None = None
+
+
+class ClipSource(Protocol):
+    """What the latent cache reads: clip `index`, and its object masks alone (the same masks)."""
+
+    def __call__(self, index: int) -> TrainingClip: ...
+
+    def masks(self, index: int) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -98,6 +117,10 @@ class SyntheticSource:
         masks = dilate_masks(clip.masks, int(rng.integers(0, spec.max_dilation + 1)))
         return TrainingClip(clip.with_objects, masks, clip.background)
 
+    def masks(self, index: int) -> np.ndarray:
+        """Clip `index`'s masks (rendered with the clip: synthetic frames cost no decoding)."""
+        return self(index).masks
+
 
 def discover_pairs(root: Path) -> list[tuple[Path, Path]]:
     """(video, mask) pairs under `root`: each subfolder holds either `frames/` and `masks/` image
@@ -118,55 +141,135 @@ def discover_pairs(root: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-class FolderSource:
+def _manifest_rows(path: Path) -> list[tuple[int, object]]:
+    """(line number, row) of a CSV manifest (rows as dicts by the header) or a JSONL one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RemoverError(f"cannot read the manifest {path}: {exc}") from None
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames or not {"video", "mask"} <= set(reader.fieldnames):
+            raise RemoverError(f"{path}: the first line must be the header video,mask")
+        return [(reader.line_num, row) for row in reader]
+    if path.suffix.lower() == ".jsonl":
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append((number, json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    raise RemoverError(f"{path}, line {number}: not JSON ({exc.msg})") from None
+        return rows
+    raise RemoverError(f"a manifest is a .csv (header video,mask) or .jsonl file, not {path}")
+
+
+def read_manifest(path: Path) -> list[tuple[Path, Path]]:
+    """(video, mask) pairs listed in a CSV file (header `video,mask`) or a JSONL file (one
+    {"video": ..., "mask": ...} a line); relative paths are relative to the manifest's folder. A
+    malformed row, or one naming a file that does not exist, is an error naming its line."""
+    path = Path(path)
+    pairs = []
+    for number, row in _manifest_rows(path):
+        entries = [row.get(key) for key in ("video", "mask")] if isinstance(row, dict) else []
+        if len(entries) != 2 or not all(isinstance(e, str) and e.strip() for e in entries):
+            raise RemoverError(f'{path}, line {number}: expected a video and a mask ({{"video": ..., "mask": ...}})')
+        files = [path.parent / e.strip() for e in entries]
+        for name, file in zip(("video", "mask"), files):
+            if not file.exists():
+                raise RemoverError(f"{path}, line {number}: the {name} {file} does not exist")
+        pairs.append((files[0], files[1]))
+    if not pairs:
+        raise RemoverError(f"the manifest {path} lists no (video, mask) pairs")
+    return pairs
+
+
+@dataclass(frozen=True)
+class Window:
+    """Where a clip lies in its pair: source `frames`, scaled to `size` (h, w), cropped at (`top`,
+    `left`), masks dilated `dilation` times."""
+
+    frames: range
+    size: tuple[int, int]
+    top: int
+    left: int
+    dilation: int
+
+
+class PairSource:
     """Windows of real (video, mask) pairs: a random stride and start, a random scale that keeps the
-    crop inside the frame, a random crop; clip `index` uses pair `index % len(pairs)`."""
+    crop inside the frame, a random crop; clip `index` uses pair `index % len(pairs)`.
 
-    def __init__(self, root: Path, spec: ClipSpec) -> None:
+    Nothing is kept between clips: a clip decodes its pair up to the window's last frame and scales
+    and crops each window frame as it comes, so host memory is one decoded source frame (and its
+    fp32 copy) plus the clip, however many and however long the pairs. `masks(index)` reads the
+    same masks as `self(index).masks` without decoding the video (its first frame, to probe it)."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]], spec: ClipSpec) -> None:
+        self.pairs = pairs
         self.spec = spec
-        self.pairs = discover_pairs(root)
-        self._loaded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def _pair(self, number: int) -> tuple[np.ndarray, np.ndarray]:
-        if number not in self._loaded:
-            video, mask = self.pairs[number]
-            clip = read_clip(video)
-            self._loaded[number] = (clip.frames, read_masks(mask, clip.info))  # checked against the video
-        return self._loaded[number]
-
-    def __call__(self, index: int) -> TrainingClip:
+    def window(self, index: int, info: ClipInfo) -> Window:
+        """Clip `index`'s window of a video described by `info` (drawn from the clip's generator)."""
         spec = self.spec
         rng = clip_rng(spec.seed, index)
-        frames, masks = self._pair(index % len(self.pairs))
-        strides = [s for s in spec.frame_strides if (spec.num_frames - 1) * s < len(frames)]
+        count = info.frame_count
+        strides = [s for s in spec.frame_strides if (spec.num_frames - 1) * s < count]
         if not strides:
-            raise RemoverError(f"a clip has {len(frames)} frames, fewer than the {spec.num_frames} a window needs")
+            raise RemoverError(f"{info.path} has {count} frames, fewer than the {spec.num_frames} a window needs")
         stride = int(rng.choice(strides))
-        start = int(rng.integers(0, len(frames) - (spec.num_frames - 1) * stride))
-        window = slice(start, start + (spec.num_frames - 1) * stride + 1, stride)
+        start = int(rng.integers(0, count - (spec.num_frames - 1) * stride))
         # scale so the crop fits, up to 1.5x more than the smallest scale that does
-        height, width = frames.shape[1:3]
-        smallest = max(spec.height / height, spec.width / width)
+        smallest = max(spec.height / info.height, spec.width / info.width)
         scale = smallest * rng.uniform(1.0, 1.5)
-        size = (max(spec.height, round(height * scale)), max(spec.width, round(width * scale)))
-        video = resize(torch.from_numpy(frames[window]).permute(0, 3, 1, 2).float(), size)
-        mask = resize(torch.from_numpy(np.ascontiguousarray(masks[window])).float()[:, None], size)[:, 0] > 0.5
+        size = (max(spec.height, round(info.height * scale)), max(spec.width, round(info.width * scale)))
         top = int(rng.integers(0, size[0] - spec.height + 1))
         left = int(rng.integers(0, size[1] - spec.width + 1))
-        crop = (slice(None), slice(top, top + spec.height), slice(left, left + spec.width))
-        video = video.permute(0, 2, 3, 1)[crop].round().clamp(0, 255).to(torch.uint8).numpy()
-        mask = dilate_masks(mask[crop].numpy(), int(rng.integers(0, spec.max_dilation + 1)))
-        return TrainingClip(video, mask)
+        dilation = int(rng.integers(0, spec.max_dilation + 1))
+        return Window(range(start, start + (spec.num_frames - 1) * stride + 1, stride), size, top, left, dilation)
+
+    def _place(self, image: Tensor, window: Window) -> Tensor:
+        """fp32 [C, H, W] scaled and cropped to [C, height, width]."""
+        scaled = resize(image[None], window.size)[0]
+        return scaled[:, window.top : window.top + self.spec.height, window.left : window.left + self.spec.width]
+
+    def _frame(self, image: np.ndarray, window: Window) -> np.ndarray:
+        placed = self._place(torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1), window)
+        return placed.permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+    def _masks(self, mask: Path, info: ClipInfo, window: Window) -> np.ndarray:
+        taken = islice(open_masks(mask, info), window.frames.start, window.frames.stop, window.frames.step)
+        masks = [self._place(torch.from_numpy(m.astype(np.float32))[None], window)[0] > 0.5 for m in taken]
+        return dilate_masks(torch.stack(masks).numpy(), window.dilation)
+
+    def __call__(self, index: int) -> TrainingClip:
+        video, mask = self.pairs[index % len(self.pairs)]
+        with open_clip(video) as reader:
+            window = self.window(index, reader.info)
+            masks = self._masks(mask, reader.info, window)  # checked against the video before decoding it
+            taken = islice(reader, window.frames.start, window.frames.stop, window.frames.step)
+            frames = [self._frame(frame.image, window) for frame in taken]
+        if len(frames) < len(window.frames):
+            raise RemoverError(f"{video} decoded to fewer frames than the {reader.info.frame_count} it states")
+        return TrainingClip(np.stack(frames), masks)
+
+    def masks(self, index: int) -> np.ndarray:
+        """Clip `index`'s object masks, bool [F, H, W], read without decoding its video."""
+        video, mask = self.pairs[index % len(self.pairs)]
+        with open_clip(video) as reader:
+            info = reader.info
+        return self._masks(mask, info, self.window(index, info))
 
 
-def make_source(kind: str, spec: ClipSpec, root: str = "") -> SyntheticSource | FolderSource:
-    """A clip source by config name: "synthetic", "synthetic-held-out" or "folder" (reads `root`)."""
+def make_source(kind: str, spec: ClipSpec, root: str = "") -> ClipSource:
+    """A clip source by config name: "synthetic", "synthetic-held-out", "folder" (`root` is a folder
+    of pairs, see `discover_pairs`) or "manifest" (`root` is a .csv or .jsonl file, see `read_manifest`)."""
     if kind == "synthetic":
         return SyntheticSource(spec)
     if kind == "synthetic-held-out":
         return SyntheticSource(spec, background="waves", held_out_shapes=True)
-    if kind == "folder":
+    if kind in ("folder", "manifest"):
         if not root:
-            raise RemoverError("a folder source needs data_root")
-        return FolderSource(Path(root), spec)
-    raise RemoverError(f"unknown data source {kind!r}; choose synthetic, synthetic-held-out or folder")
+            raise RemoverError(f"a {kind} source needs data_root")
+        return PairSource(discover_pairs(Path(root)) if kind == "folder" else read_manifest(Path(root)), spec)
+    raise RemoverError(f"unknown data source {kind!r}; choose one of {', '.join(SOURCES)}")

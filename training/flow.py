@@ -3,10 +3,13 @@
 x_t = t * noise + (1 - t) * x0 and the model predicts v = noise - x0, with the timestep 1000 t, as the
 runtime's samplers assume. Batches are assembled from a cached `LatentSet` one sample at a time,
 each from its own (seed, step, index) generator; a step's random crop size is shared by its batch.
+Samples visit the clips epoch by epoch (`epoch_clip`), in an order that depends on (seed, step,
+index) alone, so every rank of a run, and a resumed run, agree on it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -18,7 +21,15 @@ from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
 from runtime.models.vae import WanVAE
 from runtime.weights import load_transformer, load_vae
 from training.data import ClipSpec, make_source
-from training.latents import LatentSet, build_latent_set, cache_key, use_channels_last
+from training.latents import (
+    LatentSet,
+    MaskPool,
+    cache_key,
+    clip_path,
+    encode_clips,
+    use_channels_last,
+    wait_for_clips,
+)
 from training.trainer import Distributed, sample_rng
 
 
@@ -26,8 +37,8 @@ from training.trainer import Distributed, sample_rng
 class DataSettings:
     """The clips a transformer stage trains on (the latent cache is keyed on these and the VAE)."""
 
-    source: str  # synthetic | synthetic-held-out | folder
-    root: str
+    source: str  # synthetic | synthetic-held-out | folder | manifest (see training.data.make_source)
+    root: str  # the folder of pairs, or the manifest file
     num_clips: int
     num_frames: int
     height: int
@@ -39,13 +50,20 @@ class DataSettings:
     cache_dir: str
 
 
+def epoch_clip(seed: int, sample: int, num_clips: int) -> int:
+    """The clip of global sample number `sample` (step * batch_size + index): epoch sample // num_clips
+    visits every clip once, in a permutation drawn from (seed, epoch)."""
+    epoch, position = divmod(sample, num_clips)
+    return int(np.random.default_rng([seed, epoch]).permutation(num_clips)[position])
+
+
 def shifted_sigma(u: float, shift: float) -> float:
     """Map u ~ U(0, 1) through the sampler's time shift, so training visits noise levels as sampling does."""
     return shift * u / (1.0 + (shift - 1.0) * u)
 
 
 def flow_matching_loss(
-    model: torch.nn.Module,
+    model: Callable[..., Tensor],
     target: Tensor,
     context: Tensor,
     noise: Tensor,
@@ -102,15 +120,17 @@ def frozen_vae(folder: Path, device: torch.device) -> WanVAE:
 
 
 def prepare_latent_set(data: DataSettings, vae: WanVAE, dist: Distributed) -> LatentSet:
-    """The stage's latent set: loaded from the cache, or encoded by rank 0 and cached for the others."""
+    """The stage's latent set, read lazily from its cache folder (keyed on the data settings and the
+    VAE). Each rank first encodes the clips of its share (clip i on rank i % world_size) that the
+    folder lacks, so an interrupted encode resumes where it stopped, then polls the folder until the
+    other ranks' clips are there (hours apart at scale: longer than a collective's timeout)."""
     settings = {key: value for key, value in asdict(data).items() if key != "cache_dir"}
-    path = Path(data.cache_dir) / f"latents-{cache_key(settings, vae)}.pt"
-    if dist.is_main and not path.is_file():
+    folder = Path(data.cache_dir) / f"latents-{cache_key(settings, vae)}"
+    share = range(dist.rank, data.num_clips, dist.world_size)
+    if not all(clip_path(folder, clip).is_file() for clip in share):
         spec = ClipSpec(data.num_frames, data.height, data.width, data.seed, max_dilation=data.max_dilation)
-        source = make_source(data.source, spec, data.root)
-        latents = build_latent_set(
-            vae, source, data.num_clips, data.positives_per_clip, data.random_masks, data.seed, dist.device
-        )
-        latents.save(path)
+        pool = MaskPool(make_source(data.source, spec, data.root), data.num_clips, data.random_masks, data.seed)
+        encode_clips(vae, pool, share, data.positives_per_clip, folder, dist.device, progress=dist.is_main)
+    wait_for_clips(folder, range(data.num_clips), "latents of all ranks", dist.is_main)
     dist.barrier()
-    return LatentSet.load(path)
+    return LatentSet.open(folder, data.num_clips)

@@ -24,8 +24,8 @@ from torch import Tensor
 from runtime.scheduler import RELEASED_SCHEDULER
 from runtime.weights import save_checkpoint
 from training.flow import (
-    DataSettings,
     crop_size,
+    epoch_clip,
     flow_matching_loss,
     frozen_vae,
     new_transformer,
@@ -35,72 +35,21 @@ from training.flow import (
     trainable_transformer,
 )
 from training.latents import LatentSet
+from training.plan import check_memory, stage_shape
+from training.stage_config import Stage1Config
 from training.trainer import (
     Distributed,
     LoopSettings,
+    gathered_module,
+    prepare_model,
     run_steps,
     sample_rng,
     save_config,
     stage_main,
     torch_generator,
-    wrap_ddp,
 )
 
 CHECKPOINT_DIR = "checkpoint"  # <out>/checkpoint: the released layout the runtime loads
-
-
-@dataclass(frozen=True)
-class Stage1Config:
-    out: str  # run folder: state.pt, log.jsonl, config.json, checkpoint/
-    vae: str  # VAE folder (config.json + safetensors), e.g. the output of training.train_vae
-    steps: int
-    init: str = ""  # a transformer folder to start from (training.convert); "" = a fresh model of the size below
-    num_layers: int = 4
-    num_attention_heads: int = 2
-    attention_head_dim: int = 32
-    ffn_dim: int = 256
-    num_condition_tokens: int = 6
-    # data (see training.flow.DataSettings)
-    data_source: str = "synthetic"
-    data_root: str = ""
-    num_clips: int = 32
-    num_frames: int = 9
-    height: int = 80
-    width: int = 144
-    positives_per_clip: int = 2
-    random_masks: int = 16
-    max_dilation: int = 8
-    data_seed: int = 1
-    cache_dir: str = "runs/cache"
-    # optimization
-    batch_size: int = 8
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    warmup: int = 50
-    seed: int = 0
-    negative_fraction: float = 0.5
-    condition_dropout: float = 0.1
-    timestep_shift: float = 3.0
-    min_crop: int = 0  # smallest random latent crop side (0 = whole clips)
-    log_every: int = 10
-    checkpoint_every: int = 200
-    device: str = ""
-    threads: int = 0  # CPU threads (0 = PyTorch's default); 1 is far faster on an oversubscribed CPU
-
-    def data(self) -> DataSettings:
-        return DataSettings(
-            self.data_source,
-            self.data_root,
-            self.num_clips,
-            self.num_frames,
-            self.height,
-            self.width,
-            self.positives_per_clip,
-            self.random_masks,
-            self.max_dilation,
-            self.data_seed,
-            self.cache_dir,
-        )
 
 
 @dataclass
@@ -122,12 +71,12 @@ def stage1_sample(
 ) -> tuple[Tensor, Tensor, Tensor, float, int]:
     """One sample: (target, context, noise, sigma, condition) for sample `index` of `step`."""
     rng = sample_rng(config.seed, step, index)
-    clip = int(rng.integers(len(latents)))
+    clip = latents.clip(epoch_clip(config.seed, step * config.batch_size + index, len(latents)))
     negative = rng.random() < config.negative_fraction
-    slot = 0 if negative else int(rng.integers(1, latents.masked.shape[1]))
+    slot = 0 if negative else int(rng.integers(1, latents.slots))
     condition = 1 if negative or rng.random() < config.condition_dropout else 0
     sigma = shifted_sigma(float(rng.random()), config.timestep_shift)
-    target, context = random_crop([latents.video[clip], latents.context(clip, slot)], rng, size)
+    target, context = random_crop([clip.video, clip.context(slot)], rng, size)
     noise = torch.randn(target.shape, generator=torch_generator(rng))
     return target.float(), context.float(), noise, sigma, condition
 
@@ -144,6 +93,8 @@ def train_stage1(config: Stage1Config, dist: Distributed) -> Path:
     run_dir = Path(config.out)
     if dist.is_main:
         save_config(config, run_dir / "config.json")
+    shape = stage_shape(config, dist.world_size)
+    check_memory(config, shape, dist.world_size, dist.device, run_dir if dist.is_main else None, dist.is_main)
     vae = frozen_vae(Path(config.vae), dist.device)
     latents = prepare_latent_set(config.data(), vae, dist)
     torch.manual_seed(config.seed)
@@ -158,27 +109,38 @@ def train_stage1(config: Stage1Config, dist: Distributed) -> Path:
             config.num_condition_tokens,
         ).to(dist.device)
     model.train()
-    ddp_model = wrap_ddp(model, dist)
+    trainee = prepare_model(model, config, dist)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    full = tuple(latents.video.shape[-2:])
+    full = latents.latent_size
 
-    def step_loss(step: int) -> Tensor:
+    def step_loss(step: int, indices: list[int]) -> Tensor:
         size = crop_size(config.seed, step, full, config.min_crop)
-        batch = collate([stage1_sample(config, latents, step, i, size) for i in dist.shard(config.batch_size)])
+        batch = collate([stage1_sample(config, latents, step, i, size) for i in indices])
         batch = batch.to(dist.device)
+        timestep = 1000.0 * batch.sigma
         return flow_matching_loss(
-            ddp_model, batch.target, batch.context, batch.noise, batch.sigma, 1000.0 * batch.sigma, batch.condition
+            trainee, batch.target, batch.context, batch.noise, batch.sigma, timestep, batch.condition
         )
 
     folder = run_dir / CHECKPOINT_DIR
 
     def export(step: int) -> None:
-        save_checkpoint(folder, model, vae, RELEASED_SCHEDULER, torch.float32)
+        whole = gathered_module(trainee, dist)
+        if whole is not None:
+            save_checkpoint(folder, whole, vae, RELEASED_SCHEDULER, torch.float32)
 
     settings = LoopSettings(
-        run_dir, config.steps, config.lr, config.warmup, config.log_every, config.checkpoint_every, desc="stage 1"
+        run_dir,
+        config.steps,
+        config.lr,
+        config.warmup,
+        config.log_every,
+        config.checkpoint_every,
+        config.batch_size,
+        config.micro_batch_size,
+        desc="stage 1",
     )
-    run_steps(settings, model, optimizer, step_loss, dist, on_checkpoint=export)
+    run_steps(settings, trainee, optimizer, step_loss, dist, on_checkpoint=export)
     return folder
 
 

@@ -4,8 +4,10 @@
     torchrun --nproc_per_node N -m training.stage2 --config ...   (DDP)
 
 1. Curation: the stage-1 model removes the objects of the stage-1 training clips (its own object masks
-   cut out, CFG, ~50 steps, through `runtime.pipeline.Remover.denoise`); a pluggable scorer rates each
-   result and the best `keep_fraction` become the targets z_succ.
+   cut out, CFG, ~50 steps, through `runtime.pipeline.Remover.denoise`), all of them or a seeded subset
+   of `curation_clips`; a pluggable scorer rates each result and the best `keep_fraction` become the
+   targets z_succ. Files: `<out>/curated/clip-NNNNNN.pt` (a removal and its score, one per curated
+   clip) and `<out>/curated/kept.json` (the kept clips and their scores).
 2. Bad noise, one backward pass per sample: at t = 1 (z_t = eps),
    L(eps) = || u(eps, z_m, m, 1) - (sg(eps) - z_org) ||^2 with z_org the clip WITH its object (the noise
    the model would turn back into the object); g = dL/deps and
@@ -19,13 +21,17 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from runtime.errors import RemoverError
 from runtime.models.transformer import RemoverTransformer
@@ -34,61 +40,31 @@ from runtime.scheduler import RELEASED_SCHEDULER, make_sampler
 from runtime.weights import save_checkpoint
 from training.flow import (
     crop_size,
+    epoch_clip,
     flow_matching_loss,
     frozen_vae,
     prepare_latent_set,
     random_crop,
     trainable_transformer,
 )
-from training.latents import LatentSet
-from training.stage1 import CHECKPOINT_DIR, Stage1Config
+from training.latents import LatentSet, clip_path, wait_for_clips, write_atomically
+from training.plan import check_memory, stage_shape
+from training.stage1 import CHECKPOINT_DIR
+from training.stage_config import Stage1Config, Stage2Config
 from training.trainer import (
     Distributed,
     LoopSettings,
+    gathered_module,
     load_config,
+    prepare_model,
     run_steps,
     sample_rng,
     save_config,
     stage_main,
     torch_generator,
-    wrap_ddp,
 )
 
 BAD_NOISE_TIMESTEP = 999.0  # t = 1 (z_t = eps) at the first timestep the sampler uses
-
-
-@dataclass(frozen=True)
-class Stage2Config:
-    out: str  # run folder: curated.pt, state.pt, log.jsonl, config.json, checkpoint/
-    stage1: str  # the stage-1 run folder: its config.json names the data and the VAE, checkpoint/ the weights
-    steps: int
-    # curation
-    curation_steps: int = 50
-    guidance_scale: float = 3.0
-    scorer: str = "ground-truth"
-    keep_fraction: float = 0.5
-    curation_seed: int = 0
-    # training
-    num_inference_steps: int = 6
-    curated_fraction: float = 1 / 3
-    bad_noise: bool = True  # False: curated samples get plain random noise (the paper's ablation)
-    condition_tokens: str = "positive"  # positive | none
-    batch_size: int = 6
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    warmup: int = 20
-    seed: int = 0
-    min_crop: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 100
-    device: str = ""
-    threads: int = 0  # CPU threads (0 = PyTorch's default); 1 is far faster on an oversubscribed CPU
-
-    def validate(self, source: str) -> None:
-        if self.condition_tokens not in ("positive", "none"):
-            raise RemoverError(f"{source}: condition_tokens must be 'positive' or 'none'")
-        if self.scorer not in SCORERS:
-            raise RemoverError(f"{source}: unknown scorer {self.scorer!r}; choose one of {sorted(SCORERS)}")
 
 
 # --- curation -----------------------------------------------------------------------------------
@@ -97,10 +73,11 @@ class Stage2Config:
 def ground_truth_score(latents: LatentSet, clip: int, removal: Tensor) -> float:
     """Agreement with the true background: PSNR (dB, peak 1) of the removal's latents against the
     clip's background latents over the object region. Needs clips with known backgrounds (synthetic)."""
-    if latents.background is None:
+    known = latents.clip(clip)
+    if known.background is None:
         raise RemoverError("the ground-truth scorer needs clips whose backgrounds are known (synthetic data)")
-    region = latents.region[clip].expand_as(removal)
-    error = (removal.float() - latents.background[clip].float())[region].square().mean()
+    region = known.region.expand_as(removal)
+    error = (removal.float() - known.background.float())[region].square().mean()
     return float(-10.0 * torch.log10(error.clamp_min(1e-10)))
 
 
@@ -108,54 +85,81 @@ def ground_truth_score(latents: LatentSet, clip: int, removal: Tensor) -> float:
 SCORERS: dict[str, Callable[[LatentSet, int, Tensor], float]] = {"ground-truth": ground_truth_score}
 
 
-@dataclass
-class CuratedSet:
-    """The kept stage-1 removals: clip [K] (indices into the latent set), removal [K, z, T, h, w], score [K]."""
+CURATION_DIR = "curated"  # in the run folder: clip-NNNNNN.pt per curated clip, and the kept index
+KEPT_INDEX = "kept.json"
 
-    clip: Tensor
-    removal: Tensor
-    score: Tensor
+
+def curation_clips(seed: int, num_clips: int, count: int) -> list[int]:
+    """The clips to curate, in increasing order: the first `count` (0 = all) of a permutation drawn from
+    `seed`, so a larger count keeps a smaller one's clips (and their curated files)."""
+    if count > num_clips:
+        raise RemoverError(f"curation_clips is {count}, but the stage-1 data has only {num_clips} clips")
+    return sorted(int(clip) for clip in np.random.default_rng(seed).permutation(num_clips)[: count or num_clips])
+
+
+def write_kept_index(folder: Path, clips: list[int], keep_fraction: float) -> None:
+    """Write `kept.json` in `folder`: the best `keep_fraction` of the curated `clips` by score, best first
+    (ties: the lower clip first). Reads the scores alone (the files are memory-mapped, not read whole)."""
+    scores = {clip: float(torch.load(clip_path(folder, clip), mmap=True, weights_only=True)["score"]) for clip in clips}
+    kept = sorted(clips, key=lambda clip: (-scores[clip], clip))[: max(1, round(keep_fraction * len(clips)))]
+    index = {"clip": kept, "score": [scores[clip] for clip in kept]}
+    write_atomically(folder / KEPT_INDEX, lambda to: to.write_text(json.dumps(index)))
+
+
+class CuratedSet:
+    """The kept removals of a curation folder: `clip` and `score` (best first) from its index, and each
+    removal read from its file when asked for. Host memory: the index (a clip number and a score per
+    kept clip) and at most `capacity` removals (fp16, 4.2 MB each for 81 frames at 480x832), however
+    many were kept."""
+
+    def __init__(self, folder: Path, capacity: int = 4) -> None:
+        index = json.loads((folder / KEPT_INDEX).read_text())
+        self.clip: list[int] = index["clip"]
+        self.score: list[float] = index["score"]
+        self._removal = functools.lru_cache(maxsize=capacity)(
+            lambda clip: torch.load(clip_path(folder, clip), map_location="cpu", weights_only=True)["removal"]
+        )
+
+    def removal(self, clip: int) -> Tensor:
+        """Clip `clip`'s removal, fp16 [z, T, h, w] (read on first use, kept while recently used)."""
+        return self._removal(clip)
 
 
 def curate(config: Stage2Config, stage1_folder: Path, latents: LatentSet, dist: Distributed) -> CuratedSet:
-    """Run stage 1 on every clip (clips spread over the ranks), score, keep the best fraction."""
-    run_dir = Path(config.out)
-    path = run_dir / "curated.pt"
-    if not path.is_file():
+    """Run stage 1 on the `curation_clips` clips (spread over the ranks), score, keep the best fraction.
+
+    Each removal is saved with its score as `<out>/curated/clip-NNNNNN.pt` as soon as it is made, so an
+    interrupted curation resumes with the clips it lacks; the ranks poll the folder for each other's
+    files, then rank 0 writes the kept index from the scores. Host memory while curating: the stage-1
+    model, one clip's latents and one removal (see `CuratedSet` for training)."""
+    folder = Path(config.out) / CURATION_DIR
+    clips = curation_clips(config.curation_seed, len(latents), config.curation_clips)
+    todo = [clip for clip in clips[dist.rank :: dist.world_size] if not clip_path(folder, clip).is_file()]
+    if todo:
+        folder.mkdir(parents=True, exist_ok=True)
         remover = Remover.from_pretrained(stage1_folder, dist.device, "fp32")
         score = SCORERS[config.scorer]
-        part: dict[str, list] = {"clip": [], "removal": [], "score": []}
-        for clip in range(dist.rank, len(latents), dist.world_size):
-            noise = torch.randn(
-                latents.video[clip].shape, generator=torch_generator(sample_rng(config.curation_seed, 0, clip))
-            )
-            context = latents.context(clip, 0)[None].to(dist.device, torch.float32)
-            removal = remover.denoise(
-                noise[None].to(dist.device), context, config.curation_steps, guidance_scale=config.guidance_scale
-            )[0].cpu()
-            part["clip"].append(clip)
-            part["removal"].append(removal.half())
-            part["score"].append(score(latents, clip, removal))
-        torch.save(part, run_dir / f".curated-rank{dist.rank}.pt")
-        dist.barrier()
-        if dist.is_main:
-            parts = [torch.load(run_dir / f".curated-rank{r}.pt", weights_only=True) for r in range(dist.world_size)]
-            clips = torch.tensor([c for p in parts for c in p["clip"]])
-            removals = torch.stack([r for p in parts for r in p["removal"]])
-            scores = torch.tensor([s for p in parts for s in p["score"]])
-            keep = scores.argsort(descending=True)[: max(1, round(config.keep_fraction * len(scores)))]
-            torch.save({"clip": clips[keep], "removal": removals[keep], "score": scores[keep]}, path)
-            for r in range(dist.world_size):
-                (run_dir / f".curated-rank{r}.pt").unlink()
-        dist.barrier()
-    return CuratedSet(**torch.load(path, weights_only=True))
+        for clip in tqdm(todo, desc="curate", unit="clip", disable=not dist.is_main):
+            known = latents.clip(clip)
+            generator = torch_generator(sample_rng(config.curation_seed, 0, clip))
+            noise = torch.randn(known.video.shape, generator=generator)[None].to(dist.device)
+            context = known.context(0)[None].to(dist.device, torch.float32)
+            removal = remover.denoise(noise, context, config.curation_steps, guidance_scale=config.guidance_scale)
+            removal = removal[0].cpu()
+            curated = {"removal": removal.half(), "score": score(latents, clip, removal)}
+            write_atomically(clip_path(folder, clip), functools.partial(torch.save, curated))
+    wait_for_clips(folder, clips, "curated (all ranks)", dist.is_main)
+    if dist.is_main:
+        write_kept_index(folder, clips, config.keep_fraction)
+    dist.barrier()
+    return CuratedSet(folder)
 
 
 # --- bad noise ----------------------------------------------------------------------------------
 
 
 def bad_noise(
-    model: RemoverTransformer,
+    model: Callable[..., Tensor],
     noise: Tensor,
     original: Tensor,
     context: Tensor,
@@ -203,40 +207,45 @@ def train_stage2(config: Stage2Config, dist: Distributed) -> Path:
     run_dir = Path(config.out)
     stage1_dir = Path(config.stage1)
     stage1 = load_config(Stage1Config, stage1_dir / "config.json")
+    if config.scorer not in SCORERS:
+        raise RemoverError(f"unknown scorer {config.scorer!r}; choose one of {sorted(SCORERS)}")
     if dist.is_main:
         save_config(config, run_dir / "config.json")
+    shape = stage_shape(config, dist.world_size, stage1)
+    check_memory(config, shape, dist.world_size, dist.device, run_dir if dist.is_main else None, dist.is_main)
     vae = frozen_vae(Path(stage1.vae), dist.device)
     latents = prepare_latent_set(stage1.data(), vae, dist)
     curated = curate(config, stage1_dir / CHECKPOINT_DIR, latents, dist)
 
     torch.manual_seed(config.seed)
     model = stage2_model(stage1_dir / CHECKPOINT_DIR, config.condition_tokens, dist.device)
-    ddp_model = wrap_ddp(model, dist)
+    trainee = prepare_model(model, config, dist)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     sampler = make_sampler("unipc", RELEASED_SCHEDULER, config.num_inference_steps)
     sigmas, timesteps = sampler.sigmas[:-1], sampler.timesteps.tolist()
-    full = tuple(latents.video.shape[-2:])
+    full = latents.latent_size
 
     def sample(step: int, index: int, size: tuple[int, int]) -> tuple:
         rng = sample_rng(config.seed, step, index)
         k = int(rng.integers(len(sigmas)))
         if is_curated(index, config.curated_fraction):
-            pick = int(rng.integers(len(curated.clip)))
-            clip = int(curated.clip[pick])
-            tensors = [curated.removal[pick], latents.context(clip, 0), latents.video[clip]]
-        else:  # an ordinary sample: a borrowed mask, the clip itself as target
-            clip = int(rng.integers(len(latents)))
-            slot = int(rng.integers(1, latents.masked.shape[1]))
-            tensors = [latents.video[clip], latents.context(clip, slot), latents.video[clip]]
+            kept = curated.clip[int(rng.integers(len(curated.clip)))]
+            clip = latents.clip(kept)
+            tensors = [curated.removal(kept), clip.context(0), clip.video]
+        else:  # an ordinary sample: the epoch's next clip (ordinary samples counted alone), a borrowed mask
+            ordinary = config.batch_size - math.floor(config.batch_size * config.curated_fraction)
+            number = step * ordinary + index - math.floor(index * config.curated_fraction)
+            clip = latents.clip(epoch_clip(config.seed, number, len(latents)))
+            slot = int(rng.integers(1, latents.slots))
+            tensors = [clip.video, clip.context(slot), clip.video]
         target, context, original = (t.float() for t in random_crop(tensors, rng, size))
         generator = torch_generator(rng)
         noise, fresh = torch.randn(target.shape, generator=generator), torch.randn(target.shape, generator=generator)
         return target, context, original, noise, fresh, float(rng.random()), sigmas[k], timesteps[k]
 
-    def step_loss(step: int) -> Tensor:
+    def step_loss(step: int, indices: list[int]) -> Tensor:
         size = crop_size(config.seed, step, full, config.min_crop)
-        indices = list(dist.shard(config.batch_size))
         samples = [sample(step, i, size) for i in indices]
         target, context, original, noise, fresh = (torch.stack(t).to(dist.device) for t in list(zip(*samples))[:5])
         alpha, sigma, timestep = (torch.tensor(t, device=dist.device) for t in list(zip(*samples))[5:])
@@ -247,7 +256,7 @@ def train_stage2(config: Stage2Config, dist: Distributed) -> Path:
             rows = torch.tensor(curated_rows, device=dist.device)
             noise = noise.clone()
             noise[rows] = bad_noise(
-                model,
+                trainee.plain,
                 noise[rows],
                 original[rows],
                 context[rows],
@@ -255,17 +264,27 @@ def train_stage2(config: Stage2Config, dist: Distributed) -> Path:
                 alpha[rows],
                 fresh[rows],
             )
-        return flow_matching_loss(ddp_model, target, context, noise, sigma, timestep.float(), condition)
+        return flow_matching_loss(trainee, target, context, noise, sigma, timestep.float(), condition)
 
     folder = run_dir / CHECKPOINT_DIR
 
     def export(step: int) -> None:
-        save_checkpoint(folder, model, vae, RELEASED_SCHEDULER, torch.float32)
+        whole = gathered_module(trainee, dist)
+        if whole is not None:
+            save_checkpoint(folder, whole, vae, RELEASED_SCHEDULER, torch.float32)
 
     settings = LoopSettings(
-        run_dir, config.steps, config.lr, config.warmup, config.log_every, config.checkpoint_every, desc="stage 2"
+        run_dir,
+        config.steps,
+        config.lr,
+        config.warmup,
+        config.log_every,
+        config.checkpoint_every,
+        config.batch_size,
+        config.micro_batch_size,
+        desc="stage 2",
     )
-    run_steps(settings, model, optimizer, step_loss, dist, on_checkpoint=export)
+    run_steps(settings, trainee, optimizer, step_loss, dist, on_checkpoint=export)
     return folder
 
 

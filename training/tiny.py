@@ -21,8 +21,9 @@ import torch
 from runtime.errors import exit_code
 from training.evaluate import EvalConfig, evaluate
 from training.make_demo import make_demo
-from training.stage1 import CHECKPOINT_DIR, Stage1Config, train_stage1
-from training.stage2 import Stage2Config, train_stage2
+from training.stage1 import CHECKPOINT_DIR, train_stage1
+from training.stage2 import train_stage2
+from training.stage_config import Stage1Config, Stage2Config
 from training.train_vae import VAETrainConfig, train_vae
 from training.trainer import load_config, setup_distributed
 

@@ -32,6 +32,7 @@ from training.latents import use_channels_last
 from training.trainer import (
     Distributed,
     LoopSettings,
+    Trainee,
     run_steps,
     sample_rng,
     save_config,
@@ -199,13 +200,12 @@ def train_vae(config: VAETrainConfig, dist: Distributed) -> Path:
     with torch.no_grad():  # quant_conv's second half is the log-variance
         vae.quant_conv.bias[vae_config.z_dim :] = config.initial_logvar
     vae = use_channels_last(vae.to(dist.device).train())
-    objective = wrap_ddp(VAEObjective(vae, config.kl_weight), dist)
+    objective = Trainee(vae, wrap_ddp(VAEObjective(vae, config.kl_weight), dist).wrapper)  # state: the VAE's keys
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=0.0)
     source = SyntheticSource(ClipSpec(config.num_frames, config.clip_height, config.clip_width, seed=config.seed))
     latent_shape = (vae_config.z_dim, 1 + (config.num_frames - 1) // 4, config.crop // 8, config.crop // 8)
 
-    def step_loss(step: int) -> Tensor:
-        indices = dist.shard(config.batch_size)
+    def step_loss(step: int, indices: list[int]) -> Tensor:
         video = torch.stack([training_video(config, source, step, i) for i in indices]).to(dist.device)
         video = video.contiguous(memory_format=torch.channels_last_3d)
         noise = torch.stack(
@@ -214,9 +214,16 @@ def train_vae(config: VAETrainConfig, dist: Distributed) -> Path:
         return objective(video, noise)
 
     settings = LoopSettings(
-        run_dir, config.steps, config.lr, config.warmup, config.log_every, config.checkpoint_every, desc="vae"
+        run_dir,
+        config.steps,
+        config.lr,
+        config.warmup,
+        config.log_every,
+        config.checkpoint_every,
+        config.batch_size,
+        desc="vae",
     )
-    run_steps(settings, vae, optimizer, step_loss, dist)
+    run_steps(settings, objective, optimizer, step_loss, dist)
 
     folder = run_dir / "vae"
     if dist.is_main:

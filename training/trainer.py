@@ -1,4 +1,5 @@
-"""What every training stage shares: config files, torchrun/DDP setup, the step loop with a progress
+"""What every training stage shares: config files, torchrun setup, how a model is spread over the
+processes (DDP or FSDP2), mixed precision and gradient accumulation, the step loop with a progress
 bar and a loss log, and resumable training state.
 
 Randomness is drawn per sample from (seed, step, sample index) (`sample_rng`), never from a global
@@ -9,10 +10,12 @@ same batches as one uninterrupted single-process run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -23,8 +26,17 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 import torch.distributed as torch_dist
+import torch.distributed.checkpoint as dcp
 from safetensors.torch import save_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from tqdm.auto import tqdm
 
 from runtime.errors import RemoverError, exit_code
@@ -32,8 +44,11 @@ from runtime.models.config import config_from_dict, write_config
 from runtime.weights import WEIGHTS_NAME
 
 ConfigT = TypeVar("ConfigT")
-STATE_NAME = "state.pt"
+STATE_NAME = "state.pt"  # one file: the whole model and optimizer (DDP, one process)
+SHARDED_STATE_NAME = "state"  # a torch.distributed.checkpoint folder: each rank writes its shards (FSDP)
 LOG_NAME = "log.jsonl"
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PARALLELISMS = ("ddp", "fsdp")
 
 
 # --- configs ----------------------------------------------------------------------------------
@@ -154,12 +169,108 @@ def save_model_folder(folder: Path, model: nn.Module, class_name: str, dtype: to
     save_file(tensors, str(folder / WEIGHTS_NAME))
 
 
-def wrap_ddp(model: nn.Module, dist: Distributed) -> nn.Module:
+# --- fitting a model on the GPUs -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScaleSettings:
+    """How a transformer stage fits its model in memory: the config keys both stages share."""
+
+    # fp32, or bf16: matmuls under bf16 autocast; weights, gradients and AdamW state stay fp32
+    precision: str = "fp32"
+    # blocks (from the first) that keep only their input and recompute the rest in backward; -1 = all
+    activation_checkpointing: int = 0
+    # ddp: a whole copy of weights, gradients and optimizer state per GPU; fsdp: FSDP2, each sharded
+    # over the GPUs per transformer block (weights all-gathered one block at a time, in bf16 with bf16)
+    parallelism: str = "ddp"
+    # samples per forward pass on one GPU; gradients accumulate over a GPU's share of batch_size (0 = all of it)
+    micro_batch_size: int = 0
+    # GB the memory plan must fit on each GPU (0 = the GPU's own memory; not checked on the CPU)
+    gpu_memory_gb: float = 0.0
+
+    def validate(self, source: str) -> None:
+        if self.precision not in PRECISIONS:
+            raise RemoverError(f"{source}: precision must be one of {sorted(PRECISIONS)}, not {self.precision!r}")
+        if self.parallelism not in PARALLELISMS:
+            raise RemoverError(f"{source}: parallelism must be one of {PARALLELISMS}, not {self.parallelism!r}")
+        if self.activation_checkpointing < -1 or self.micro_batch_size < 0 or self.gpu_memory_gb < 0:
+            raise RemoverError(
+                f"{source}: activation_checkpointing must be >= -1, micro_batch_size and gpu_memory_gb >= 0"
+            )
+
+
+@dataclass(frozen=True)
+class Trainee:
+    """A model being trained: `module` holds the parameters (the optimizer's and the state file's);
+    `wrapper` computes with them (DDP's wrapper, or the FSDP-sharded module itself); `sharded`: FSDP;
+    `precision`: the autocast dtype of its forward passes."""
+
+    module: nn.Module
+    wrapper: nn.Module
+    sharded: bool = False
+    precision: str = "fp32"
+
+    def __call__(self, *args: Any) -> Any:
+        """The training forward pass: through DDP or FSDP, in the run's precision."""
+        with self._autocast():
+            return self.wrapper(*args)
+
+    def plain(self, *args: Any) -> Any:
+        """A forward pass that bypasses DDP's gradient sync (for gradients with respect to inputs only)."""
+        with self._autocast():
+            return self.module(*args)
+
+    def _autocast(self) -> torch.autocast:
+        device_type = next(self.module.parameters()).device.type
+        return torch.autocast(device_type, PRECISIONS[self.precision], enabled=self.precision != "fp32")
+
+
+def wrap_ddp(model: nn.Module, dist: Distributed, precision: str = "fp32") -> Trainee:
     """DistributedDataParallel around `model` when there are several processes."""
     if dist.world_size == 1:
-        return model
+        return Trainee(model, model, precision=precision)
     device_ids = [dist.device.index] if dist.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    # gradients as views into DDP's buckets: one fp32 copy of them, not two
+    ddp = nn.parallel.DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+    return Trainee(model, ddp, precision=precision)
+
+
+def prepare_model(model: nn.Module, scale: ScaleSettings, dist: Distributed) -> Trainee:
+    """Set `model`'s activation checkpointing and spread it over the processes as `scale` says.
+
+    FSDP2 shards each transformer block and then the rest of the model over all ranks; with bf16 the
+    gathered weights are bf16 (gradients are reduced in fp32 into the fp32 shards). Build the optimizer
+    after this: FSDP replaces the parameters by their shards."""
+    model.checkpointed_blocks = scale.activation_checkpointing
+    if scale.parallelism == "ddp":
+        return wrap_ddp(model, dist, scale.precision)
+    if not torch_dist.is_initialized():  # FSDP needs a process group, even of one
+        backend = "nccl" if dist.device.type == "cuda" else "gloo"
+        torch_dist.init_process_group(backend, store=torch_dist.HashStore(), rank=0, world_size=1)
+    mesh = init_device_mesh(dist.device.type, (dist.world_size,))
+    policy = MixedPrecisionPolicy(
+        param_dtype=PRECISIONS[scale.precision], reduce_dtype=torch.float32, cast_forward_inputs=False
+    )
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    return Trainee(model, model, sharded=True, precision=scale.precision)
+
+
+def gathered_module(trainee: Trainee, dist: Distributed) -> nn.Module | None:
+    """The trained module with all its weights, on rank 0's CPU when sharded (None on the other ranks;
+    every rank must call). A sharded module is rebuilt from its `config` around the gathered weights."""
+    if not trainee.sharded:
+        return trainee.module if dist.is_main else None
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(trainee.module, options=options)
+    if not dist.is_main:
+        return None
+    plain = next(cls for cls in type(trainee.module).__mro__ if not issubclass(cls, FSDPModule))
+    with torch.device("meta"):
+        whole = plain(trainee.module.config)
+    whole.load_state_dict(state, assign=True)
+    return whole
 
 
 def sample_rng(seed: int, step: int, index: int, stream: int = 0) -> np.random.Generator:
@@ -191,26 +302,38 @@ class LoopSettings:
     warmup: int
     log_every: int
     checkpoint_every: int
+    batch_size: int  # samples per optimizer step over all processes
+    micro_batch_size: int = 0  # samples per forward pass (0 = a process's whole share)
     grad_clip: float = 1.0
     desc: str = "train"
 
 
+def micro_batches(batch_size: int, micro_batch_size: int, dist: Distributed) -> list[list[int]]:
+    """This rank's sample indices of a step, in the groups that go through the model together."""
+    local = list(dist.shard(batch_size))
+    size = micro_batch_size or len(local)
+    return [local[start : start + size] for start in range(0, len(local), size)]
+
+
 def run_steps(
     settings: LoopSettings,
-    model: nn.Module,
+    trainee: Trainee,
     optimizer: torch.optim.Optimizer,
-    step_loss: Callable[[int], torch.Tensor],
+    step_loss: Callable[[int, list[int]], torch.Tensor],
     dist: Distributed,
     on_checkpoint: Callable[[int], None] | None = None,
 ) -> None:
     """Optimize for `settings.steps` steps, resuming from the run folder's state if it has one.
 
-    `step_loss(step)` computes this rank's loss (DDP averages the gradients over ranks). `model` is the
-    unwrapped module whose parameters `optimizer` holds; the state file holds both and the step.
+    `step_loss(step, indices)` computes the mean loss of some of this rank's samples of a step; their
+    gradients accumulate (weighted by their share) before one optimizer step, synchronized over the ranks
+    by DDP or FSDP. Every rank calls `on_checkpoint(step)` after the state is saved.
     """
-    state_path = settings.run_dir / STATE_NAME
-    start = load_state(state_path, model, optimizer) if state_path.is_file() else 0
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    start = load_state(settings.run_dir, trainee, optimizer, dist)
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    groups = micro_batches(settings.batch_size, settings.micro_batch_size, dist)
+    local = sum(len(group) for group in groups)
     progress = tqdm(
         range(start, settings.steps), initial=start, total=settings.steps, desc=settings.desc, disable=not dist.is_main
     )
@@ -218,12 +341,18 @@ def run_steps(
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = settings.lr * lr_factor(step, settings.steps, settings.warmup)
-        loss = step_loss(step)
-        loss.backward()
+        step_total = 0.0
+        for number, indices in enumerate(groups):
+            last = number == len(groups) - 1
+            no_sync = getattr(trainee.wrapper, "no_sync", None)  # DDP: reduce once, after the last group
+            with contextlib.nullcontext() if last or no_sync is None else no_sync():
+                loss = step_loss(step, indices) * (len(indices) / local)
+                loss.backward()
+            step_total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+        losses.append(step_total)
         done = step + 1
         if done % settings.log_every == 0 or done == settings.steps:
             mean_loss = dist.mean(sum(losses) / len(losses))
@@ -235,25 +364,63 @@ def run_steps(
                 with open(settings.run_dir / LOG_NAME, "a") as log:
                     log.write(json.dumps(record) + "\n")
         if done % settings.checkpoint_every == 0 or done == settings.steps:
-            if dist.is_main:
-                save_state(state_path, model, optimizer, done)
-                if on_checkpoint is not None:
-                    on_checkpoint(done)
+            save_state(settings.run_dir, trainee, optimizer, done, dist)
+            if on_checkpoint is not None:
+                on_checkpoint(done)
             dist.barrier()
     progress.close()
 
 
-def save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
-    """Model, optimizer and step, written under a temporary name and renamed (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, temporary)
-    os.replace(temporary, path)
+def save_state(run_dir: Path, trainee: Trainee, optimizer: torch.optim.Optimizer, step: int, dist: Distributed) -> None:
+    """Model, optimizer and step, written under a temporary name and renamed (never half-written): one
+    file from rank 0, or with FSDP a checkpoint folder to which every rank writes its shards."""
+    if not trainee.sharded:
+        if dist.is_main:
+            path = run_dir / STATE_NAME
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.name}.partial")
+            state = {"model": trainee.module.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+            torch.save(state, temporary)
+            os.replace(temporary, path)
+        return
+    folder, temporary, previous = _sharded_state_paths(run_dir)
+    if dist.is_main:
+        shutil.rmtree(temporary, ignore_errors=True)
+    dist.barrier()
+    model_state, optimizer_state = get_state_dict(trainee.module, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state, "step": step}, checkpoint_id=temporary)
+    dist.barrier()
+    if dist.is_main:  # state -> state.previous, new -> state, drop previous: a state folder exists throughout
+        if folder.exists():
+            folder.rename(previous)
+        temporary.rename(folder)
+        shutil.rmtree(previous, ignore_errors=True)
+    dist.barrier()
 
 
-def load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Restore a run's state; returns the number of steps already done."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+def load_state(run_dir: Path, trainee: Trainee, optimizer: torch.optim.Optimizer, dist: Distributed) -> int:
+    """Restore a run's state if it has one; returns the number of steps already done (0 for a new run)."""
+    folder, _, previous = _sharded_state_paths(run_dir)
+    single = run_dir / STATE_NAME
+    found = single if single.is_file() else folder if folder.is_dir() else previous if previous.is_dir() else None
+    if found is None:
+        return 0
+    if (found == single) == trainee.sharded:
+        held = "single-file (ddp)" if found == single else "sharded (fsdp)"
+        raise RemoverError(f"{run_dir} holds a {held} training state; resume it with the parallelism it began with")
+    if not trainee.sharded:
+        state = torch.load(found, map_location="cpu", weights_only=True)
+        trainee.module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        return int(state["step"])
+    model_state, optimizer_state = get_state_dict(trainee.module, optimizer)
+    state = {"model": model_state, "optimizer": optimizer_state, "step": 0}
+    dcp.load(state, checkpoint_id=found)
+    set_state_dict(trainee.module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     return int(state["step"])
+
+
+def _sharded_state_paths(run_dir: Path) -> tuple[Path, Path, Path]:
+    """The sharded state folder, the one being written, and the one being replaced."""
+    folder = run_dir / SHARDED_STATE_NAME
+    return folder, run_dir / f".{SHARDED_STATE_NAME}.partial", run_dir / f".{SHARDED_STATE_NAME}.previous"
