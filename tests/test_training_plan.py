@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import weakref
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
+from bench.live_memory import LiveTensorBytes
 from runtime.errors import RemoverError
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
 from training.flow import flow_matching_loss
@@ -33,40 +31,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-class LiveTensorBytes(TorchDispatchMode):
-    """The peak of the bytes held by live tensor storages while the mode is on: every storage an
-    operation reads or writes is counted once from then until it is freed (the CPU's stand-in for
-    torch.cuda.max_memory_allocated)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live: dict[int, int] = {}
-        self.current = self.peak = 0
-
-    def _track(self, value: object) -> None:
-        if not isinstance(value, torch.Tensor):
-            return
-        storage = value.untyped_storage()
-        key = storage.data_ptr()
-        if key in self.live or storage.nbytes() == 0:
-            return
-        self.live[key] = storage.nbytes()
-        self.current += storage.nbytes()
-        self.peak = max(self.peak, self.current)
-        weakref.finalize(storage, self._free, key)
-
-    def _free(self, key: int) -> None:
-        self.current -= self.live.pop(key, 0)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        for value in tree_leaves((args, kwargs)):
-            self._track(value)
-        out = func(*args, **(kwargs or {}))
-        for value in tree_leaves(out):
-            self._track(value)
-        return out
 
 
 def test_live_tensor_bytes_counts_storages_once_until_freed():

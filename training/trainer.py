@@ -301,7 +301,7 @@ class LoopSettings:
     lr: float
     warmup: int
     log_every: int
-    checkpoint_every: int
+    checkpoint_every: int  # steps between saved states (and the last step); 0 = never (benchmarks)
     batch_size: int  # samples per optimizer step over all processes
     micro_batch_size: int = 0  # samples per forward pass (0 = a process's whole share)
     grad_clip: float = 1.0
@@ -360,10 +360,10 @@ def run_steps(
             if dist.is_main:
                 progress.set_postfix(loss=f"{mean_loss:.4f}")
                 record = {"step": done, "loss": mean_loss, "lr": optimizer.param_groups[0]["lr"]}
-                record["seconds"] = round(time.perf_counter() - began, 2)
+                record["seconds"] = round(time.perf_counter() - began, 3)
                 with open(settings.run_dir / LOG_NAME, "a") as log:
                     log.write(json.dumps(record) + "\n")
-        if done % settings.checkpoint_every == 0 or done == settings.steps:
+        if settings.checkpoint_every and (done % settings.checkpoint_every == 0 or done == settings.steps):
             save_state(settings.run_dir, trainee, optimizer, done, dist)
             if on_checkpoint is not None:
                 on_checkpoint(done)
