@@ -57,6 +57,15 @@ def data_dir() -> Path:
     return _require(DATA)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models gain nothing from more threads, and a shared CPU makes them far slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def relative_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
     """||actual - reference|| / ||reference|| in float64."""
     actual, reference = actual.double(), reference.double()

@@ -25,12 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 CPU = Distributed(rank=0, world_size=1, device=torch.device("cpu"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_live_tensor_bytes_counts_storages_once_until_freed():

@@ -30,12 +30,7 @@ TINY = replace(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fixed_batch(seed: int, samples: int = 4, frames: int = 3, height: int = 8, width: int = 12) -> dict:

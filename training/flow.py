@@ -19,7 +19,8 @@ from torch import Tensor
 
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
 from runtime.models.vae import WanVAE
-from runtime.weights import load_transformer, load_vae
+from runtime.scheduler import RELEASED_SCHEDULER
+from runtime.weights import load_transformer, load_vae, save_checkpoint
 from training.data import ClipSpec, make_source
 from training.latents import (
     LatentSet,
@@ -30,7 +31,9 @@ from training.latents import (
     use_channels_last,
     wait_for_clips,
 )
-from training.trainer import Distributed, sample_rng
+from training.trainer import Distributed, LoopSettings, Trainee, gathered_module, run_steps, sample_rng
+
+CHECKPOINT_DIR = "checkpoint"  # <out>/checkpoint: the released layout the runtime loads
 
 
 @dataclass(frozen=True)
@@ -134,3 +137,38 @@ def prepare_latent_set(data: DataSettings, vae: WanVAE, dist: Distributed) -> La
     wait_for_clips(folder, range(data.num_clips), "latents of all ranks", dist.is_main)
     dist.barrier()
     return LatentSet.open(folder, data.num_clips)
+
+
+def train_and_export(
+    config: object,
+    trainee: Trainee,
+    optimizer: torch.optim.Optimizer,
+    step_loss: Callable[[int, list[int]], Tensor],
+    vae: WanVAE,
+    dist: Distributed,
+    desc: str,
+) -> Path:
+    """A transformer stage's steps (resumed from its run folder's state), writing `<out>/checkpoint` in
+    the released layout (fp32, with `vae`) at every saved state; returns that folder. `config` is a
+    stage config: its out, steps, lr, warmup, log_every, checkpoint_every, batch_size, micro_batch_size."""
+    run_dir = Path(config.out)
+    folder = run_dir / CHECKPOINT_DIR
+
+    def export(step: int) -> None:
+        whole = gathered_module(trainee, dist)
+        if whole is not None:
+            save_checkpoint(folder, whole, vae, RELEASED_SCHEDULER, torch.float32)
+
+    settings = LoopSettings(
+        run_dir,
+        config.steps,
+        config.lr,
+        config.warmup,
+        config.log_every,
+        config.checkpoint_every,
+        config.batch_size,
+        config.micro_batch_size,
+        desc=desc,
+    )
+    run_steps(settings, trainee, optimizer, step_loss, dist, on_checkpoint=export)
+    return folder

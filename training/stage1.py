@@ -21,8 +21,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from runtime.scheduler import RELEASED_SCHEDULER
-from runtime.weights import save_checkpoint
 from training.flow import (
     crop_size,
     epoch_clip,
@@ -32,6 +30,7 @@ from training.flow import (
     prepare_latent_set,
     random_crop,
     shifted_sigma,
+    train_and_export,
     trainable_transformer,
 )
 from training.latents import LatentSet
@@ -39,17 +38,12 @@ from training.plan import check_memory, stage_shape
 from training.stage_config import Stage1Config
 from training.trainer import (
     Distributed,
-    LoopSettings,
-    gathered_module,
     prepare_model,
-    run_steps,
     sample_rng,
     save_config,
     stage_main,
     torch_generator,
 )
-
-CHECKPOINT_DIR = "checkpoint"  # <out>/checkpoint: the released layout the runtime loads
 
 
 @dataclass
@@ -122,26 +116,7 @@ def train_stage1(config: Stage1Config, dist: Distributed) -> Path:
             trainee, batch.target, batch.context, batch.noise, batch.sigma, timestep, batch.condition
         )
 
-    folder = run_dir / CHECKPOINT_DIR
-
-    def export(step: int) -> None:
-        whole = gathered_module(trainee, dist)
-        if whole is not None:
-            save_checkpoint(folder, whole, vae, RELEASED_SCHEDULER, torch.float32)
-
-    settings = LoopSettings(
-        run_dir,
-        config.steps,
-        config.lr,
-        config.warmup,
-        config.log_every,
-        config.checkpoint_every,
-        config.batch_size,
-        config.micro_batch_size,
-        desc="stage 1",
-    )
-    run_steps(settings, trainee, optimizer, step_loss, dist, on_checkpoint=export)
-    return folder
+    return train_and_export(config, trainee, optimizer, step_loss, vae, dist, "stage 1")
 
 
 def main() -> None:

@@ -37,27 +37,24 @@ from runtime.errors import RemoverError
 from runtime.models.transformer import RemoverTransformer
 from runtime.pipeline import Remover
 from runtime.scheduler import RELEASED_SCHEDULER, make_sampler
-from runtime.weights import save_checkpoint
 from training.flow import (
+    CHECKPOINT_DIR,
     crop_size,
     epoch_clip,
     flow_matching_loss,
     frozen_vae,
     prepare_latent_set,
     random_crop,
+    train_and_export,
     trainable_transformer,
 )
 from training.latents import LatentSet, clip_path, wait_for_clips, write_atomically
 from training.plan import check_memory, stage_shape
-from training.stage1 import CHECKPOINT_DIR
 from training.stage_config import Stage1Config, Stage2Config
 from training.trainer import (
     Distributed,
-    LoopSettings,
-    gathered_module,
     load_config,
     prepare_model,
-    run_steps,
     sample_rng,
     save_config,
     stage_main,
@@ -266,26 +263,7 @@ def train_stage2(config: Stage2Config, dist: Distributed) -> Path:
             )
         return flow_matching_loss(trainee, target, context, noise, sigma, timestep.float(), condition)
 
-    folder = run_dir / CHECKPOINT_DIR
-
-    def export(step: int) -> None:
-        whole = gathered_module(trainee, dist)
-        if whole is not None:
-            save_checkpoint(folder, whole, vae, RELEASED_SCHEDULER, torch.float32)
-
-    settings = LoopSettings(
-        run_dir,
-        config.steps,
-        config.lr,
-        config.warmup,
-        config.log_every,
-        config.checkpoint_every,
-        config.batch_size,
-        config.micro_batch_size,
-        desc="stage 2",
-    )
-    run_steps(settings, trainee, optimizer, step_loss, dist, on_checkpoint=export)
-    return folder
+    return train_and_export(config, trainee, optimizer, step_loss, vae, dist, "stage 2")
 
 
 def main() -> None:

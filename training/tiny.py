@@ -20,8 +20,9 @@ import torch
 
 from runtime.errors import exit_code
 from training.evaluate import EvalConfig, evaluate
+from training.flow import CHECKPOINT_DIR
 from training.make_demo import make_demo
-from training.stage1 import CHECKPOINT_DIR, train_stage1
+from training.stage1 import train_stage1
 from training.stage2 import train_stage2
 from training.stage_config import Stage1Config, Stage2Config
 from training.train_vae import VAETrainConfig, train_vae
