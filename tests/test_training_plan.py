@@ -184,3 +184,22 @@ def test_a_stage_refuses_a_config_that_does_not_fit_before_any_work(tmp_path):
     plan = json.loads((tmp_path / "run" / "memory_plan.json").read_text())
     assert plan["fits"] is False and plan["capacity_gib"] == 0.001
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config", "no/such.json"], "error: cannot read config no/such.json"),
+        (["--config", "training/configs/wan1.3b_stage1.json", "--gpus", "0"], "error: --gpus must be at least 1"),
+        (["--config", "training/configs/wan1.3b_stage1.json", "--gpus", "3"], "error: batch_size 128 does not split"),
+        (["--config", "training/configs/wan1.3b_stage1.json", "--set", "precision=fp8"], "precision must be one of"),
+        (["--config", "training/configs/wan1.3b_stage1.json", "--set", "hieght=480"], "unknown config key 'hieght'"),
+    ],
+    ids=["missing-config", "no-gpus", "uneven-batch", "unknown-precision", "unknown-key"],
+)
+def test_bad_plan_arguments_are_one_error_line(args, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "training.plan", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]

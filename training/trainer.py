@@ -185,7 +185,7 @@ class ScaleSettings:
     parallelism: str = "ddp"
     # samples per forward pass on one GPU; gradients accumulate over a GPU's share of batch_size (0 = all of it)
     micro_batch_size: int = 0
-    # GB the memory plan must fit on each GPU (0 = the GPU's own memory; not checked on the CPU)
+    # GiB (2^30 bytes) the memory plan must fit on each GPU (0 = the GPU's own memory; not checked on the CPU)
     gpu_memory_gb: float = 0.0
 
     def validate(self, source: str) -> None:
