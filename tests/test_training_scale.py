@@ -244,3 +244,25 @@ def test_fsdp_over_two_gloo_processes_trains_like_one_and_resumes_from_its_shard
         for run in ("s2-one", "s2-bf16")
     ]
     assert losses[0] == pytest.approx(losses[1], rel=1e-2)
+
+
+def test_a_run_resumed_with_the_other_parallelism_is_one_error_line(tmp_path):
+    """A DDP run's single-file state cannot be read as FSDP shards (nor the reverse): exit 2, one line."""
+    vae = replace(RELEASED_VAE, base_dim=4, num_res_blocks=1, latents_mean=(0.0,) * 16, latents_std=(1.0,) * 16)
+    save_model_folder(tmp_path / "vae", WanVAE(vae), "AutoencoderKLWan")
+    config = {
+        "vae": str(tmp_path / "vae"), "steps": 1, "batch_size": 2, "warmup": 1, "num_clips": 2, "num_frames": 5,
+        "height": 32, "width": 48, "positives_per_clip": 1, "random_masks": 1, "num_layers": 1,
+        "num_attention_heads": 2, "attention_head_dim": 16, "ffn_dim": 32, "num_condition_tokens": 2,
+        "cache_dir": str(tmp_path / "cache"), "threads": 1,
+    }  # fmt: skip
+    (tmp_path / "stage1.json").write_text(json.dumps(config))
+    train("training.stage1", tmp_path / "stage1.json", tmp_path / "run", 1)
+    command = [sys.executable, "-m", "training.stage1", "--config", str(tmp_path / "stage1.json")]
+    command += ["--set", f"out={tmp_path / 'run'}", "--set", "steps=2", "--set", "parallelism=fsdp"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'run'} holds a single-file (ddp) training state; "
+        "resume it with the parallelism it began with"
+    )
