@@ -299,9 +299,13 @@ class RemoverTransformer(nn.Module):
         self.parallel = parallel
         self.use_backends(attention=parallel.attention(self.attention_backend))
 
+    def condition_tokens(self, condition: Tensor) -> Tensor:
+        """The condition tokens [B, n, D] of conditions [B] (0 or 1)."""
+        return self.condition_embedding(condition).unflatten(-1, (self.config.num_condition_tokens, -1))
+
     def condition_kv(self, condition: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Per-block condition keys and values [B, n, heads, head_dim] for conditions [B] (0 or 1)."""
-        tokens = self.condition_embedding(condition).unflatten(-1, (self.config.num_condition_tokens, -1))
+        tokens = self.condition_tokens(condition)
         return [block.attn1.condition_kv(tokens) for block in self.blocks]
 
     def cache_condition_kv(self) -> None:
@@ -336,7 +340,7 @@ class RemoverTransformer(nn.Module):
         if self._condition_kv_cache and not torch.is_grad_enabled():
             # indexed on the device: no host sync, and torch.compile traces it without a graph break
             return [(keys[conditions], values[conditions]) for keys, values in self._condition_kv_cache], None
-        return nothing, self.condition_embedding(conditions).unflatten(-1, (self.config.num_condition_tokens, -1))
+        return nothing, self.condition_tokens(conditions)
 
     def rope(self, grid: tuple[int, int, int], device: torch.device) -> tuple[Tensor, Tensor]:
         """cos/sin tables for a token grid, computed once per grid and device."""
