@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
+from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer, TransformerConfig
 from runtime.models.vae import WanVAE
 from runtime.scheduler import RELEASED_SCHEDULER
 from runtime.weights import load_transformer, load_vae, save_checkpoint
@@ -98,11 +98,11 @@ def random_crop(tensors: list[Tensor], rng: np.random.Generator, size: tuple[int
     return [t[..., top : top + size[0], left : left + size[1]] for t in tensors]
 
 
-def new_transformer(
+def transformer_config(
     num_layers: int, num_attention_heads: int, attention_head_dim: int, ffn_dim: int, num_condition_tokens: int
-) -> RemoverTransformer:
-    """A freshly initialized remover of the released architecture at a given size (for the tiny model)."""
-    config = replace(
+) -> TransformerConfig:
+    """The released architecture at a given size (what a stage config's size keys describe)."""
+    return replace(
         RELEASED_TRANSFORMER,
         num_layers=num_layers,
         num_attention_heads=num_attention_heads,
@@ -110,7 +110,15 @@ def new_transformer(
         ffn_dim=ffn_dim,
         num_condition_tokens=num_condition_tokens,
     )
-    return RemoverTransformer(config)
+
+
+def new_transformer(
+    num_layers: int, num_attention_heads: int, attention_head_dim: int, ffn_dim: int, num_condition_tokens: int
+) -> RemoverTransformer:
+    """A freshly initialized remover of the released architecture at a given size (for the tiny model)."""
+    return RemoverTransformer(
+        transformer_config(num_layers, num_attention_heads, attention_head_dim, ffn_dim, num_condition_tokens)
+    )
 
 
 def trainable_transformer(folder: Path, device: torch.device) -> RemoverTransformer:

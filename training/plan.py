@@ -34,7 +34,8 @@ import torch
 
 from runtime.errors import RemoverError, exit_code
 from runtime.models.config import read_config
-from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer, TransformerConfig
+from runtime.models.transformer import RemoverTransformer, TransformerConfig
+from training.flow import transformer_config
 from training.stage_config import Stage1Config, Stage2Config
 from training.trainer import ScaleSettings, load_config
 
@@ -232,14 +233,8 @@ def stage_shape(config: Stage1Config | Stage2Config, gpus: int, stage1: Stage1Co
     if init is not None and init.is_file():  # the model training will load (else the size keys describe it)
         model = read_config(TransformerConfig, init, ignored=TransformerConfig.IGNORED_KEYS)
     else:
-        model = replace(
-            RELEASED_TRANSFORMER,
-            num_layers=first.num_layers,
-            num_attention_heads=first.num_attention_heads,
-            attention_head_dim=first.attention_head_dim,
-            ffn_dim=first.ffn_dim,
-            num_condition_tokens=first.num_condition_tokens,
-        )
+        sizes = (first.num_layers, first.num_attention_heads, first.attention_head_dim, first.ffn_dim)
+        model = transformer_config(*sizes, first.num_condition_tokens)
     frozen = False
     if stage1 is not None:
         if config.condition_tokens == "none":
@@ -251,7 +246,7 @@ def stage_shape(config: Stage1Config | Stage2Config, gpus: int, stage1: Stage1Co
     return StageShape(
         model,
         ClipShape.of(model, first.num_frames, first.height, first.width),
-        config.micro_batch_size or local,
+        min(config.micro_batch_size or local, local),  # the trainer's passes: micro-batches of its share
         frozen,
     )
 
@@ -315,13 +310,7 @@ def main() -> None:
         else:
             config, stage1 = load_config(Stage1Config, args.config, overrides), None
         shape = stage_shape(config, args.gpus, stage1)
-        check_memory(
-            config,
-            shape,
-            args.gpus,
-            torch.device("cuda" if config.gpu_memory_gb == 0 and torch.cuda.is_available() else "cpu"),
-            None,
-        )
+        check_memory(config, shape, args.gpus, torch.device("cuda" if torch.cuda.is_available() else "cpu"), None)
 
     code = exit_code(command)
     if code:
