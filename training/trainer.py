@@ -334,6 +334,7 @@ def run_steps(
     params = [p for group in optimizer.param_groups for p in group["params"]]
     groups = micro_batches(settings.batch_size, settings.micro_batch_size, dist)
     local = sum(len(group) for group in groups)
+    no_sync = getattr(trainee.wrapper, "no_sync", None)  # DDP: reduce once, after the last group
     progress = tqdm(
         range(start, settings.steps), initial=start, total=settings.steps, desc=settings.desc, disable=not dist.is_main
     )
@@ -344,7 +345,6 @@ def run_steps(
         step_total = 0.0
         for number, indices in enumerate(groups):
             last = number == len(groups) - 1
-            no_sync = getattr(trainee.wrapper, "no_sync", None)  # DDP: reduce once, after the last group
             with contextlib.nullcontext() if last or no_sync is None else no_sync():
                 loss = step_loss(step, indices) * (len(indices) / local)
                 loss.backward()
