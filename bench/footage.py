@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 
 from bench.workloads import WEIGHTS_HELP, resolve_weights
-from runtime.cost_model import pipeline_costs
+from runtime.clips.plan import Box, PlanOptions, make_plan
 from runtime.errors import RemoverError, exit_code
+from runtime.execution.cost_model import pipeline_costs
 from runtime.io import write_clip
 from runtime.models.transformer import RELEASED_TRANSFORMER
 from runtime.models.vae import RELEASED_VAE
-from runtime.plan import Box, PlanOptions, make_plan
-from runtime.preprocess import padded_frame_count
+from runtime.pipeline.preprocess import padded_frame_count
 
 RESULTS_DIR = Path(__file__).parent / "results"
 LENGTHS = (81, 161, 321)

@@ -35,9 +35,9 @@ from safetensors.torch import load_file
 
 from bench.results import machine_info, versions
 from runtime import Remover
-from runtime.attention import ATTENTION_CHOICES, select_attention
-from runtime.backends import COMPILE_MODES, DTYPES, resolve_kernels, verified_backends
 from runtime.errors import RemoverError, RemoverWarning
+from runtime.execution.attention import ATTENTION_CHOICES, select_attention
+from runtime.execution.choices import COMPILE_MODES, DTYPES, resolve_kernels, verified_backends
 from runtime.models.transformer import RELEASED_TRANSFORMER
 
 REPO = Path(__file__).resolve().parents[1]

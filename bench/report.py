@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import results, thresholds
-from runtime.cost_model import GPUS
+from runtime.execution.cost_model import GPUS
 
 RESULTS_DIR = Path(__file__).parent / "results"
 RESULTS_MD = Path(__file__).parent / "RESULTS.md"

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from bench.workloads import Workload
-from runtime import cost_model
+from runtime.execution import cost_model
 from runtime.models.transformer import TransformerConfig
 from runtime.models.vae import VAEConfig
 

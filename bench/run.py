@@ -29,13 +29,13 @@ import torch
 from bench import results
 from bench.results import SIDES
 from bench.workloads import SUITES, WORKLOADS, default_weights_dir, ensure_random_checkpoint, write_pipeline_inputs
-from runtime.attention import ATTENTION_CHOICES
-from runtime.backends import COMPILE_MODES, DTYPES, KERNEL_CHOICES
 from runtime.errors import RemoverError, exit_code
+from runtime.execution.attention import ATTENTION_CHOICES
+from runtime.execution.choices import COMPILE_MODES, DTYPES, KERNEL_CHOICES
 from runtime.models.config import read_config
 from runtime.models.transformer import TransformerConfig
 from runtime.models.vae import VAEConfig
-from runtime.weights import locate_checkpoint
+from runtime.models.weights import locate_checkpoint
 
 RESULTS_DIR = Path(__file__).parent / "results"
 VAE_STAGES = ("encode", "decode")

@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from runtime.clips.plan import Plan, PlanOptions, make_plan
+from runtime.clips.stream import mask_box, run_plan
 from runtime.errors import exit_code
 from runtime.io import read_clip, read_masks
-from runtime.pipeline import Remover
-from runtime.plan import Plan, PlanOptions, make_plan
-from runtime.preprocess import dilate, resize_frames, shrink_masks
+from runtime.pipeline.preprocess import dilate, resize_frames, shrink_masks
+from runtime.pipeline.remover import Remover
 from runtime.run import DEMO_WEIGHTS
-from runtime.stream import mask_box, run_plan
 from training.synthetic import HELD_OUT_SHAPES, render_clip
 
 HEIGHT, WIDTH, WINDOW = 144, 256, 21

@@ -26,12 +26,12 @@ from bench.measure import NvmlMonitor, Span, StageRecorder, clock_and_memory
 from bench.reference import ReferencePipeline
 from bench.results import STAGE_ORDER
 from bench.workloads import MASK_DILATION, Workload, initial_noise
-from runtime.composite import to_uint8
 from runtime.io import read_clip, read_masks, write_clip
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
-from runtime.pipeline import Remover
-from runtime.stages import TorchStages
-from runtime.weights import load_scheduler_config, load_vae, locate_checkpoint
+from runtime.models.weights import load_scheduler_config, load_vae, locate_checkpoint
+from runtime.pipeline.composite import to_uint8
+from runtime.pipeline.remover import Remover
+from runtime.pipeline.stages import TorchStages
 
 DIT_STEP = "dit_step"
 

@@ -19,7 +19,7 @@ import torch
 from runtime.io import write_clip
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
 from runtime.models.vae import RELEASED_VAE, WanVAE
-from runtime.scheduler import RELEASED_SCHEDULER
+from runtime.pipeline.samplers import RELEASED_SCHEDULER
 from training.synthetic import render_clip
 
 INPUT_SEED, NOISE_SEED, MASK_DILATION, FPS = 3, 42, 6, Fraction(16)
@@ -123,7 +123,7 @@ def default_weights_dir() -> Path:
 
 def ensure_random_checkpoint(folder: Path) -> Path:
     """Write random weights of the released shapes (seed 0, fp16) to `folder` unless already there."""
-    from runtime.weights import save_checkpoint
+    from runtime.models.weights import save_checkpoint
 
     if (folder / "transformer" / "config.json").is_file() and (folder / "vae" / "config.json").is_file():
         return folder

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from runtime.graph_spec import GraphSpec, signature_metadata
+from runtime.engines.graph_spec import GraphSpec, signature_metadata
 
 
 def compile_package(program: torch.export.ExportedProgram, spec: GraphSpec, key: dict[str, Any], path: Path) -> None:

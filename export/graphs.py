@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from runtime.bundle import ENCODE_BATCH, NEXT_CHUNK_FRAMES
-from runtime.graph_spec import GraphSpec, TensorSpec
+from runtime.engines.bundle import ENCODE_BATCH, NEXT_CHUNK_FRAMES
+from runtime.engines.graph_spec import GraphSpec, TensorSpec
 from runtime.models.transformer import RemoverTransformer, rope_cos_sin
 from runtime.models.vae import TemporalCache, WanVAE
-from runtime.scheduler import SchedulerConfig, make_sampler
-from runtime.stages import denoise_loop
+from runtime.pipeline.samplers import SchedulerConfig, make_sampler
+from runtime.pipeline.stages import denoise_loop
 
 LATENT_FRAMES_AXIS = "latent_frames"
 
@@ -78,7 +78,7 @@ class DiTStep(nn.Module):
 class DiTSampler(nn.Module):
     """The whole sampler unrolled: noise, masked-video and mask latents [1, z, T, h, w] -> clean latents.
 
-    It runs `runtime.stages.denoise_loop`, the loop the pipeline runs; the sampler's schedule and
+    It runs `runtime.pipeline.stages.denoise_loop`, the loop the pipeline runs; the sampler's schedule and
     update coefficients are Python floats, so tracing bakes them in as constants.
     """
 

@@ -26,15 +26,15 @@ from torch import Tensor
 from export.aoti import compile_package
 from export.graphs import LATENT_FRAMES_AXIS, ExportGraph, constant_rope, dit_graphs, vae_graphs
 from kernels import TORCH_KERNELS
-from runtime.attention import SDPA
-from runtime.backends import DTYPES
-from runtime.bundle import GRAPHS, PRECISIONS, Manifest, checkpoint_sha256
-from runtime.engines import open_graph
+from runtime.engines.bundle import GRAPHS, PRECISIONS, Manifest, checkpoint_sha256
+from runtime.engines.graph_spec import GraphSpec
+from runtime.engines.graphs import open_graph
 from runtime.errors import RemoverError, exit_code
-from runtime.graph_spec import GraphSpec
-from runtime.preprocess import SIZE_MULTIPLE
-from runtime.scheduler import make_sampler
-from runtime.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint
+from runtime.execution.attention import SDPA
+from runtime.execution.choices import DTYPES
+from runtime.models.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint
+from runtime.pipeline.preprocess import SIZE_MULTIPLE
+from runtime.pipeline.samplers import make_sampler
 
 # relative L2 error bounds of a graph against the PyTorch module in the same dtype
 TOLERANCES = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2}

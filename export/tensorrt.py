@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from runtime.bundle import GRAPHS, Manifest, read_manifest
-from runtime.engines import import_tensorrt, require_cuda, tensorrt_key
+from runtime.engines.bundle import GRAPHS, Manifest, read_manifest
+from runtime.engines.graph_spec import GraphSpec
+from runtime.engines.graphs import import_tensorrt, require_cuda, tensorrt_key
 from runtime.errors import RemoverError, exit_code
-from runtime.graph_spec import GraphSpec
 
 GIB = 1024**3
 

@@ -3,7 +3,7 @@
 The transformer calls these steps through one `KernelOps` table: `TORCH_KERNELS` (the references:
 the model's own unfused computation, the default, and the only one that trains) or
 `TRITON_KERNELS` (the kernels, as torch.library custom ops with fake implementations, so
-torch.compile and torch.export trace them). `runtime.backends.resolve_kernels` picks one.
+torch.compile and torch.export trace them). `runtime.execution.choices.resolve_kernels` picks one.
 
 - attention_inputs: RMSNorm across heads + RoPE on q and k, condition-token K/V appended
 - modulated_layer_norm: LayerNorm (no affine) + adaLN modulation, alone or after a gated residual

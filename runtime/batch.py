@@ -36,11 +36,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from runtime.clips.job import MaskOptions, OutputOptions, remove_file
+from runtime.clips.plan import PlanOptions
 from runtime.errors import RemoverError, exit_code
 from runtime.io import remove_partial_output
-from runtime.job import MaskOptions, OutputOptions, remove_file
-from runtime.pipeline import Remover
-from runtime.plan import PlanOptions
+from runtime.pipeline.remover import Remover
 from runtime.run import load_remover, mask_options, output_options, parse_args, plan_options, resolve_device
 
 RUN_DEFAULTS = vars(parse_args([]))  # every option of runtime.run -> its default (False: a switch)

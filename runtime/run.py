@@ -17,14 +17,8 @@ from pathlib import Path
 
 import torch
 
-from runtime import parallel
-from runtime.attention import ATTENTION_CHOICES
-from runtime.backends import COMPILE_MODES, DTYPES, KERNEL_CHOICES, default_device
-from runtime.errors import RemoverError, exit_code
-from runtime.io import ClipInfo, check_output, open_clip
-from runtime.job import MaskOptions, OutputOptions, fit_to_stages, open_job, remove_file
-from runtime.pipeline import Remover
-from runtime.plan import (
+from runtime.clips.job import MaskOptions, OutputOptions, fit_to_stages, open_job, remove_file
+from runtime.clips.plan import (
     BLEND_MODES,
     CROP_MODES,
     DEFAULT_CONTEXT,
@@ -36,8 +30,14 @@ from runtime.plan import (
     PlanOptions,
     window_spans,
 )
-from runtime.preview import write_preview
-from runtime.stream import run_shared_windows
+from runtime.clips.preview import write_preview
+from runtime.clips.stream import run_shared_windows
+from runtime.distributed import parallel
+from runtime.errors import RemoverError, exit_code
+from runtime.execution.attention import ATTENTION_CHOICES
+from runtime.execution.choices import COMPILE_MODES, DTYPES, KERNEL_CHOICES, default_device
+from runtime.io import ClipInfo, check_output, open_clip
+from runtime.pipeline.remover import Remover
 
 DEMO_DIR = Path(__file__).parent / "demo"
 DEMO_CLIP, DEMO_MASK, DEMO_WEIGHTS = DEMO_DIR / "clip.mp4", DEMO_DIR / "mask.mp4", DEMO_DIR / "weights"
@@ -271,7 +271,7 @@ def clip_plan_options(args: argparse.Namespace, info: ClipInfo) -> PlanOptions:
 def run(args: argparse.Namespace, before_load: Callable[[PlanOptions, int], int] | None = None) -> str:
     """Do the whole job; return the summary line. `before_load(options, frame_count)` runs once the
     input has been checked, just before the model loads, on rank 0 of a torchrun group; it says how
-    the ranks share the clip (`runtime.parallel`)."""
+    the ranks share the clip (`runtime.distributed.parallel`)."""
     video, mask, out = clip_paths(args)
     output, masking = output_options(args), mask_options(args)
     device = resolve_device(args.device)
@@ -338,7 +338,7 @@ def run_in_group(args: argparse.Namespace) -> str:
     """Under `torchrun`: rank 0 does the job as `run` does and tells the others when to load the model
     (after its input checks), how to share the clip, and when to stop; the others load the same model
     and compute their share of each window's denoising, or whole crossfaded windows of their own
-    (`runtime.parallel`). Only rank 0 prints, but for errors."""
+    (`runtime.distributed.parallel`). Only rank 0 prints, but for errors."""
     device = parallel.local_device(resolve_device(args.device) or default_device())
     args.device = str(device)
     parallel.join(device)
@@ -371,7 +371,7 @@ def run_in_group(args: argparse.Namespace) -> str:
 
 def compute_shared_windows(args: argparse.Namespace, device: torch.device) -> None:
     """A rank other than 0 sharing crossfaded windows: open the same clip, make the same plan, and
-    compute this rank's windows for rank 0 (`runtime.stream.run_shared_windows`)."""
+    compute this rank's windows for rank 0 (`runtime.clips.stream.run_shared_windows`)."""
     video, mask, _ = clip_paths(args)
     reader = open_clip(video)
     options = clip_plan_options(args, reader.info)

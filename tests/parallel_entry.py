@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 from safetensors.torch import load_file
 
-from runtime import Remover, parallel, run
+from runtime import Remover, run
+from runtime.distributed import parallel
 
 
 def remove_fixture_inputs(fixture: Path, checkpoint: str, out: Path) -> None:

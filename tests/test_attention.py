@@ -12,7 +12,8 @@ from conftest import fixed_seed
 from torch.nn.attention import SDPBackend
 
 from kernels import TORCH_KERNELS, TRITON_KERNELS, triton_support
-from runtime.attention import (
+from runtime.errors import RemoverError
+from runtime.execution.attention import (
     ATTENTION_ENV,
     MATH,
     SDPA,
@@ -21,7 +22,6 @@ from runtime.attention import (
     sdpa_kernel_for,
     select_attention,
 )
-from runtime.errors import RemoverError
 from runtime.models.transformer import rope_cos_sin
 
 CPU = torch.device("cpu")

@@ -17,8 +17,8 @@ import torch
 from media import encode_video, gradient_frames, patch_frames
 
 from runtime import batch
+from runtime.clips.job import remove_file
 from runtime.io import read_clip
-from runtime.job import remove_file
 from runtime.run import load_remover, parse_args
 
 REPO = Path(__file__).resolve().parents[1]

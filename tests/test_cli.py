@@ -14,7 +14,7 @@ import torch
 
 from runtime import run
 from runtime.io import read_clip
-from runtime.preprocess import dilate
+from runtime.pipeline.preprocess import dilate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -226,7 +226,7 @@ def test_interrupt_exits_130_without_output(tennis, checkpoint, tmp_path, capsys
 
 def test_a_checkpoint_with_a_nan_fails_and_writes_nothing(tennis, checkpoint, tmp_path, capsys):
     """One NaN in the transformer's weights used to write a garbage video and exit 0."""
-    from runtime.weights import load_scheduler_config, load_transformer, load_vae, save_checkpoint
+    from runtime.models.weights import load_scheduler_config, load_transformer, load_vae, save_checkpoint
 
     cpu = torch.device("cpu")
     transformer = load_transformer(checkpoint / "transformer", cpu, torch.float32)

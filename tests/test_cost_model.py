@@ -12,7 +12,16 @@ from conftest import fresh_seed
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from runtime.cost_model import GPUS, Cost, GPUSpec, dit_forward, floor_seconds, pipeline_costs, vae_decode, vae_encode
+from runtime.execution.cost_model import (
+    GPUS,
+    Cost,
+    GPUSpec,
+    dit_forward,
+    floor_seconds,
+    pipeline_costs,
+    vae_decode,
+    vae_encode,
+)
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
 from runtime.models.vae import RELEASED_VAE, WanVAE
 

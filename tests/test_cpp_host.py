@@ -13,8 +13,8 @@ import torch
 import torch.utils
 from conftest import NEEDS_AOTI
 
-from runtime.pipeline import encoder_batch
-from runtime.preprocess import prepare_masks, prepare_video
+from runtime.pipeline.preprocess import prepare_masks, prepare_video
+from runtime.pipeline.remover import encoder_batch
 
 pytestmark = [pytest.mark.slow, NEEDS_AOTI]  # a C++ build and the session bundle's AOTInductor compiles
 

@@ -18,12 +18,12 @@ import torch
 from conftest import NEEDS_AOTI, WITH_AOTI, fixed_seed, relative_error
 
 from runtime import Remover, RemoverError
-from runtime.bundle import GRAPHS, BundleStages, checkpoint_sha256, read_manifest
-from runtime.engines import BACKENDS as ENGINES
+from runtime.engines.bundle import GRAPHS, BundleStages, checkpoint_sha256, read_manifest
+from runtime.engines.graphs import BACKENDS as ENGINES
 from runtime.models.transformer import RELEASED_TRANSFORMER
-from runtime.scheduler import make_sampler
-from runtime.stages import denoise_loop
-from runtime.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint, save_checkpoint
+from runtime.models.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint, save_checkpoint
+from runtime.pipeline.samplers import make_sampler
+from runtime.pipeline.stages import denoise_loop
 
 pytestmark = pytest.mark.slow  # every test here uses the session's exported bundle
 
@@ -320,14 +320,14 @@ def test_preview_with_an_engine_draws_the_plan_the_bundle_allows(tiny_bundle, da
 
 
 def test_the_backend_is_chosen_for_the_device_when_none_is_named(tiny_bundle):
-    from runtime.bundle import choose_backend
+    from runtime.engines.bundle import choose_backend
 
     assert choose_backend(tiny_bundle, CPU) == "onnxruntime"
     assert Remover.from_bundle(tiny_bundle, device="cpu").backends == "bundle onnxruntime, fp32"
 
 
 def test_onnxruntime_refuses_to_materialize_huge_attention_scores(tiny_bundle):
-    from runtime.bundle import check_onnxruntime_attention
+    from runtime.engines.bundle import check_onnxruntime_attention
 
     manifest = read_manifest(tiny_bundle)
     dit_graph = tiny_bundle / manifest.artifacts["onnx"]["files"]["dit_step"]

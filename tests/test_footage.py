@@ -20,10 +20,10 @@ from PIL import Image
 
 from bench.seams import boundary_transitions, seam_ratios
 from runtime import run
+from runtime.clips.plan import PlanOptions, make_plan
+from runtime.clips.stream import mask_box
 from runtime.io import open_clip, read_clip, write_clip
-from runtime.plan import PlanOptions, make_plan
-from runtime.preprocess import dilate
-from runtime.stream import mask_box
+from runtime.pipeline.preprocess import dilate
 from training.synthetic import HELD_OUT_SHAPES, render_clip
 
 REPO = Path(__file__).resolve().parents[1]

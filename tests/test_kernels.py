@@ -25,7 +25,7 @@ from kernels.attention_inputs import qk_norm_rope, qk_norm_rope_append_kv
 from kernels.gated_residual import gated_residual
 from kernels.modulated_layer_norm import modulated_layer_norm, residual_modulated_layer_norm
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer, rope_cos_sin
-from runtime.weights import load_transformer
+from runtime.models.weights import load_transformer
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

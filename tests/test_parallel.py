@@ -17,11 +17,12 @@ import torch
 from conftest import fixed_seed
 from PIL import Image
 
-from runtime import Remover, parallel
+from runtime import Remover
+from runtime.distributed import parallel
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
 from runtime.models.vae import RELEASED_VAE, WanVAE
-from runtime.scheduler import RELEASED_SCHEDULER
-from runtime.weights import save_checkpoint
+from runtime.models.weights import save_checkpoint
+from runtime.pipeline.samplers import RELEASED_SCHEDULER
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY = Path(__file__).with_name("parallel_entry.py")

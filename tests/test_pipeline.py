@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from runtime import Remover, RemoverError
-from runtime.pipeline import EmptyMaskWarning
-from runtime.preprocess import dilate, output_size, padded_frame_count
+from runtime.pipeline.preprocess import dilate, output_size, padded_frame_count
+from runtime.pipeline.remover import EmptyMaskWarning
 
 PIXEL_TOLERANCE = 2e-3  # fixture README: whole pipeline within 2e-3 max absolute error per pixel
 

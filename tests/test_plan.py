@@ -7,8 +7,8 @@ import math
 import pytest
 
 from runtime import RemoverError
-from runtime.plan import Box, PlanOptions, make_plan, pixel_unit, window_spans
-from runtime.preprocess import output_size
+from runtime.clips.plan import Box, PlanOptions, make_plan, pixel_unit, window_spans
+from runtime.pipeline.preprocess import output_size
 
 
 @pytest.mark.parametrize(

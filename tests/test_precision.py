@@ -35,7 +35,7 @@ def test_half_precision_is_as_close_to_fp32_as_the_reference_in_that_dtype(dtype
 
 
 def test_the_gpu_default_is_fp16_and_the_cpu_default_fp32():
-    from runtime.backends import resolve_dtype
+    from runtime.execution.choices import resolve_dtype
 
     assert resolve_dtype(None, torch.device("cuda")) == torch.float16
     assert resolve_dtype(None, torch.device("cpu")) == torch.float32

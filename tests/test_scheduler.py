@@ -10,7 +10,7 @@ import torch
 from conftest import fixed_seed, fresh_seed, relative_error
 
 from runtime.errors import RemoverError
-from runtime.scheduler import RELEASED_SCHEDULER, make_sampler, read_scheduler_config
+from runtime.pipeline.samplers import RELEASED_SCHEDULER, make_sampler, read_scheduler_config
 
 
 def test_schedule_matches_reference_fixture(checkpoint, expected):

@@ -12,13 +12,13 @@ import torch
 from torch import Tensor
 
 from runtime import Remover
+from runtime.clips.plan import PlanOptions, make_plan
+from runtime.clips.stream import mask_box, run_plan
 from runtime.models.transformer import TransformerConfig
 from runtime.models.vae import VAEConfig
-from runtime.plan import PlanOptions, make_plan
-from runtime.preprocess import dilate
-from runtime.scheduler import RELEASED_SCHEDULER
-from runtime.stages import Stages
-from runtime.stream import mask_box, run_plan
+from runtime.pipeline.preprocess import dilate
+from runtime.pipeline.samplers import RELEASED_SCHEDULER
+from runtime.pipeline.stages import Stages
 
 
 class CoordinateStages(Stages):

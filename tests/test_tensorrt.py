@@ -10,7 +10,7 @@ import torch
 
 from export.tensorrt import Precision, has_fp8_quantization, profile_shapes
 from runtime import Remover
-from runtime.graph_spec import GraphSpec, TensorSpec
+from runtime.engines.graph_spec import GraphSpec, TensorSpec
 
 TF32_PIXEL_TOLERANCE = 1e-2  # TensorRT may run fp32 layers in TF32 (its default on Ampere and later)
 
@@ -72,7 +72,7 @@ def test_engines_run_the_pipeline_like_the_reference(engine_bundle, expected, fi
 def test_engines_are_keyed_and_described_in_the_manifest(engine_bundle):
     import tensorrt
 
-    from runtime.bundle import GRAPHS, read_manifest
+    from runtime.engines.bundle import GRAPHS, read_manifest
 
     artifacts = read_manifest(engine_bundle).artifacts["tensorrt"]
     assert artifacts["key"]["tool"] == f"tensorrt {tensorrt.__version__}"

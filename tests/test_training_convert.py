@@ -17,7 +17,7 @@ from diffusers import WanTransformer3DModel
 from safetensors.torch import save_file
 
 from runtime.models.vae import RELEASED_VAE, WanVAE
-from runtime.weights import load_transformer
+from runtime.models.weights import load_transformer
 from training.convert import convert, main
 from training.trainer import save_model_folder
 
@@ -36,7 +36,7 @@ TINY_T2V = dict(
     eps=1e-6,
 )
 
-# diffusers name -> original Wan name, written out independently of runtime.weights
+# diffusers name -> original Wan name, written out independently of runtime.models.weights
 TO_WAN = [
     (r"condition_embedder\.text_embedder\.linear_1\.", "text_embedding.0."),
     (r"condition_embedder\.text_embedder\.linear_2\.", "text_embedding.2."),

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from runtime.models.vae import RELEASED_VAE, WanVAE
-from runtime.weights import load_transformer
+from runtime.models.weights import load_transformer
 from training.trainer import save_model_folder
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,8 +17,8 @@ from conftest import fixed_seed
 
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
 from runtime.models.vae import RELEASED_VAE, WanVAE
-from runtime.scheduler import RELEASED_SCHEDULER, make_sampler
-from runtime.weights import load_transformer
+from runtime.models.weights import load_transformer
+from runtime.pipeline.samplers import RELEASED_SCHEDULER, make_sampler
 from training.flow import flow_matching_loss
 from training.stage2 import bad_noise
 from training.trainer import Distributed, LoopSettings, ScaleSettings, prepare_model, run_steps, save_model_folder

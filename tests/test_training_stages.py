@@ -16,7 +16,7 @@ import torch
 from runtime import Remover
 from runtime.errors import RemoverError
 from runtime.models.vae import RELEASED_VAE, WanVAE
-from runtime.weights import load_transformer, load_vae
+from runtime.models.weights import load_transformer, load_vae
 from training.data import ClipSpec, SyntheticSource
 from training.evaluate import EvalConfig, evaluate
 from training.flow import new_transformer

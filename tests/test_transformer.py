@@ -12,7 +12,7 @@ from conftest import fixed_seed, relative_error
 
 from runtime.errors import RemoverError
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer, apply_rope, rope_cos_sin
-from runtime.weights import load_transformer
+from runtime.models.weights import load_transformer
 
 TOLERANCE = 1e-4  # fixture README: transformer outputs within 1e-4 relative L2 in fp32
 

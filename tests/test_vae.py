@@ -10,7 +10,7 @@ from conftest import fixed_seed, fresh_seed, relative_error
 
 from runtime.models import vae
 from runtime.models.vae import SINGLE_FRAME_MIN_HEIGHT, TemporalCache, VAEConfig, WanVAE
-from runtime.weights import load_into, load_vae
+from runtime.models.weights import load_into, load_vae
 
 TOLERANCE = 1e-4  # fixture README: VAE outputs within 1e-4 relative L2 in fp32
 

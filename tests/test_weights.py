@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from runtime import Remover, RemoverError
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
-from runtime.weights import load_transformer, locate_checkpoint
+from runtime.models.weights import load_transformer, locate_checkpoint
 
 # Released (diffusers) name -> original Wan name, written out from the facts file.
 RELEASED_TO_WAN = {

@@ -27,8 +27,7 @@ from torch import Tensor
 from runtime.errors import RemoverError, exit_code
 from runtime.models.config import ANY, config_from_dict
 from runtime.models.transformer import RemoverTransformer, TransformerConfig
-from runtime.scheduler import RELEASED_SCHEDULER
-from runtime.weights import (
+from runtime.models.weights import (
     config_from_wan_tensors,
     load_into,
     load_vae,
@@ -37,6 +36,7 @@ from runtime.weights import (
     wan_to_released_key,
     weight_files,
 )
+from runtime.pipeline.samplers import RELEASED_SCHEDULER
 
 # Keys of the text-to-video model the remover does not have (diffusers names, then original Wan names).
 DROPPED_KEYS = [

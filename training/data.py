@@ -27,7 +27,7 @@ from torch import Tensor
 
 from runtime.errors import RemoverError
 from runtime.io import IMAGE_SUFFIXES, ClipInfo, open_clip, open_masks
-from runtime.preprocess import dilate, resize
+from runtime.pipeline.preprocess import dilate, resize
 from training.synthetic import HELD_OUT_SHAPES, TRAIN_SHAPES, object_mask, render_clip
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.pipeline import Remover
-from runtime.preprocess import dilate
+from runtime.pipeline.preprocess import dilate
+from runtime.pipeline.remover import Remover
 from training.baselines import telea, temporal_median
 from training.data import ClipSpec, TrainingClip, make_source
 from training.metrics import masked_ssim, psnr, temporal_psnr

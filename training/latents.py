@@ -5,7 +5,7 @@ of the clip itself (the flow-matching target z_org), of the clip without its obj
 (scores stage-1 removals), of the clip with holes cut out (one slot for its own object masks, the
 negative sample; more slots for masks borrowed from other clips or random shapes, the positive
 samples) and of each slot's mask video. Holes and mask videos follow the pipeline's convention
-(`runtime.pipeline.Remover.encode`): masked = frames * (1 - m), mask video = 2 m - 1.
+(`runtime.pipeline.remover.Remover.encode`): masked = frames * (1 - m), mask video = 2 m - 1.
 
 Layout: a folder per cache key holding `clip-000000.pt`, `clip-000001.pt`, ... (a `ClipLatents`
 each), every file written under a temporary name and renamed, so a file present is complete and an

@@ -20,8 +20,8 @@ import torch
 
 from runtime.errors import exit_code
 from runtime.io import write_clip
+from runtime.models.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint, save_checkpoint
 from runtime.run import DEMO_CLIP, DEMO_MASK, DEMO_WEIGHTS
-from runtime.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint, save_checkpoint
 from training.synthetic import render_clip
 
 DEMO_SEED, DEMO_FRAMES, DEMO_HEIGHT, DEMO_WIDTH, DEMO_FPS = 7, 21, 144, 256, Fraction(16)

@@ -4,7 +4,7 @@
     torchrun --nproc_per_node N -m training.stage2 --config ...   (DDP)
 
 1. Curation: the stage-1 model removes the objects of the stage-1 training clips (its own object masks
-   cut out, CFG, ~50 steps, through `runtime.pipeline.Remover.denoise`), all of them or a seeded subset
+   cut out, CFG, ~50 steps, through `runtime.pipeline.remover.Remover.denoise`), all of them or a seeded subset
    of `curation_clips`; a pluggable scorer rates each result and the best `keep_fraction` become the
    targets z_succ. Files: `<out>/curated/clip-NNNNNN.pt` (a removal and its score, one per curated
    clip) and `<out>/curated/kept.json` (the kept clips and their scores).
@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 
 from runtime.errors import RemoverError
 from runtime.models.transformer import RemoverTransformer
-from runtime.pipeline import Remover
-from runtime.scheduler import RELEASED_SCHEDULER, make_sampler
+from runtime.pipeline.remover import Remover
+from runtime.pipeline.samplers import RELEASED_SCHEDULER, make_sampler
 from training.flow import (
     CHECKPOINT_DIR,
     crop_size,

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from runtime.errors import RemoverError, exit_code
 from runtime.models.config import config_from_dict, write_config
-from runtime.weights import WEIGHTS_NAME
+from runtime.models.weights import WEIGHTS_NAME
 
 ConfigT = TypeVar("ConfigT")
 STATE_NAME = "state.pt"  # one file: the whole model and optimizer (DDP, one process)
@@ -162,7 +162,7 @@ def teardown_distributed() -> None:
 
 
 def save_model_folder(folder: Path, model: nn.Module, class_name: str, dtype: torch.dtype = torch.float32) -> None:
-    """One model's released-layout folder (config.json + safetensors), as `runtime.weights.save_checkpoint`
+    """One model's released-layout folder (config.json + safetensors), as `runtime.models.weights.save_checkpoint`
     writes each part; for parts saved on their own (the trained VAE, a converted transformer)."""
     write_config(model.config, folder / "config.json", class_name)
     tensors = {key: value.detach().to("cpu", dtype).contiguous() for key, value in model.state_dict().items()}

@@ -37,7 +37,7 @@ import numpy as np
 from runtime.errors import RemoverError, RemoverWarning
 from runtime.io.images import IMAGE_SUFFIXES, JPEG_SUFFIXES, image_files, probe_images, read_image
 from runtime.io.reader import ClipInfo, open_clip, orient
-from runtime.preprocess import ASPECT_TOLERANCE
+from runtime.pipeline.preprocess import ASPECT_TOLERANCE
 
 CHANNELS = ("auto", "alpha", "luma")
 LOSSY_THRESHOLD = 127  # videos and JPEG images: lossy coding leaves faint noise in black areas

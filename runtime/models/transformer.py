@@ -24,12 +24,12 @@ from torch.utils.checkpoint import checkpoint
 from kernels import TORCH_KERNELS, KernelOps
 from kernels.attention_inputs import apply_rope as apply_rope  # re-exported: the tables are built below
 from kernels.attention_inputs import rms_norm
-from runtime.attention import SDPA, AttentionBackend, attention
 from runtime.errors import RemoverError
+from runtime.execution.attention import SDPA, AttentionBackend, attention
 from runtime.models.config import ANY
 
 if TYPE_CHECKING:
-    from runtime.parallel import SequenceParallel
+    from runtime.distributed.parallel import SequenceParallel
 
 ROPE_THETA = 10000.0
 

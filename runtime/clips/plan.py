@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from runtime.errors import RemoverError
-from runtime.preprocess import SIZE_MULTIPLE, output_size, padded_frame_count
+from runtime.pipeline.preprocess import SIZE_MULTIPLE, output_size, padded_frame_count
 
 DEFAULT_WINDOW = 81  # the model's training length (21 latent frames)
 DEFAULT_OVERLAP = 5  # finished frames each window starts from (latents 0 and 1); see the README

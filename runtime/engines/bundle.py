@@ -32,15 +32,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from runtime.engines import BACKENDS, Graph, open_graph
+from runtime.engines.graph_spec import GraphSpec, TensorSpec
+from runtime.engines.graphs import BACKENDS, Graph, open_graph
 from runtime.errors import RemoverError
-from runtime.graph_spec import GraphSpec, TensorSpec
 from runtime.models.config import config_from_dict
 from runtime.models.transformer import TransformerConfig
 from runtime.models.vae import VAEConfig
-from runtime.scheduler import SchedulerConfig
-from runtime.stages import Stages
-from runtime.weights import CheckpointPaths, weight_files
+from runtime.models.weights import CheckpointPaths, weight_files
+from runtime.pipeline.samplers import SchedulerConfig
+from runtime.pipeline.stages import Stages
 
 FORMAT = "minimax-remover-bundle"
 FORMAT_VERSION = 2  # 2: the encoder graphs take one video, not the pair

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from runtime.engines.graph_spec import GraphSpec, format_shape
 from runtime.errors import RemoverError
-from runtime.graph_spec import GraphSpec, format_shape
 
 
 class Graph(ABC):

@@ -1,7 +1,7 @@
 """The three heavy stages of the pipeline behind one interface: VAE encode, transformer, VAE decode.
 
 `Remover` strings preprocessing, these stages and paste-back together; only the stages change
-implementation: `TorchStages` runs the PyTorch modules, `runtime.bundle.BundleStages` runs the
+implementation: `TorchStages` runs the PyTorch modules, `runtime.engines.bundle.BundleStages` runs the
 exported graphs of an engine bundle (ONNX Runtime, TensorRT or AOTInductor). The sampler loop,
 `denoise_loop`, exists once: the pipeline runs it over either implementation's `velocity`, and the
 exporter traces it to unroll the whole sampler into one graph.
@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from runtime.models.transformer import RemoverTransformer, TransformerConfig
 from runtime.models.vae import VAEConfig, WanVAE
-from runtime.scheduler import FlowSampler
+from runtime.pipeline.samplers import FlowSampler
 
 # (model input [B, 3 z_dim, T', h, w], timestep [B]) -> velocity [B, z_dim, T', h, w]
 VelocityFn = Callable[[Tensor, Tensor], Tensor]

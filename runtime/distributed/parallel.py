@@ -41,8 +41,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from runtime.attention import AttentionBackend
 from runtime.errors import RemoverError
+from runtime.execution.attention import AttentionBackend
 
 TIMEOUT_ENV = "RUNTIME_PARALLEL_TIMEOUT"
 IDLE_TIMEOUT = timedelta(days=1)  # how long the other ranks wait for rank 0's next window
@@ -307,7 +307,7 @@ def choose_mode(blend: str, windows: int, dry_run: bool = False) -> int:
 
 @dataclass(frozen=True)
 class WindowShare:
-    """Whole windows spread over the ranks (`runtime.stream.window_owners` says whose each is): the
+    """Whole windows spread over the ranks (`runtime.clips.stream.window_owners` says whose each is): the
     others send their windows' finished frames to rank 0, which writes every frame in order."""
 
     rank: int

@@ -20,15 +20,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from runtime.cost_model import RunEstimate, achievable_flops, estimate_run
+from runtime.clips.plan import Plan, PlanOptions, make_plan
+from runtime.clips.stream import host_bytes, mask_box, run_plan
+from runtime.distributed.parallel import WindowShare
 from runtime.errors import RemoverError
+from runtime.execution.cost_model import RunEstimate, achievable_flops, estimate_run
 from runtime.io import ClipReader, MaskSource, check_output, open_clip, open_masks, open_writer
-from runtime.parallel import WindowShare
-from runtime.pipeline import EmptyMaskWarning, Remover
-from runtime.plan import Plan, PlanOptions, make_plan
-from runtime.preprocess import output_size, padded_frame_count, resize_frames, shrink_masks
-from runtime.stages import Stages
-from runtime.stream import host_bytes, mask_box, run_plan
+from runtime.pipeline.preprocess import output_size, padded_frame_count, resize_frames, shrink_masks
+from runtime.pipeline.remover import EmptyMaskWarning, Remover
+from runtime.pipeline.stages import Stages
 
 GB = 1e9
 
@@ -242,7 +242,7 @@ def remove_file(
     the plan, the estimate) through `say` before any work. Bad input, a plan that cannot fit and an
     output that exists (without `output.overwrite`) are RemoverErrors before any work. `dry_run`
     stops after the checks and writes nothing. `share`: rank 0 of a torchrun group sharing the windows
-    (`runtime.parallel.WindowShare`). Returns the plan and the seconds of each stage."""
+    (`runtime.distributed.parallel.WindowShare`). Returns the plan and the seconds of each stage."""
     start = time.perf_counter()
     reader = open_clip(video)
     say(f"{video}: {reader.info.describe()}")

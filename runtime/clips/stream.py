@@ -21,14 +21,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from runtime.composite import composite_window, to_uint8
+from runtime.clips.plan import Box, Plan, Window
 from runtime.errors import RemoverError
-from runtime.plan import Box, Plan, Window
-from runtime.preprocess import CHUNK_PIXELS, dilate, resize_frames, shrink_masks
+from runtime.pipeline.composite import composite_window, to_uint8
+from runtime.pipeline.preprocess import CHUNK_PIXELS, dilate, resize_frames, shrink_masks
 
 if TYPE_CHECKING:
-    from runtime.parallel import WindowShare
-    from runtime.pipeline import Remover
+    from runtime.distributed.parallel import WindowShare
+    from runtime.pipeline.remover import Remover
 
 ENCODER_QUEUE_FRAMES = 50  # x264 at its default preset: a 40-frame lookahead, B-frames and frame threads
 

@@ -20,9 +20,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from runtime import composite, parallel
-from runtime.attention import select_attention
-from runtime.backends import (
+from runtime.distributed import parallel
+from runtime.errors import RemoverError
+from runtime.execution.attention import select_attention
+from runtime.execution.choices import (
     COMPILE_MODES,
     DTYPES,
     check_compile_mode,
@@ -31,8 +32,9 @@ from runtime.backends import (
     resolve_kernels,
     verified_backends,
 )
-from runtime.errors import RemoverError
-from runtime.preprocess import (
+from runtime.models.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint
+from runtime.pipeline import composite
+from runtime.pipeline.preprocess import (
     as_frames,
     as_masks,
     output_size,
@@ -42,9 +44,8 @@ from runtime.preprocess import (
     prepare_video,
     resize,
 )
-from runtime.scheduler import SchedulerConfig, make_sampler
-from runtime.stages import Stages, TorchStages, denoise_loop
-from runtime.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint
+from runtime.pipeline.samplers import SchedulerConfig, make_sampler
+from runtime.pipeline.stages import Stages, TorchStages, denoise_loop
 
 
 class EmptyMaskWarning(UserWarning):
@@ -116,7 +117,7 @@ class Remover:
         the transformer; `compile_mode` ("off", "inductor", "cuda-graphs") compiles its per-step call.
 
         `sequence_parallel` (under `torchrun`, every rank loading the model): split the transformer over
-        the ranks (`runtime.parallel`); rank 0 calls the Remover, the others call `serve()`. Without it
+        the ranks (`runtime.distributed.parallel`); rank 0 calls the Remover, the others call `serve()`. Without it
         each process runs its own model (as data-parallel training does).
         """
         device = torch.device(device) if device is not None else default_device()
@@ -167,13 +168,13 @@ class Remover:
         """Run an engine bundle written by `python -m export.onnx` (and `export.tensorrt`).
 
         backend: "onnxruntime", "tensorrt" or "aoti"; None picks what fits the device and the bundle
-        (`runtime.bundle.choose_backend`). The bundle fixes the size, frame count and
+        (`runtime.engines.bundle.choose_backend`). The bundle fixes the size, frame count and
         precision; `weights` (and `vae`, as in `from_pretrained`), if given, must be the checkpoint
         the bundle was exported from. A bundle that does not fit is a RemoverError. The bundle's
         sampler and step count run as its one unrolled graph; another `sampler` or step count runs
         the single-step graph in the sampler loop.
         """
-        from runtime.bundle import BundleStages, checkpoint_sha256, choose_backend
+        from runtime.engines.bundle import BundleStages, checkpoint_sha256, choose_backend
 
         device = torch.device(device) if device is not None else default_device()
         backend = backend or choose_backend(Path(path), device)

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from kernels import TORCH_KERNELS, TRITON_KERNELS, KernelOps, triton_support
-from runtime.attention import MATH, SDPA, AttentionBackend
 from runtime.errors import RemoverError, RemoverWarning
+from runtime.execution.attention import MATH, SDPA, AttentionBackend
 from runtime.models.transformer import RemoverTransformer, TransformerConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

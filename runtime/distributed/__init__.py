@@ -1,0 +1,1 @@
+"""Several processes on one clip (torchrun): loaded only when a run is launched with more than one rank."""

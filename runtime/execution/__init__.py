@@ -1,0 +1,1 @@
+"""Execution choices: device, dtype, kernels, compile (choices.py), the attention implementation, the cost model."""
