@@ -1,0 +1,61 @@
+"""Weights by hub id: resolved from a hub cache laid out by hand in a temporary HF_HOME, offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime.errors import RemoverError
+from runtime.hub import is_hub_id, resolve
+
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def hub_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An HF_HOME whose cache holds owner/model at REVISION: weights.pt and vae/config.json, offline."""
+    home = tmp_path / "hf"
+    repo = home / "hub" / "models--owner--model"
+    snapshot = repo / "snapshots" / REVISION
+    (snapshot / "vae").mkdir(parents=True)
+    (snapshot / "weights.pt").write_bytes(b"weights")
+    (snapshot / "vae" / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(REVISION)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return home
+
+
+def test_local_path_is_returned_as_is(tmp_path: Path) -> None:
+    file = tmp_path / "model.pt"
+    file.write_bytes(b"x")
+    assert resolve(str(file), "ignored.pt", "the checkpoint") == file
+    assert not is_hub_id(str(file))
+
+
+def test_hub_file_from_the_cache_offline(hub_home: Path) -> None:
+    found = resolve("owner/model", "weights.pt", "the checkpoint")
+    assert found.read_bytes() == b"weights"
+    assert hub_home in found.parents
+
+
+def test_hub_snapshot_folder_from_the_cache_offline(hub_home: Path) -> None:
+    found = resolve("owner/model", None, "the remover's weights")
+    assert found.is_dir() and (found / "vae" / "config.json").read_text() == "{}"
+    assert found.name == REVISION
+
+
+@pytest.mark.parametrize(("repo", "filename"), [("owner/other", None), ("owner/model", "missing.pt")])
+def test_offline_and_not_cached_is_one_line(hub_home: Path, repo: str, filename: str | None) -> None:
+    with pytest.raises(RemoverError) as caught:
+        resolve(repo, filename, "the checkpoint")
+    message = str(caught.value)
+    assert "\n" not in message and "HF_HUB_OFFLINE" in message and repo in message
+
+
+def test_neither_path_nor_hub_id(tmp_path: Path) -> None:
+    with pytest.raises(RemoverError, match="neither a local path nor a hub id"):
+        resolve(str(tmp_path / "missing" / "deep" / "model.pt"), None, "the checkpoint")
