@@ -84,7 +84,6 @@ def run(args: argparse.Namespace) -> str:
         preview=args.preview,
         overwrite=args.overwrite,
         progress=not args.quiet,
-        say=lambda line: print(line, file=sys.stderr),
     )
     return result.describe()
 
