@@ -189,8 +189,10 @@ def test_default_checkpoint_offline_and_not_cached(tmp_path: Path, monkeypatch: 
 
 MEMORY_CHILD = """
 import json, resource, sys
+import torch
 from runtime.segment import Prompt, SegmentOptions, segment_file
 video, out, checkpoint, frames = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+torch.set_num_threads(1)  # a tiny model on a shared CPU
 options = SegmentOptions(checkpoint=checkpoint, model_config="{config}", image_size=64, device="cpu")
 prompts = [Prompt(frames // 2, 1, "box", (600, 300, 900, 700))]  # mid-clip: both directions
 segment_file(video, out, prompts, options, progress=False, say=lambda line: None)
