@@ -254,3 +254,41 @@ def test_clip_frame_rate_kept(segmenter, tmp_path: Path, one_torch_thread) -> No
     segment_file(video, tmp_path / "mask.mp4", prompts, segmenter.options, segmenter=segmenter, progress=False)
     with open_clip(tmp_path / "mask.mp4") as reader:
         assert reader.info.frame_count == 5 and reader.info.fps == 30
+
+
+@pytest.fixture
+def tennis9(data_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The first 9 tennis frames and masks (links, so nothing is copied)."""
+    frames, masks = tmp_path / "frames", tmp_path / "masks"
+    frames.mkdir(), masks.mkdir()
+    for name in sorted(p.name for p in (data_dir / "tennis" / "frames").iterdir())[:9]:
+        (frames / name).symlink_to(data_dir / "tennis" / "frames" / name)
+        (masks / name).symlink_to(data_dir / "tennis" / "masks" / name)
+    return frames, masks
+
+
+@pytest.mark.slow
+def test_segment_then_remove(segmenter, tennis9, checkpoint: Path, tmp_path: Path, capsys, one_torch_thread):
+    """Prompts -> mask -> runtime.run --mask, as `runtime.run --box ...` will chain them: the temporary
+    mask goes when the block ends; --save-mask's stays."""
+    from runtime import run
+    from runtime.segment import prompted_mask
+
+    frames, masks = tennis9
+    with open_clip(frames) as reader:
+        first = next(iter(open_masks(masks, reader.info)))
+    ys, xs = np.nonzero(first)
+    box = [Prompt(0, 1, "box", (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)))]
+    options = segmenter.options
+    with prompted_mask(frames, box, options, segmenter=segmenter, progress=False, say=lambda line: None) as mask:
+        assert mask.suffix == ".mkv"
+        out = tmp_path / "clean"
+        args = ["--video", str(frames), "--mask", str(mask), "--weights", str(checkpoint), "--out", str(out)]
+        assert run.main([*args, "--height", "64", "--width", "112", "--quiet"]) == 0
+    assert not mask.exists() and not mask.parent.exists()
+    assert read_clip(out).frames.shape == (9, 240, 432, 3)
+    saved = tmp_path / "saved.mp4"
+    with prompted_mask(frames, box, options, segmenter=segmenter, save_mask=saved, progress=False) as mask:
+        assert mask == saved
+    assert read_clip(saved).frames.shape == (9, 240, 432, 3)
+    capsys.readouterr()

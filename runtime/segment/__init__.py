@@ -7,7 +7,7 @@ clip, forward and backward from any frame, streamed so memory does not grow with
 `python -m runtime.segment` is the command line; docs/segment.md the user's guide.
 """
 
-from runtime.segment.files import SegmentResult, describe_segmentation, segment_file
+from runtime.segment.files import SegmentResult, describe_segmentation, prompted_mask, segment_file
 from runtime.segment.options import SegmentOptions
 from runtime.segment.prompts import Prompt, check_prompts, parse_prompts
 from runtime.segment.segmenter import Segmenter, load_segmenter
@@ -21,5 +21,6 @@ __all__ = [
     "describe_segmentation",
     "load_segmenter",
     "parse_prompts",
+    "prompted_mask",
     "segment_file",
 ]

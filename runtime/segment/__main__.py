@@ -12,9 +12,14 @@ from runtime.segment.options import DEFAULT_CHECKPOINT, DEFAULT_CONFIG, DEFAULT_
 from runtime.segment.prompts import parse_prompts
 
 
-def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
-    """The prompt and model options, shared with runtime.run (which segments instead of reading --mask)."""
+def add_prompt_arguments(parser: argparse.ArgumentParser, for_removal: bool = False) -> None:
+    """The prompt and model options, shared with runtime.run (which segments instead of reading --mask;
+    `for_removal` adds its --save-mask)."""
     group = parser.add_argument_group("segmenting (SAM 2): prompts in display pixels, frame 0 unless @FRAME")
+    if for_removal:
+        group.add_argument(
+            "--save-mask", metavar="FILE", help="keep the mask made from the prompts (a video or folder)"
+        )
     group.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1[@FRAME][#OBJECT]")
     group.add_argument("--point", action="append", default=[], metavar="X,Y[@FRAME][#OBJECT]")
     group.add_argument(

@@ -10,7 +10,9 @@ clip with each object tinted in its own colour.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -157,3 +159,28 @@ def segment_file(
     return SegmentResult(
         outputs["mask"], writers["mask"].frames_written, counts, outputs.get("ids"), outputs.get("preview")
     )
+
+
+@contextmanager
+def prompted_mask(
+    video: str | Path,
+    prompts: list[Prompt],
+    options: SegmentOptions,
+    *,
+    segmenter: Segmenter | None = None,
+    save_mask: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> Iterator[Path]:
+    """Segment `video` and give the mask's path for the remover's --mask: `save_mask` when given (kept),
+    else a temporary lossless video (FFV1, small for masks) removed when the block ends."""
+    settings = {"segmenter": segmenter, "progress": progress, "say": say}
+    if save_mask is not None:
+        segment_file(video, save_mask, prompts, options, overwrite=overwrite, **settings)
+        yield Path(save_mask)
+        return
+    with tempfile.TemporaryDirectory(prefix="segment-mask-") as folder:
+        mask = Path(folder) / "mask.mkv"
+        segment_file(video, mask, prompts, options, **settings)
+        yield mask
