@@ -5,6 +5,7 @@ the mask's round trip through runtime.io.open_masks, and the finishing of masks 
 
 from __future__ import annotations
 
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -173,7 +174,14 @@ def test_segment_file_union_ids_preview_round_trip(clip: Path, tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ids", "mask.mp4", "preview.mp4"]
 
 
-def test_error_midway_leaves_nothing(clip: Path, tmp_path: Path) -> None:
+def test_error_midway_leaves_nothing(clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during the forward pass: no output, no partial file, no temporary spill files."""
+    spills = tmp_path / "tmp"
+    spills.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spills))
+    out = tmp_path / "out"
+    out.mkdir()
+
     class Failing(StandIn):
         def tracked(self, *args: Any, **kwargs: Any) -> dict:
             if len(self.calls) > 8:
@@ -183,15 +191,15 @@ def test_error_midway_leaves_nothing(clip: Path, tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         segment_file(
             clip,
-            tmp_path / "mask.mp4",
+            out / "mask.mp4",
             PROMPTS,
             EXACT,
             segmenter=Segmenter(Failing(), EXACT),
-            preview=tmp_path / "p",
+            preview=out / "p",
             progress=False,
             say=lambda line: None,
         )
-    assert list(tmp_path.iterdir()) == []
+    assert list(out.iterdir()) == [] and list(spills.iterdir()) == []
 
 
 def test_existing_output_is_kept(clip: Path, tmp_path: Path) -> None:
