@@ -17,12 +17,14 @@ from pathlib import Path
 from runtime.errors import RemoverError
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".json", ".yaml")  # a file, not a repository
 TRUE = ("1", "on", "yes", "true")
 
 
 def is_hub_id(value: str) -> bool:
-    """Whether `value` reads as a hub id "owner/name" (and is not an existing local path)."""
-    return HUB_ID.fullmatch(value) is not None and not Path(value).exists()
+    """Whether `value` reads as a hub id "owner/name" (and not as a local path: existing, or a file name)."""
+    path = Path(value)
+    return HUB_ID.fullmatch(value) is not None and path.suffix.lower() not in WEIGHT_SUFFIXES and not path.exists()
 
 
 def hub_cache() -> Path:
@@ -43,7 +45,7 @@ def resolve(id_or_path: str, filename: str | None, what: str) -> Path:
     path = Path(id_or_path).expanduser()
     if path.exists():
         return path
-    if HUB_ID.fullmatch(id_or_path) is None:
+    if not is_hub_id(id_or_path):
         raise RemoverError(f"{what} not found: {id_or_path} is neither a local path nor a hub id owner/name")
     try:
         from huggingface_hub import hf_hub_download, snapshot_download

@@ -56,6 +56,8 @@ def test_offline_and_not_cached_is_one_line(hub_home: Path, repo: str, filename:
     assert "\n" not in message and "HF_HUB_OFFLINE" in message and repo in message
 
 
-def test_neither_path_nor_hub_id(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["missing/deep/model", "weights/sam.pt", "/abs/path"])
+def test_neither_path_nor_hub_id(name: str, hub_home: Path) -> None:
+    """A missing file path is not sent to the hub, even when it has the form owner/name."""
     with pytest.raises(RemoverError, match="neither a local path nor a hub id"):
-        resolve(str(tmp_path / "missing" / "deep" / "model.pt"), None, "the checkpoint")
+        resolve(name, None, "the checkpoint")

@@ -70,6 +70,9 @@ BAD_CLI = {
     "only negative clicks": (["--negative", "5,5"], "only negative clicks"),
     "object id": (["--point", "5,5#256"], "outside 1 to 255"),
     "no prompts": ([], "no prompts"),
+    "input size": (["--box", "1,1,9,9", "--image-size", "100"], "multiple of 32"),
+    "grow": (["--box", "1,1,9,9", "--grow", "999"], "--grow 999 is outside"),
+    "device": (["--box", "1,1,9,9", "--device", "tpu"], "unknown device 'tpu'"),
 }
 BAD_FILES = {
     "not JSON": ("{objects: ", "is not JSON"),
