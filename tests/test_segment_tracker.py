@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from runtime.errors import RemoverError
 from runtime.io import open_clip, open_masks, read_clip, write_clip
-from runtime.segment import Prompt, Segmenter, SegmentOptions, segment_file
+from runtime.segment import Prompt, Segmenter, SegmentOptions, describe_segmentation, segment_file
 from runtime.segment.postprocess import finish_mask
 
 FRAMES, SIZE = 12, 64
@@ -233,3 +233,16 @@ def test_finish_mask_grow_shrink_holes() -> None:
     ring[8:12, 8:12] = False
     assert np.array_equal(finish_mask(ring, 0, fill_holes=True), square)
     assert np.array_equal(finish_mask(ring, 0, fill_holes=False), ring)
+
+
+def test_describe_segmentation(clip: Path) -> None:
+    with open_clip(clip) as reader:
+        lines = describe_segmentation(PROMPTS, SegmentOptions(image_size=512, grow=-2), reader.info)
+    assert lines == [
+        "segment: SAM 2 (configs/sam2.1/sam2.1_hiera_s.yaml, the default facebook/sam2.1-hiera-small) at 512 px, "
+        "on the best device",
+        "  object 1: box 11,9,23,21 on frame 4; tracked forward over 4-11, backward over 3-0",
+        "  object 2: point 54,29 on frame 7; tracked forward over 7-11, backward over 6-0",
+        "  masks shrunk 2 px, holes filled",
+        "  8 frame(s) up to the last prompt are kept on disk at the model's input size",
+    ]
