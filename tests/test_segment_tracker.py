@@ -213,9 +213,15 @@ def test_existing_output_is_kept(clip: Path, tmp_path: Path) -> None:
 def test_frame_masks_one_frame(clip: Path) -> None:
     frame = read_clip(clip).frames[7]
     prompts = [Prompt(7, 1, "point", (20 + 2 * 7, 12)), Prompt(7, 2, "box", (49, 24, 59, 34))]
-    masks = Segmenter(StandIn(), EXACT).frame_masks(frame, prompts)
+    stand_in = StandIn()
+    segmenter = Segmenter(stand_in, EXACT)
+    masks = segmenter.frame_masks(frame, prompts)
     assert np.array_equal(masks[1], known_mask(square_a(7)))
     assert np.array_equal(masks[2], known_mask(square_b(7)))
+    assert np.array_equal(segmenter.frame_masks(frame.copy(), prompts[1:])[2], masks[2])  # another click
+    assert stand_in.calls.count(("features",)) == 1  # the same frame's features, kept
+    segmenter.frame_masks(read_clip(clip).frames[8], prompts[:1])
+    assert stand_in.calls.count(("features",)) == 2
 
 
 def test_finish_mask_grow_shrink_holes() -> None:

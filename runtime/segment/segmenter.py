@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ class Segmenter:
     def __init__(self, model: TrackingModel, options: SegmentOptions) -> None:
         self.model = model
         self.options = options
+        self._last_frame: tuple[bytes, Any] | None = None  # (digest of a model input, its features)
 
     def masks(self, logits: dict[int, torch.Tensor], height: int, width: int) -> dict[int, np.ndarray]:
         """Mask logits [1, 1, h, w] per object -> bool [H, W] per object, finished (SAM 2's rule: the
@@ -40,10 +43,14 @@ class Segmenter:
 
     def frame_masks(self, frame: np.ndarray, prompts: list[Prompt]) -> dict[int, np.ndarray]:
         """One frame's masks, bool [H, W] per object, from prompts on it (their `frame` is not read):
-        what an app shows as the user clicks."""
+        what an app shows as the user clicks. The last frame's features are kept, so clicking again on
+        the same frame runs only the prompt and mask heads."""
         height, width = frame.shape[:2]
         image = model_input(frame, self.model.image_size)
-        features = self.model.features(image)
+        digest = hashlib.blake2b(image.tobytes(), digest_size=16).digest()
+        if self._last_frame is None or self._last_frame[0] != digest:
+            self._last_frame = (digest, self.model.features(image))
+        features = self._last_frame[1]
         logits = {}
         for object_id, by_frame in frame_inputs(prompts).items():
             on_frame = [prompt for items in by_frame.values() for prompt in items]
