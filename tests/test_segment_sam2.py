@@ -68,6 +68,7 @@ def jpeg_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_propagation_matches_sam2_predictor(segmenter, jpeg_clip: Path, tiny_checkpoint: Path, one_torch_thread):
     """Prompts on frames 2 and 5, two objects: the streamed forward and backward passes give SAM 2's
     own predictor's logits (its reverse pass and its forward pass, each on a fresh state)."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -147,7 +147,6 @@ def propagate(
     keep, size = model.memory_frames, model.image_size
     banks = {object_id: new_bank() for object_id in ids}
     frames = iter(frames)
-    bar = _bars(progress)
 
     def next_input(frame: int) -> np.ndarray:
         image = next(frames, None)
@@ -161,7 +160,7 @@ def propagate(
         forward = None
         try:
             # 1. frames up to the last prompted one, to disk; conditioning outputs on the prompted frames
-            for frame in bar(range(last_prompted + 1), "reading to the last prompt", last_prompted > 0):
+            for frame in _bar(range(last_prompted + 1), "reading to the last prompt", progress and last_prompted > 0):
                 image = next_input(frame)
                 read.put(frame, image)
                 prompted = [object_id for object_id in ids if frame in inputs[object_id]]
@@ -174,7 +173,7 @@ def propagate(
 
             # 2. backward from each object's first prompt to frame 0, the logits to disk
             latest_first = max(first.values())
-            for frame in bar(range(latest_first - 1, -1, -1), "tracking backward", latest_first > 0):
+            for frame in _bar(range(latest_first - 1, -1, -1), "tracking backward", progress and latest_first > 0):
                 features = model.features(read.get(frame))
                 for slot, object_id in enumerate(ids):
                     if frame < first[object_id]:
@@ -188,7 +187,7 @@ def propagate(
                 bank["non_cond_frame_outputs"].clear()
 
             # 3. forward over the whole clip, in order (to its last decoded frame)
-            forward = bar(None, "tracking forward", True, total=frame_count)
+            forward = _bar(None, "tracking forward", progress, total=frame_count)
             for frame in itertools.count():
                 if frame <= last_prompted:
                     image = None  # read from disk when a frame needs tracking
@@ -220,8 +219,5 @@ def propagate(
                 backward.close()
 
 
-def _bars(progress: bool) -> Callable[..., Any]:
-    def bar(items: Any, description: str, shown: bool, total: int | None = None) -> Any:
-        return tqdm(items, desc=description, unit="frame", total=total, disable=not (progress and shown), leave=False)
-
-    return bar
+def _bar(items: Iterable[int] | None, description: str, shown: bool, total: int | None = None) -> tqdm:
+    return tqdm(items, desc=description, unit="frame", total=total, disable=not shown, leave=False)
