@@ -4,6 +4,8 @@ line with exit 2 and nothing written, before a model is loaded or a frame is pro
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from runtime.segment import Prompt, check_prompts, parse_prompts
 from runtime.segment.__main__ import main
 
 FRAMES, HEIGHT, WIDTH = 6, 48, 64
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +127,14 @@ def test_missing_prompts_file(clip: Path, tmp_path: Path, capsys, monkeypatch) -
 def test_check_prompts_without_prompts(clip: Path) -> None:
     with open_clip(clip) as reader, pytest.raises(RemoverError, match="no prompts"):
         check_prompts([], reader.info)
+
+
+def test_importing_needs_no_extra() -> None:
+    """runtime.run can import the segmenter's options without the [segment] extra installed: nothing of
+    it is imported until a model is loaded or a mask finished."""
+    code = (
+        "import sys, runtime.segment, runtime.segment.cli, runtime.hub\n"
+        "print([m for m in ('sam2', 'hydra', 'omegaconf', 'scipy', 'huggingface_hub') if m in sys.modules])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert result.stdout.strip() == "[]"

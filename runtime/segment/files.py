@@ -21,6 +21,7 @@ import numpy as np
 from runtime.errors import RemoverError
 from runtime.io.reader import ClipInfo, open_clip
 from runtime.io.writer import ClipWriter, check_output, open_writer
+from runtime.segment.model import model_choice
 from runtime.segment.options import SegmentOptions
 from runtime.segment.prompts import Prompt, check_prompts, frame_inputs, object_ids
 from runtime.segment.segmenter import Segmenter, load_segmenter
@@ -52,10 +53,10 @@ class SegmentResult:
 def describe_segmentation(prompts: list[Prompt], options: SegmentOptions, info: ClipInfo) -> list[str]:
     """What segmenting will do, for a plan or a dry run (nothing is loaded)."""
     size = f"{options.image_size} px" if options.image_size else "the config's input size"
-    checkpoint = options.checkpoint or "the default facebook/sam2.1-hiera-small"
-    lines = [
-        f"segment: SAM 2 ({options.model_config}, {checkpoint}) at {size}, on {options.device or 'the best device'}"
-    ]
+    checkpoint, config = model_choice(options)
+    if options.checkpoint is None:
+        checkpoint = f"the default {checkpoint}"
+    lines = [f"segment: SAM 2 ({config}, {checkpoint}) at {size}, on {options.device or 'the best device'}"]
     last = info.frame_count - 1
     inputs = frame_inputs(prompts)
     for object_id in object_ids(prompts):

@@ -20,13 +20,9 @@ import torch
 
 from runtime.errors import RemoverError
 from runtime.hub import is_hub_id, resolve
-from runtime.segment.options import DEFAULT_CHECKPOINT, DEFAULT_CONFIG, SegmentOptions
+from runtime.segment.options import DEFAULT_CHECKPOINT, DEFAULT_CONFIG, INSTALL, SegmentOptions
 from runtime.segment.tracker import MemoryBank, Output
 
-INSTALL = (
-    "segmenting needs SAM 2, the [segment] extra: pip install 'minimax-remover-runtime[segment]' and then "
-    "SAM2_BUILD_CUDA=0 pip install --no-deps --no-build-isolation sam2 (see docs/segment.md)"
-)
 # the released checkpoints on the hub: id -> (config, file)
 RELEASED = {
     f"facebook/sam2.1-hiera-{name}": (f"configs/sam2.1/sam2.1_hiera_{short}.yaml", f"sam2.1_hiera_{name}.pt")
@@ -248,8 +244,8 @@ def load_sam2(options: SegmentOptions) -> Sam2Model:
     import_sam2()
     checkpoint, config_name = model_choice(options)
     config = config_file(config_name)
-    path = checkpoint_file(checkpoint)
     device = pick_device(options.device)
+    path = checkpoint_file(checkpoint)  # may download: after the checks that need nothing fetched
     model = build_model(config, options.image_size)
     load_weights(model, path, config)
     return Sam2Model(model, device)

@@ -17,6 +17,10 @@ IMAGE_STRIDE = 32
 DEFAULT_GROW = 4
 MAX_GROW = 256
 DEVICES = ("cpu", "cuda", "mps")
+INSTALL = (
+    "segmenting needs SAM 2, the [segment] extra: pip install 'minimax-remover-runtime[segment]' and then "
+    "SAM2_BUILD_CUDA=0 pip install --no-deps --no-build-isolation sam2 (see docs/segment.md)"
+)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ an unmasked island inside an object is far more often a miss of the tracker than
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
+
+from runtime.errors import RemoverError
+from runtime.segment.options import INSTALL
 
 
 def disk(radius: int) -> np.ndarray:
@@ -21,6 +23,10 @@ def disk(radius: int) -> np.ndarray:
 def finish_mask(mask: np.ndarray, grow: int, fill_holes: bool) -> np.ndarray:
     """bool [H, W]: holes filled (when asked), then every pixel within `grow` pixels of the mask added
     (grow > 0) or every pixel within -grow pixels of the background removed (grow < 0)."""
+    try:
+        from scipy import ndimage  # the [segment] extra: imported when a mask is finished
+    except ImportError:
+        raise RemoverError(INSTALL) from None
     if fill_holes and mask.any():
         mask = ndimage.binary_fill_holes(mask)
     if grow > 0:
