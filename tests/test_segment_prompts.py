@@ -129,6 +129,7 @@ def test_check_prompts_without_prompts(clip: Path) -> None:
         check_prompts([], reader.info)
 
 
+@pytest.mark.slow
 def test_importing_needs_no_extra() -> None:
     """runtime.run can import the segmenter's options without the [segment] extra installed: nothing of
     it is imported until a model is loaded or a mask finished."""
