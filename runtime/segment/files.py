@@ -128,7 +128,9 @@ def segment_file(
         say(f"{info.path}: {info.describe()}")
         for line in describe_segmentation(prompts, options, info):
             say(line)
-        segmenter = segmenter or load_segmenter(options)
+        if segmenter is None:
+            say(f"loading SAM 2 ({options.checkpoint or 'the default checkpoint'})")
+            segmenter = load_segmenter(options)
         ids = object_ids(prompts)
         counts = dict.fromkeys(ids, 0)
         writers: dict[str, ClipWriter] = {}
@@ -138,7 +140,7 @@ def segment_file(
                     path, source, overwrite=overwrite, lossless=what != "preview" and _is_video(path)
                 )
             frames = iter(reader)
-            for masks in segmenter.track(video, prompts, progress):
+            for masks in segmenter.track(video, prompts, progress, spill_folder=outputs["mask"].parent):
                 frame = next(frames, None)
                 if frame is None:
                     raise RemoverError(f"{info.path} decoded to fewer frames on a second read")
@@ -170,18 +172,21 @@ def prompted_mask(
     *,
     segmenter: Segmenter | None = None,
     save_mask: str | Path | None = None,
+    work_folder: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
     say: Callable[[str], None] = print,
 ) -> Iterator[Path]:
     """Segment `video` and give the mask's path for the remover's --mask: `save_mask` when given (kept),
-    else a temporary lossless video (FFV1, small for masks) removed when the block ends."""
+    else a temporary lossless video (FFV1, small for masks) in a hidden folder in `work_folder`
+    (default the system's temporary folder; the remover's output folder is a good one: the frames up
+    to the last prompt are spilled there too), removed when the block ends."""
     settings = {"segmenter": segmenter, "progress": progress, "say": say}
     if save_mask is not None:
         segment_file(video, save_mask, prompts, options, overwrite=overwrite, **settings)
         yield Path(save_mask)
         return
-    with tempfile.TemporaryDirectory(prefix="segment-mask-") as folder:
+    with tempfile.TemporaryDirectory(prefix=".segment-mask-", dir=work_folder) as folder:
         mask = Path(folder) / "mask.mkv"
         segment_file(video, mask, prompts, options, **settings)
         yield mask

@@ -61,14 +61,19 @@ class Segmenter:
             logits[object_id] = output["pred_masks"].detach().float().cpu()
         return self.masks(logits, height, width)
 
-    def track(self, video: str | Path, prompts: list[Prompt], progress: bool = True) -> Iterator[dict[int, np.ndarray]]:
+    def track(
+        self, video: str | Path, prompts: list[Prompt], progress: bool = True, spill_folder: str | Path | None = None
+    ) -> Iterator[dict[int, np.ndarray]]:
         """Every frame's masks in order, bool [H, W] per object at the clip's display size, streamed
-        (memory and disk: runtime.segment.tracker). The prompts are checked before any frame is read."""
+        (memory and disk: runtime.segment.tracker; the frames up to the last prompt go to a hidden
+        folder in `spill_folder`, default the system's temporary folder). The prompts are checked
+        before any frame is read."""
         with open_clip(video) as reader:
             info = reader.info
             check_prompts(prompts, info)
             frames = (frame.image for frame in reader)
-            stream = propagate(self.model, frames, (info.width, info.height), info.frame_count, prompts, progress)
+            display = (info.width, info.height)
+            stream = propagate(self.model, frames, display, info.frame_count, prompts, progress, spill_folder)
             try:
                 for _, logits in stream:
                     yield self.masks(logits, info.height, info.width)

@@ -154,7 +154,7 @@ def propagate(
             raise RemoverError(f"the clip ended at frame {frame}, before its prompted frame {last_prompted}")
         return model_input(image, size)
 
-    with tempfile.TemporaryDirectory(prefix="segment-", dir=spill_folder) as folder:
+    with tempfile.TemporaryDirectory(prefix=".segment-", dir=spill_folder) as folder:
         read = ArraySpill(Path(folder) / "frames", (size, size, 3), np.uint8)
         backward: ArraySpill | None = None
         forward = None
