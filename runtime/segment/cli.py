@@ -17,8 +17,12 @@ def add_prompt_arguments(parser: argparse.ArgumentParser, for_removal: bool = Fa
         group.add_argument(
             "--save-mask", metavar="FILE", help="keep the mask made from the prompts (a video or folder)"
         )
-    group.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1[@FRAME][#OBJECT]")
-    group.add_argument("--point", action="append", default=[], metavar="X,Y[@FRAME][#OBJECT]")
+    group.add_argument(
+        "--box", action="append", default=[], metavar="X0,Y0,X1,Y1[@FRAME][#OBJECT]", help="a box around an object"
+    )
+    group.add_argument(
+        "--point", action="append", default=[], metavar="X,Y[@FRAME][#OBJECT]", help="a click on an object (#1 default)"
+    )
     group.add_argument(
         "--negative",
         action="append",
