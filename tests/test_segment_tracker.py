@@ -250,5 +250,5 @@ def test_describe_segmentation(clip: Path) -> None:
         "  object 1: box 11,9,23,21 on frame 4; tracked forward over 4-11, backward over 3-0",
         "  object 2: point 54,29 on frame 7; tracked forward over 7-11, backward over 6-0",
         "  masks shrunk 2 px, holes filled",
-        "  8 frame(s) up to the last prompt are kept on disk at the model's input size",
+        "  8 frame(s) up to the last prompt go to disk beside the output: 6 MB at 512 px",
     ]

@@ -31,6 +31,7 @@ PALETTE = np.array(  # one colour an object, in id order, repeating
     np.float32,
 )
 TINT = 0.5  # how much of an object's colour covers it in the preview
+RELEASED_INPUT = 1024  # the released SAM 2 configs' image_size
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,14 @@ def describe_segmentation(prompts: list[Prompt], options: SegmentOptions, info: 
         lines.append(f"  object {object_id}: {listed}; tracked {span}")
     finish = f"grown {options.grow} px" if options.grow >= 0 else f"shrunk {-options.grow} px"
     lines.append(f"  masks {finish}, holes {'filled' if options.fill_holes else 'kept'}")
-    spilled = max(prompt.frame for prompt in prompts)
-    if spilled:
-        lines.append(f"  {spilled + 1} frame(s) up to the last prompt are kept on disk at the model's input size")
+    spilled = max(prompt.frame for prompt in prompts) + 1
+    if spilled > 1:
+        side = options.image_size or RELEASED_INPUT
+        frames_mb = spilled * side * side * 3 / 1e6
+        at = f"{side} px" if options.image_size else f"{side} px, the released configs' size"
+        lines.append(
+            f"  {spilled} frame(s) up to the last prompt go to disk beside the output: {frames_mb:.0f} MB at {at}"
+        )
     return lines
 
 
