@@ -1,9 +1,9 @@
 """MiniMax-Remover inference runtime.
 
-    from runtime import ModelOptions, load_remover, remove_file
-    remover = load_remover(ModelOptions(weights="/models/MiniMax-Remover"))
-    remove_file(remover, "clip.mp4", "mask.mp4", "clean.mp4")      # files of any length and size
-    remover(frames, masks)                                         # arrays, one pass
+from runtime import ModelOptions, load_remover, remove_file
+remover = load_remover(ModelOptions(weights="/models/MiniMax-Remover"))
+remove_file(remover, "clip.mp4", "mask.mp4", "clean.mp4")      # files of any length and size
+remover(frames, masks)                                         # arrays, one pass
 """
 
 from runtime import _moved
