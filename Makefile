@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(PY) -m runtime.run --out demo_removed.mp4 --overwrite  # the demo replaces its own last result
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not gpu" --durations=15
 	$(VENV)/bin/ruff check .
 
 # benchmark gates: ours against the reference, measured now (CPU: the quick suite; GPU: the full one)
