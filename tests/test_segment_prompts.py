@@ -124,6 +124,23 @@ def test_missing_prompts_file(clip: Path, tmp_path: Path, capsys, monkeypatch) -
     )
 
 
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        (Prompt(0, 1, "click", (1.0, 2.0)), "unknown prompt kind 'click'"),
+        (Prompt(0, 1, "point", (1.0, 2.0, 3.0)), "a point takes X,Y"),
+        (Prompt(0, 0, "point", (1.0, 2.0)), "object id 0 is outside 1 to 255"),
+        (Prompt(-1, 1, "point", (1.0, 2.0)), "frame -1 is negative"),
+        (Prompt(0, 1, "point", (float("nan"), 2.0)), "finite numbers"),
+        (Prompt(0, 1, "negative", (1.0, 2.0)), "only negative clicks"),
+    ],
+)
+def test_check_prompts_made_in_code(prompt: Prompt, expected: str, clip: Path) -> None:
+    """Prompts an app builds itself get parse_prompts' checks too."""
+    with open_clip(clip) as reader, pytest.raises(RemoverError, match=expected):
+        check_prompts([prompt], reader.info)
+
+
 def test_check_prompts_without_prompts(clip: Path) -> None:
     with open_clip(clip) as reader, pytest.raises(RemoverError, match="no prompts"):
         check_prompts([], reader.info)

@@ -156,12 +156,15 @@ def parse_prompts(
 
 
 def check_prompts(prompts: list[Prompt], info: ClipInfo) -> None:
-    """Every prompt inside the clip: its frame exists, a point lies in the frame, a box lies in the
-    frame (0 <= x0 < x1 <= width, 0 <= y0 < y1 <= height). One RemoverError line otherwise."""
+    """Every prompt well formed (as `parse_prompts` checks, for prompts made in code) and inside the
+    clip: its frame exists, a point lies in the frame, a box lies in the frame (0 <= x0 < x1 <= width,
+    0 <= y0 < y1 <= height). One RemoverError line otherwise."""
     if not prompts:
         raise RemoverError("no prompts to segment with")
     size = f"{info.width}x{info.height}"
     for prompt in prompts:
+        where = f"object {prompt.object_id}: {prompt.kind} on frame {prompt.frame}"
+        _checked(prompt, where)
         where = f"object {prompt.object_id}: {prompt.describe()}"
         if prompt.frame >= info.frame_count:
             raise RemoverError(f"{where}: frame {prompt.frame} does not exist (the clip has {info.frame_count} frames)")
@@ -175,6 +178,7 @@ def check_prompts(prompts: list[Prompt], info: ClipInfo) -> None:
             inside = 0 <= x <= info.width and 0 <= y <= info.height
         if not inside:
             raise RemoverError(f"{where}: outside the {size} frame")
+    _check_objects(prompts)
 
 
 def object_ids(prompts: Iterable[Prompt]) -> list[int]:
