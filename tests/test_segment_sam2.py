@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -293,3 +295,32 @@ def test_segment_then_remove(segmenter, tennis9, checkpoint: Path, tmp_path: Pat
         assert mask == saved
     assert read_clip(saved).frames.shape == (9, 240, 432, 3)
     capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_nothing(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """SIGINT to `python -m runtime.segment` while it tracks: exit 130, no mask, no preview, no partial
+    files and no spilled frames."""
+    from runtime.io import write_clip
+
+    clip = tmp_path / "clip"
+    write_clip(clip, np.random.default_rng(0).integers(0, 255, (60, 64, 64, 3), dtype=np.uint8), Fraction(25))
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["--video", clip, "--box", "10,10,40,40@30", "--out", out / "mask.mp4", "--preview", out / "p.mp4"]
+    args += ["--checkpoint", tiny_checkpoint, "--model-config", TINY, "--image-size", INPUT, "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "runtime.segment", *map(str, args), "--quiet"]
+    with subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as child:
+        deadline = time.monotonic() + 120
+        while not list(out.glob(".segment-*")) and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the spill folder appears when tracking starts
+        assert child.poll() is None, child.stderr.read()
+        time.sleep(0.5)
+        child.send_signal(signal.SIGINT)
+        _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "interrupted"
+    assert list(out.iterdir()) == []
