@@ -20,7 +20,7 @@ import numpy as np
 
 from runtime.errors import RemoverError
 from runtime.io.reader import ClipInfo, open_clip
-from runtime.io.writer import ClipWriter, check_output, open_writer
+from runtime.io.writer import CONTAINER_CODECS, ClipWriter, check_output, open_writer
 from runtime.segment.model import model_choice
 from runtime.segment.options import SegmentOptions
 from runtime.segment.prompts import Prompt, check_prompts, frame_inputs, object_ids
@@ -107,7 +107,7 @@ def _writers(paths: dict[str, Path | None], info: ClipInfo, overwrite: bool) -> 
 
 
 def _is_video(path: Path) -> bool:
-    return path.suffix.lower() in (".mp4", ".mov", ".mkv", ".webm")
+    return path.suffix.lower() in CONTAINER_CODECS
 
 
 def segment_file(
@@ -145,7 +145,7 @@ def segment_file(
                 writers[what] = open_writer(
                     path, source, overwrite=overwrite, lossless=what != "preview" and _is_video(path)
                 )
-            frames = iter(reader)
+            frames = iter(reader)  # a second decode in step with the tracker's: timestamps, preview pixels
             for masks in segmenter.track(video, prompts, progress, spill_folder=outputs["mask"].parent):
                 frame = next(frames, None)
                 if frame is None:
