@@ -61,3 +61,30 @@ def test_neither_path_nor_hub_id(name: str, hub_home: Path) -> None:
     """A missing file path is not sent to the hub, even when it has the form owner/name."""
     with pytest.raises(RemoverError, match="neither a local path nor a hub id"):
         resolve(name, None, "the checkpoint")
+
+
+def test_remover_weights_by_hub_id_load_from_the_cache_offline(hub_home: Path, checkpoint: Path, capsys) -> None:
+    """`runtime.run --weights owner/name` runs on the snapshot the cache holds (the fixture's checkpoint
+    laid out as the released repository is), with HF_HUB_OFFLINE set; an id not cached is one line."""
+    import shutil
+
+    from runtime import run
+
+    snapshot = hub_home / "hub" / "models--owner--remover" / "snapshots" / REVISION
+    shutil.copytree(checkpoint, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text(REVISION)
+    frames, masks = hub_home / "frames", hub_home / "masks"
+    for kind, folder in (("frame", frames), ("mask", masks)):
+        folder.mkdir()
+        for image in sorted((checkpoint.parent / "inputs").glob(f"{kind}_*.png")):
+            shutil.copy(image, folder)
+    clip = ["--video", str(frames), "--mask", str(masks), "--dry-run", "--quiet"]
+    code = run.main([*clip, "--weights", "owner/remover"])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    assert "weights owner/remover on cpu" in err  # loaded: the dry run needs the model
+
+    code = run.main([*clip, "--weights", "owner/absent"])
+    _, err = capsys.readouterr()
+    assert code == 2 and err.strip().startswith("error: the remover's weights: owner/absent is not in the hub cache")

@@ -271,29 +271,35 @@ def tennis9(data_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_segment_then_remove(segmenter, tennis9, checkpoint: Path, tmp_path: Path, capsys, one_torch_thread):
-    """Prompts -> mask -> runtime.run --mask, as `runtime.run --box ...` will chain them: the temporary
-    mask goes when the block ends; --save-mask's stays."""
+def test_segment_then_remove_in_one_command(
+    tiny_checkpoint: Path, tennis9, checkpoint: Path, tmp_path: Path, capsys, one_torch_thread
+):
+    """`runtime.run --video CLIP --box ... --checkpoint ...`: segment, then remove, one command. The dry run
+    shows the segmentation and writes nothing; the run writes the clip, --save-mask keeps the mask (the
+    mask runtime.run --mask then reads as it is), and no temporary mask or spill is left."""
     from runtime import run
-    from runtime.segment import prompted_mask
 
     frames, masks = tennis9
     with open_clip(frames) as reader:
         first = next(iter(open_masks(masks, reader.info)))
     ys, xs = np.nonzero(first)
-    box = [Prompt(0, 1, "box", (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)))]
-    options = segmenter.options
-    with prompted_mask(frames, box, options, segmenter=segmenter, progress=False, say=lambda line: None) as mask:
-        assert mask.suffix == ".mkv"
-        out = tmp_path / "clean"
-        args = ["--video", str(frames), "--mask", str(mask), "--weights", str(checkpoint), "--out", str(out)]
-        assert run.main([*args, "--height", "64", "--width", "112", "--quiet"]) == 0
-    assert not mask.exists() and not mask.parent.exists()
+    box = f"{xs.min()},{ys.min()},{xs.max() + 1},{ys.max() + 1}"
+    out, saved = tmp_path / "out" / "clean.mp4", tmp_path / "out" / "mask.mkv"
+    out.parent.mkdir()
+    sam = ["--checkpoint", str(tiny_checkpoint), "--model-config", TINY, "--image-size", str(INPUT)]
+    args = ["--video", str(frames), "--box", box, *sam, "--weights", str(checkpoint), "--device", "cpu"]
+    args += ["--height", "64", "--width", "112", "--out", str(out), "--quiet"]
+
+    assert run.main([*args, "--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    assert "segment: SAM 2" in dry and f"object 1: box {box} on frame 0" in dry, dry
+    assert list(out.parent.iterdir()) == []
+
+    assert run.main([*args, "--save-mask", str(saved)]) == 0, capsys.readouterr().err
     assert read_clip(out).frames.shape == (9, 240, 432, 3)
-    saved = tmp_path / "saved.mp4"
-    with prompted_mask(frames, box, options, segmenter=segmenter, save_mask=saved, progress=False) as mask:
-        assert mask == saved
-    assert read_clip(saved).frames.shape == (9, 240, 432, 3)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["clean.mp4", "mask.mkv"]  # nothing temporary left
+    with open_clip(frames) as reader:
+        assert len(list(open_masks(saved, reader.info))) == 9
     capsys.readouterr()
 
 
