@@ -146,6 +146,11 @@ build_bundle(Path(sys.argv[1]), Path(sys.argv[2]), height=64, width=96, frames=9
 _bundle_build: dict[str, object] = {}  # the background build of `tiny_bundle`: its folder and process
 
 
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests that need the tiny bundle run last, so its background build overlaps the most work."""
+    items.sort(key=lambda item: "tiny_bundle" in getattr(item, "fixturenames", ()))
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start building the tiny bundle in a child process as soon as a test that needs it is collected: its
     AOTInductor packages compile for minutes, and the tests that run meanwhile leave a core to spare."""
