@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -34,7 +33,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from bench.results import machine_info, versions
+from bench.child import run_child
+from bench.results import machine_info, to_dict, versions
 from runtime import Remover
 from runtime.errors import RemoverError, RemoverWarning
 from runtime.execution.attention import ATTENTION_CHOICES, select_attention
@@ -60,10 +60,9 @@ class Step:
 
 def run_command(name: str, command: list[str]) -> Step:
     """A subprocess step: passed when it exits 0; its last output line is the detail."""
-    start = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    result = run_child(command, cwd=REPO)
     tail = (result.stdout + result.stderr).strip().splitlines()
-    return Step(name, result.returncode == 0, tail[-1] if tail else "", time.perf_counter() - start)
+    return Step(name, result.returncode == 0, tail[-1] if tail else "", result.seconds)
 
 
 def self_check(device: torch.device) -> list[Step]:
@@ -128,7 +127,7 @@ def fixture_parity(device: torch.device, dtypes: tuple[str, ...], attentions: tu
 
 def write_results(steps: list[Step], device: torch.device, path: Path = RESULTS_MD) -> None:
     """Replace the gpu-check section of RESULTS.md (appended the first time)."""
-    machine = ", ".join(f"{key} {value}" for key, value in machine_info(device).items())
+    machine = ", ".join(f"{key} {value}" for key, value in to_dict(machine_info(device)).items())
     lines = [
         BEGIN,
         "## GPU check (`make gpu-check`)",
