@@ -9,7 +9,7 @@ On a machine with a CUDA GPU, in order (each step's outcome is recorded even whe
    each attention backend and compile mode, against the reference's fp32 frames (fp32: the fixture's
    2e-3; half precision: twice the reference implementation's own error in that dtype, measured on
    the CPU in tests/test_precision.py);
-4. `python -m bench.training_step` with training/configs/wan1.3b_stage1.json at one clip a step:
+4. `python -m training.measure_step` with training/configs/wan1.3b_stage1.json at one clip a step:
    stage 1's step time, tokens/s and peak memory on this GPU against the memory plan;
 5. `python -m bench.run --device cuda`: ours against the reference at 480x832x81 and the rest of the
    GPU suite, re-rendering bench/RESULTS.md.
@@ -163,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     steps += self_check(device)
     attentions = tuple(a for a in ATTENTION_CHOICES if a != "auto")
     steps += fixture_parity(device, tuple(DTYPES), attentions, tuple(COMPILE_MODES))
-    training = [sys.executable, "-m", "bench.training_step", "--config", "training/configs/wan1.3b_stage1.json"]
+    training = [sys.executable, "-m", "training.measure_step", "--config", "training/configs/wan1.3b_stage1.json"]
     training += ["--set", "batch_size=1", "--steps", "30"]  # one clip a step: seconds, not minutes
-    steps.append(run_command("training step at the released size (bench.training_step)", training))
+    steps.append(run_command("training step at the released size (training.measure_step)", training))
     if not args.skip_bench:
         steps.append(
             run_command("bench.run --device cuda", [sys.executable, "-m", "bench.run", "--device", "cuda", "--report"])
