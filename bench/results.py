@@ -77,19 +77,11 @@ class Side:
 
 
 @dataclass
-class StageRatios:
-    seconds: float
-    peak_mb: float
-    above_loaded_mb: float
-    cpu_s: float | None = None
-
-
-@dataclass
 class Ratios:
     total_s: float
     peak_mem_mb: float
     peak_above_loaded_mb: float
-    stages: dict[str, StageRatios]
+    stages: dict[str, Stage]  # each figure of each stage both sides have, as a ratio
     total_cpu_s: float | None = None
     dit_step_s: float | None = None
     dit_step_cpu_s: float | None = None
@@ -229,7 +221,7 @@ def ratios(ours: Side, reference: Side) -> Ratios:
     """ours / reference for the totals, every stage both have, the mean DiT call, and the peaks (also above
     the memory each loaded model held). CPU-time ratios come along where both sides measured CPU time."""
     stages = {
-        name: StageRatios(
+        name: Stage(
             seconds=stage.seconds / theirs.seconds,
             peak_mb=stage.peak_mb / theirs.peak_mb,
             above_loaded_mb=_positive(stage.above_loaded_mb) / _positive(theirs.above_loaded_mb),
@@ -346,7 +338,7 @@ def assemble(meta: Meta, workloads: dict[str, WorkloadResult]) -> Run:
 
 def machine_info(device: torch.device) -> Machine:
     """What the numbers were measured on."""
-    memory_gb = round(_meminfo_kb("MemTotal") / 1024**2, 1)
+    memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1)
     machine = Machine(_cpu_model(), os.cpu_count() or 0, memory_gb, platform.platform())
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
@@ -373,16 +365,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def _meminfo_kb(name: str) -> int:
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def _nvidia_driver() -> str:
