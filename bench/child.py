@@ -1,11 +1,12 @@
 """A command in a fresh process, with its peak resident set: `run_child(argv) -> ChildResult`.
 
-The peak is the kernel's maximum resident set (ru_maxrss) of the command's process tree, read with
-os.wait4 by a small launcher that forks the command. Not the parent's own getrusage: a child spawned
-straight from a large process (as a test session is) inherits that process's high-water mark through
-fork or vfork and exec, so its ru_maxrss could never fall below the parent's; the launcher is a bare
-interpreter (about 10 MB), so its floor is far below anything measured here. The command runs in its
-own session: a timeout or Ctrl-C ends the whole tree and leaves nothing running.
+The peak is the kernel's maximum resident set (ru_maxrss) of the command, or of the largest process of
+its tree (torchrun's ranks), read with os.wait4 by a small launcher that forks the command. Not the
+parent's own getrusage: a child spawned straight from a large process (as a test session is) inherits
+that process's high-water mark through fork or vfork and exec, so its ru_maxrss could never fall below
+the parent's; the launcher is a bare interpreter (about 10 MB), so its floor is far below anything
+measured here. The command runs in its own session: a timeout or Ctrl-C ends the whole tree and leaves
+nothing running.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ os.write(fd, f"{usage.ru_maxrss} {os.waitstatus_to_exitcode(status)} {usage.ru_u
 @dataclass(frozen=True)
 class ChildResult:
     """How a command ended: exit status (negative: the signal that ended it), output, peak resident set
-    of its process tree, wall seconds and CPU seconds (user + system, the tree's)."""
+    (of the largest process of its tree), wall seconds and CPU seconds (user + system, the whole tree's)."""
 
     returncode: int
     stdout: str
