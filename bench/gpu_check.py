@@ -35,6 +35,7 @@ from safetensors.torch import load_file
 
 from bench.child import run_child
 from bench.results import machine_info, to_dict, versions
+from bench.study import write_section
 from runtime import Remover
 from runtime.errors import RemoverError, RemoverWarning
 from runtime.execution.attention import ATTENTION_CHOICES, select_attention
@@ -129,7 +130,6 @@ def write_results(steps: list[Step], device: torch.device, path: Path = RESULTS_
     """Replace the gpu-check section of RESULTS.md (appended the first time)."""
     machine = ", ".join(f"{key} {value}" for key, value in to_dict(machine_info(device)).items())
     lines = [
-        BEGIN,
         "## GPU check (`make gpu-check`)",
         "",
         f"- date {date.today().isoformat()}; {machine}",
@@ -138,14 +138,8 @@ def write_results(steps: list[Step], device: torch.device, path: Path = RESULTS_
         "| step | result | detail | seconds |",
         "|---|---|---|---|",
         *(f"| {s.name} | {'pass' if s.passed else '**FAIL**'} | {s.detail} | {s.seconds:.1f} |" for s in steps),
-        END,
     ]
-    text = path.read_text()
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + "\n".join(lines) + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
-    path.write_text(text)
+    write_section(path, BEGIN, END, "\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench import results, thresholds
 from bench.results import Point, Run, Side, Stage, WorkloadResult
-from bench.study import RESULTS_DIR, markdown_table
+from bench.study import RESULTS_DIR, markdown_table, write_section
 from runtime.execution.cost_model import GPUS
 
 RESULTS_MD = Path(__file__).parent / "RESULTS.md"
@@ -303,14 +303,7 @@ def update_results(path: Path = RESULTS_MD, folder: Path = RESULTS_DIR) -> Path:
     for stem, run in runs.items():
         chart(run, folder / f"{stem}.png")
         charts[stem] = f"{folder.relative_to(path.parent).as_posix()}/{stem}.png"
-    block = f"{BEGIN}\n{render(runs, charts)}\n{END}"
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = block + "\n" + text
-    path.write_text(text if text.endswith("\n") else text + "\n")
-    return path
+    return write_section(path, BEGIN, END, render(runs, charts), first=True)
 
 
 if __name__ == "__main__":
