@@ -1,5 +1,5 @@
-"""What the studies (bench.run, footage, seams, scaling, the training step) share: where results go, progress
-lines, the JSON they save, and Markdown tables."""
+"""What the studies (bench.run and report, footage, scaling, gpu_check) share: where results go, progress
+lines, files written under a temporary name (JSON, a section of RESULTS.md), and Markdown tables."""
 
 from __future__ import annotations
 
