@@ -30,8 +30,8 @@ from __future__ import annotations
 import errno
 import re
 import warnings
-from collections.abc import Iterable
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
