@@ -1,6 +1,7 @@
 """Streaming clip IO: lazy readers, mask sources and frame-by-frame writers (see each module)."""
 
 from runtime.io.color import ColorInfo
+from runtime.io.copy import copy_clip
 from runtime.io.images import IMAGE_SUFFIXES, image_files
 from runtime.io.masks import MaskSource, open_masks, read_masks
 from runtime.io.outputs import claim_output, pid_alive, remove_stale_partials
@@ -21,6 +22,7 @@ __all__ = [
     "check_not_input",
     "check_output",
     "claim_output",
+    "copy_clip",
     "image_files",
     "open_clip",
     "open_masks",
