@@ -244,11 +244,17 @@ def test_a_claim_excludes_another_process_until_it_ends_or_dies(tmp_path):
     with pytest.raises(RemoverError, match=f"being written by process {holder.pid}"):
         with claim_output(out):
             pass
+    info = open_clip(encode_video(tmp_path.parent / f"{tmp_path.name}-clip.mp4", patch_frames(2, 16, 16))).info
+    with pytest.raises(RemoverError, match=f"being written by process {holder.pid}"):
+        open_writer(out, info)  # a writer claims its output too
     holder.kill()  # SIGKILL: its lock stays, naming a dead pid
     holder.wait()
     assert names(tmp_path) == [".out.mp4.lock"]
     with claim_output(out):
         assert (tmp_path / ".out.mp4.lock").read_text() == f"{os.getpid()}\n"
+        with claim_output(out):  # a claim is the process's: claiming again inside it is a no-op
+            pass
+        assert names(tmp_path) == [".out.mp4.lock"]
     assert names(tmp_path) == []
 
 

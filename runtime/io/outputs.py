@@ -5,7 +5,8 @@
   on that output (`remove_stale_partials`), and never what a live process is writing.
 - Claims: `claim_output` creates `.<name>.lock` exclusively (O_CREAT | O_EXCL) holding the pid, so of
   two runs on one output one writes and the other gets a RemoverError at once; a lock whose process
-  is dead is reclaimed.
+  is dead is reclaimed. A claim is the process's: claiming again inside it is a no-op (`open_writer`
+  claims its output, so the process that writes must be the one that claims).
 - The final step, `publish`, renames the finished temporary onto the output and never replaces an
   output that appeared meanwhile unless overwriting was asked for: renameat2(RENAME_NOREPLACE), else
   a hard link (which fails on an existing name) and an unlink, else (a filesystem with neither) a
@@ -60,8 +61,8 @@ def remove_path(path: Path) -> None:
 
 def remove_stale_partials(path: Path) -> list[Path]:
     """Remove what writers of `path` that are no longer alive left beside it (their temporary
-    outputs); a folder they had moved aside to replace it goes back when `path` is missing. Returns
-    what was removed or restored."""
+    outputs, their claim); a folder they had moved aside to replace it goes back when `path` is
+    missing. Returns what was removed or restored."""
     pattern = re.compile(rf"\.{re.escape(path.stem)}\.(partial|replaced)-(\d+){re.escape(path.suffix)}")
     try:
         entries = list(path.parent.iterdir())
@@ -77,6 +78,11 @@ def remove_stale_partials(path: Path) -> list[Path]:
         else:
             remove_path(entry)
         cleaned.append(entry)
+    lock = _lock_name(path)
+    owner = _lock_owner(lock)
+    if owner is not None and not pid_alive(owner):
+        _reclaim(lock, owner)
+        cleaned.append(lock)
     return cleaned
 
 
@@ -122,13 +128,29 @@ def _reclaim(lock: Path, dead: int) -> None:
         aside.unlink()
 
 
+def claimed_by(path: str | Path) -> int | None:
+    """The pid of the live process holding `path` (see `claim_output`), or None."""
+    owner = _lock_owner(_lock_name(Path(path)))
+    return owner if owner is not None and pid_alive(owner) else None
+
+
+def release_dead_claim(path: str | Path, pid: int) -> None:
+    """Remove the claim on `path` of process `pid`, known to be dead (a worker its parent saw die)."""
+    lock = _lock_name(Path(path))
+    if _lock_owner(lock) == pid:
+        _reclaim(lock, pid)
+
+
 @contextmanager
 def claim_output(path: str | Path) -> Iterator[Path]:
     """Hold `path` for this process while the block runs: a RemoverError at once when a live process
     holds it (naming its pid and the lock file); a lock left by a dead process is reclaimed. The lock
-    goes when the block ends, however it ends."""
+    goes when the block ends, however it ends. Inside a claim of the same process: nothing more."""
     path = Path(path)
     lock = _lock_name(path)
+    if _lock_owner(lock) == os.getpid():
+        yield path
+        return
     for _ in range(5):  # each retry follows a reclaimed stale lock
         try:
             descriptor = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

@@ -44,7 +44,15 @@ from PIL import Image
 from runtime.errors import RemoverError, RemoverWarning
 from runtime.io.color import SRGB, from_rgb, output_color, tag
 from runtime.io.images import IMAGE_SUFFIXES, JPEG_SUFFIXES
-from runtime.io.outputs import probe_writable, publish, remove_path, remove_stale_partials, temporary_name
+from runtime.io.outputs import (
+    claim_output,
+    probe_writable,
+    publish,
+    release_dead_claim,
+    remove_path,
+    remove_stale_partials,
+    temporary_name,
+)
 from runtime.io.paths import check_not_input
 from runtime.io.reader import ClipInfo, StreamInfo
 
@@ -216,8 +224,10 @@ def check_output(
 
 
 def remove_partial_output(path: str | Path, pid: int) -> None:
-    """Remove what a writer in process `pid`, killed before it finished, left of the output `path`."""
+    """Remove what a writer in process `pid`, killed before it finished, left of the output `path`:
+    its temporary output and its claim."""
     remove_path(temporary_name(Path(path), pid=pid))
+    release_dead_claim(path, pid)
 
 
 def _write_error(target: Path, exc: OSError) -> RemoverError:
@@ -230,12 +240,19 @@ def _write_error(target: Path, exc: OSError) -> RemoverError:
 class ClipWriter(ABC):
     """Takes finished frames one at a time (`write`) under a temporary name; `commit` renames the result
     onto the target, `abort` removes it. As a context manager: commit on a clean exit, abort on any
-    exception (Ctrl-C included)."""
+    exception (Ctrl-C included). The target is claimed (`claim_output`) from the start to the end."""
 
     def __init__(self, target: Path, overwrite: bool) -> None:
         self.target = target
         self._overwrite = overwrite
         self._temporary = temporary_name(target)
+        self._claim = claim_output(target)
+        self._claim.__enter__()
+        try:
+            self._open()
+        except BaseException:
+            self.abort()
+            raise
         self._shape: tuple[int, ...] | None = None
         self.frames_written = 0
 
@@ -261,6 +278,7 @@ class ClipWriter(ABC):
                 raise RemoverError(f"no frames to write to {self.target}")
             self._finish()
             publish(self._temporary, self.target, self._overwrite)
+            self._release()
         except OSError as exc:
             self.abort()
             raise _write_error(self.target, exc) from None
@@ -276,6 +294,13 @@ class ClipWriter(ABC):
             pass
         finally:
             remove_path(self._temporary)
+            self._release()
+
+    def _release(self) -> None:
+        """End the claim on the target (once)."""
+        claim, self._claim = self._claim, None
+        if claim is not None:
+            claim.__exit__(None, None, None)
 
     def __enter__(self) -> ClipWriter:
         return self
@@ -285,6 +310,9 @@ class ClipWriter(ABC):
             self.commit()
         else:
             self.abort()
+
+    def _open(self) -> None:  # noqa: B027 (nothing to make by default)
+        """Make the temporary output (once the target is claimed)."""
 
     @abstractmethod
     def _write(self, image: np.ndarray, pts: int | None) -> None:
@@ -302,6 +330,8 @@ class _FolderWriter(ClipWriter):
 
     def __init__(self, target: Path, overwrite: bool) -> None:
         super().__init__(target, overwrite)
+
+    def _open(self) -> None:
         self._temporary.mkdir()
 
     def _write(self, image: np.ndarray, pts: int | None) -> None:
@@ -327,16 +357,19 @@ class _VideoWriter(ClipWriter):
     the frames' timestamps."""
 
     def __init__(self, target: Path, overwrite: bool, source: ClipInfo, encoding: Encoding) -> None:
-        super().__init__(target, overwrite)
         self._source = source
         self._encoding = encoding
         self._time_base = source.time_base or 1 / source.fps
         self._frame_ticks = max(1, round(1 / (source.fps * self._time_base)))
         self._last_pts: int | None = None
-        self._container: OutputContainer = av.open(str(self._temporary), "w")
+        self._container: OutputContainer | None = None
         self._stream: av.VideoStream | None = None
         self._color = source.color  # what the frames are encoded and tagged with, set with the stream
         self._others: _OtherStreams | None = None
+        super().__init__(target, overwrite)
+
+    def _open(self) -> None:
+        self._container = av.open(str(self._temporary), "w")
 
     def _start(self, height: int, width: int) -> None:
         encoding = self._encoding
@@ -387,7 +420,8 @@ class _VideoWriter(ClipWriter):
     def _close(self) -> None:
         if self._others is not None:
             self._others.close()
-        self._container.close()
+        if self._container is not None:
+            self._container.close()
 
 
 class _OtherStreams:
