@@ -32,6 +32,7 @@ from runtime.execution.choices import (
     verified_backends,
 )
 from runtime.models.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint
+from runtime.options import RunOptions
 from runtime.pipeline import composite
 from runtime.pipeline.preprocess import (
     as_frames,
@@ -47,18 +48,14 @@ from runtime.pipeline.samplers import SchedulerConfig, make_sampler
 from runtime.pipeline.stages import Stages, TorchStages, denoise_loop
 from runtime.pipeline.timing import Timings
 
-SEED_LIMIT = 2**64  # torch generators take seeds 0 to 2**64 - 1
-
 
 class EmptyMaskWarning(UserWarning):
     """The mask selects nothing, so the input is returned unchanged."""
 
 
-def check_seed(seed: object) -> int:
-    """`seed` as an int when a generator takes it (an integer 0 to 2**64 - 1), else a RemoverError."""
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= int(seed) < SEED_LIMIT:
-        raise RemoverError(f"seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
-    return int(seed)
+def _as_int(value: object) -> object:
+    """A NumPy integer as a Python int (RunOptions takes ints); anything else as it is, to be refused there."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
 
 
 def encoder_batch(video: Tensor, mask: Tensor) -> Tensor:
@@ -209,8 +206,9 @@ class Remover:
         frames, nonzero = remove. Returns float32 [F, H, W, 3] in [0, 1]: with `paste_back` the
         input size, with the generated pixels composited in through the dilated mask (everything
         outside it is the input, bit-exact); without it, the raw generation at (height, width),
-        as the released pipeline returns it. `seed`: an integer from 0 to 2**64 - 1; `latents` (a
-        tensor or a NumPy array) replaces the seeded initial noise.
+        as the released pipeline returns it. `seed` (0 to 2**63 - 1) and `num_inference_steps` are
+        checked as the CLI checks them (`runtime.options.RunOptions`); `latents` (a tensor or a NumPy
+        array) replaces the seeded initial noise.
         `guidance_scale` (models with condition tokens only) mixes the remove and regenerate
         predictions, v = v_neg + g (v_pos - v_neg); without it the model is sampled with "remove".
         """
@@ -218,7 +216,8 @@ class Remover:
         with self._stage("preprocess"):
             frames = as_frames(frames)
             masks = as_masks(masks, frames)
-            seed = check_seed(seed)
+            RunOptions(steps=_as_int(num_inference_steps), seed=_as_int(seed))  # refused as the CLI refuses them
+            seed, num_inference_steps = int(seed), int(num_inference_steps)
             if mask_dilation < 0:
                 raise RemoverError(f"mask dilation must be >= 0, got {mask_dilation}")
             if height is None and width is None and self.stages.default_size is not None:
