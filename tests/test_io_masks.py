@@ -235,3 +235,15 @@ def test_palette_indices_without_palette_entries_are_masks(tmp_path):
         write_png(tmp_path / name, indices, 3, 8, palette)
         mask = next(iter(open_masks(tmp_path / name, video(1, 4, 6))))
         np.testing.assert_array_equal(mask, expected[name], err_msg=name)
+
+
+def test_a_float_tiff_mask_is_a_mask_at_any_value_above_zero(tmp_path):
+    values = np.zeros((4, 6), np.float32)
+    values[1, 1], values[2, 4], values[3, 0] = 0.5, 1e-6, 3.0
+    Image.fromarray(values).save(tmp_path / "mask.tif")
+    mask = next(iter(open_masks(tmp_path / "mask.tif", video(1, 4, 6))))
+    np.testing.assert_array_equal(mask, values > 0)
+    values[0, 0] = np.nan
+    Image.fromarray(values).save(tmp_path / "nan.tif")
+    with pytest.raises(RemoverError, match="holds NaN"):
+        next(iter(open_masks(tmp_path / "nan.tif", video(1, 4, 6))))

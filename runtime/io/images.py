@@ -96,7 +96,8 @@ def read_levels(path: Path) -> tuple[np.ndarray, int]:
     """The pixel values at the file's own depth, for masks, where any nonzero value counts: uint8 or
     uint16 [H, W, 3], or [H, W, 4] with alpha, and the full-scale value (255 or 65535). 16-bit colour
     (which Pillow cuts to its high byte) is decoded by FFmpeg. A palette image's indices past the end of
-    its palette (which Pillow reads as black) read as full scale, except index 0 (a label map's background)."""
+    its palette (which Pillow reads as black) read as full scale, except index 0 (a label map's background).
+    A float image (32-bit TIFF) is taken as 0 to 1, any value above 0 reading as at least 1 of 65535."""
     try:
         with _open(path) as image:
             if image.mode in WIDE_GRAY_MODES:
@@ -104,6 +105,8 @@ def read_levels(path: Path) -> tuple[np.ndarray, int]:
                 return np.repeat(gray[..., None], 3, axis=-1), 65535
             if image.mode == "P":
                 return _palette_levels(image), 255
+            if image.mode == "F":
+                return _float_levels(np.asarray(image), path), 65535
             if not _is_wide(image):
                 return np.asarray(image.convert("RGBA" if _has_alpha(image) else "RGB")), 255
             alpha = _has_alpha(image)
@@ -124,3 +127,12 @@ def _palette_levels(image: Image.Image) -> np.ndarray:
     if not _has_alpha(image):
         return colours
     return np.concatenate([colours, np.asarray(image.convert("RGBA"))[..., 3:]], axis=-1)
+
+
+def _float_levels(values: np.ndarray, path: Path) -> np.ndarray:
+    """Gray float pixels (0 to 1; larger values count as full) as uint16 RGB, rounded up so that no
+    value above 0 becomes 0; NaN or infinite values are an error."""
+    if not np.isfinite(values).all():
+        raise RemoverError(f"the mask {path} holds NaN or infinite values")
+    levels = np.ceil(np.clip(values, 0.0, 1.0) * 65535).astype(np.uint16)
+    return np.repeat(levels[..., None], 3, axis=-1)
