@@ -302,3 +302,25 @@ def test_an_output_that_appears_while_writing_is_never_replaced(tmp_path, clip):
         else:
             assert names(out) == ["00000.png"] and np.asarray(Image.open(out / "00000.png")).shape == (8, 8, 3)
     assert names(tmp_path) == ["clip.mp4", "frames", "out.mp4"]
+
+
+@pytest.mark.parametrize("system", ["renameat2", "hard links only", "neither"])
+def test_publishing_never_replaces_an_existing_output_on_any_filesystem(tmp_path, monkeypatch, system):
+    from runtime.io import outputs
+
+    if system != "renameat2":
+        monkeypatch.setattr(outputs, "_renameat2", None)
+    if system == "neither":
+
+        def no_links(source, target):
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(outputs.os, "link", no_links)
+    (tmp_path / ".out.partial-1.mp4").write_bytes(b"new")
+    (tmp_path / "out.mp4").write_bytes(b"theirs")
+    with pytest.raises(RemoverError, match="appeared while this run wrote it"):
+        outputs.publish(tmp_path / ".out.partial-1.mp4", tmp_path / "out.mp4", overwrite=False)
+    assert (tmp_path / "out.mp4").read_bytes() == b"theirs"
+    (tmp_path / "out.mp4").unlink()
+    outputs.publish(tmp_path / ".out.partial-1.mp4", tmp_path / "out.mp4", overwrite=False)
+    assert names(tmp_path) == ["out.mp4"] and (tmp_path / "out.mp4").read_bytes() == b"new"
