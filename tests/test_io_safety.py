@@ -278,6 +278,7 @@ RACE = """
 """
 
 
+@pytest.mark.slow  # two fresh processes that start together after their imports: about 5 s
 def test_two_runs_at_once_write_the_output_once(tmp_path, clip):
     start = time.time() + 2.0  # both start together, after their imports
     runs = [child(RACE, clip, tmp_path / "out.mp4", start) for _ in range(2)]
