@@ -336,3 +336,22 @@ def test_a_csv_with_a_byte_order_mark_reads_as_without(clips):
     manifest.write_text("\ufeffvideo,mask,output,seed\n" + GOOD + ",7\n", encoding="utf-8")
     [clip] = batch.read_manifest(manifest)
     assert (clip.video, clip.run.seed) == (clips / "in" / "a.mp4", 7)
+
+
+@pytest.mark.slow
+def test_two_batches_at_once_do_each_clip_once(clips):
+    """Two runs of one manifest started together (different seeds: different results): each clip is done by
+    one of them and skipped by the other (its output claimed, or written meanwhile); no result is replaced."""
+    rows = [f"in/{name}.mp4,in/{name}_mask.mp4,out/{name}{i}.mkv" for i in range(3) for name in ("a", "b")]
+    manifest = write_csv(clips / "manifest.csv", rows)
+    runs = []
+    for seed in (1, 2):
+        summary = clips / f"summary{seed}.json"
+        command = [sys.executable, "-m", "runtime.batch", str(manifest), "--seed", str(seed), "--json", str(summary)]
+        runs.append(subprocess.Popen([*command, "--quiet", *SIZE], cwd=REPO, stderr=subprocess.PIPE, text=True))
+    for run in runs:
+        _, stderr = run.communicate(timeout=600)
+        assert run.returncode == 0, stderr
+    statuses = [[c["status"] for c in json.loads((clips / f"summary{s}.json").read_text())["clips"]] for s in (1, 2)]
+    assert all(sorted(pair) == ["done", "skipped"] for pair in zip(*statuses)), statuses
+    assert sorted(p.name for p in (clips / "out").iterdir()) == sorted(row.split(",")[2][4:] for row in rows)
