@@ -27,12 +27,13 @@ import numpy as np
 from bench.child import run_child, runtime_cli
 from bench.study import RESULTS_DIR, log, markdown_table, save_json
 from bench.workloads import WEIGHTS_HELP, resolve_weights
-from runtime.clips.plan import Box, PlanOptions, make_plan
+from runtime.clips.plan import Box, make_plan
 from runtime.errors import RemoverError, exit_code
 from runtime.execution.cost_model import pipeline_costs
 from runtime.io import write_clip
 from runtime.models.transformer import RELEASED_TRANSFORMER
 from runtime.models.vae import RELEASED_VAE
+from runtime.options import PlanOptions
 from runtime.pipeline.preprocess import padded_frame_count
 
 LENGTHS = (81, 161, 321)

@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.clips.plan import Plan, PlanOptions, make_plan
+from runtime.clips.plan import Plan, make_plan
 from runtime.clips.stream import LocalWindows, mask_box, run_plan
 from runtime.demo import DEMO_WEIGHTS
 from runtime.errors import exit_code
 from runtime.io import read_clip, read_masks
-from runtime.options import RunOptions
+from runtime.options import PlanOptions, RunOptions
 from runtime.pipeline.preprocess import dilate, resize_frames, shrink_masks
 from runtime.pipeline.remover import Remover
 from training.synthetic import HELD_OUT_SHAPES, render_clip

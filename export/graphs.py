@@ -19,9 +19,10 @@ from torch import Tensor, nn
 
 from runtime.engines.bundle import ENCODE_BATCH, NEXT_CHUNK_FRAMES
 from runtime.engines.graph_spec import GraphSpec, TensorSpec
+from runtime.models.scheduler import SchedulerConfig
 from runtime.models.transformer import RemoverTransformer, rope_cos_sin
 from runtime.models.vae import TemporalCache, WanVAE
-from runtime.pipeline.samplers import SchedulerConfig, make_sampler
+from runtime.pipeline.samplers import make_sampler
 from runtime.pipeline.stages import denoise_loop
 
 LATENT_FRAMES_AXIS = "latent_frames"

@@ -8,10 +8,9 @@ remover(frames, masks)                                         # arrays, one pas
 
 from runtime import _moved
 from runtime.clips.job import remove_file
-from runtime.clips.plan import PlanOptions
 from runtime.errors import RemoverError
 from runtime.loading import load_remover
-from runtime.options import MaskOptions, ModelOptions, OutputOptions, RunOptions
+from runtime.options import MaskOptions, ModelOptions, OutputOptions, PlanOptions, RunOptions
 from runtime.pipeline.remover import Remover
 
 _moved.install()

@@ -2,7 +2,7 @@
 
     ModelOptions   which model and how it runs (weights, engine bundle, device, dtype, kernels, ...)
     RunOptions     what one clip's run does with it (steps, seed, paste-back, progress)
-    PlanOptions    how a clip is split into windows and cropped (runtime/clips/plan.py)
+    PlanOptions    how a clip is split into windows and cropped (runtime/clips/plan.py makes the plan)
     MaskOptions    how mask files become masks (runtime/io/masks.py)
     OutputOptions  how the result is encoded (runtime/io/writer.py)
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.clips.plan import PlanOptions
 from runtime.errors import RemoverError
+from runtime.models.config import SIZE_MULTIPLE
 
 # the choices, named once (runtime/execution and runtime/pipeline/samplers.py check that they match theirs)
 DTYPE_CHOICES = ("bf16", "fp16", "fp32")
@@ -29,6 +29,14 @@ DEVICE_TYPES = ("cpu", "cuda")
 MASK_CHANNELS = ("auto", "luma", "alpha")
 MAX_STEPS = 1000  # the scheduler's training timesteps: more steps than that repeat timesteps
 MAX_SEED = 2**63 - 1  # window k draws its noise from seed + k: a signed 64-bit generator seed
+DEFAULT_WINDOW = 81  # the model's training length (21 latent frames)
+DEFAULT_OVERLAP = 5  # finished frames each window starts from (latents 0 and 1); see the README
+BLEND_MODES = ("continue", "crossfade")
+CROP_MODES = ("auto", "on", "off")
+DEFAULT_DILATION = 6  # the released demos' setting at 480p
+DEFAULT_FEATHER = 3
+DEFAULT_CONTEXT = 0.25
+DEFAULT_MIN_CROP = 256
 
 __all__ = ["ModelOptions", "RunOptions", "PlanOptions", "MaskOptions", "OutputOptions"]
 
@@ -50,6 +58,40 @@ def check_device(name: str | None) -> None:
     kind, _, index = str(name).partition(":")
     if kind not in DEVICE_TYPES or (index and not index.isdigit()) or (kind == "cpu" and index):
         raise RemoverError(f"--device {name}: use cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """How a clip is split and cropped (the CLI's --window ... --min-crop)."""
+
+    window: int = DEFAULT_WINDOW  # frames per window; 0: the whole clip in one pass
+    overlap: int = DEFAULT_OVERLAP
+    blend: str = "continue"  # or "crossfade"
+    crop: str = "auto"  # "on", "off"
+    height: int | None = None  # working-size budget; default 480p keeping the aspect ratio
+    width: int | None = None
+    dilation: int = DEFAULT_DILATION  # pixels at 480p
+    feather: int = DEFAULT_FEATHER  # pixels at 480p
+    context: float = DEFAULT_CONTEXT  # crop margin around the dilated mask box, times its longer side
+    min_crop: int = DEFAULT_MIN_CROP  # shortest crop side the model sees, in working pixels
+    fixed_window: bool = False  # every window exactly `window` frames (an engine bundle with static shapes)
+    upscale: bool = False  # let the default 480p working size exceed a smaller clip's own resolution
+
+    def check(self) -> None:
+        """A RemoverError for options that cannot make a plan."""
+        if self.window < 0 or self.overlap < 0:
+            raise RemoverError(f"--window and --overlap must be >= 0, got {self.window} and {self.overlap}")
+        if self.window and self.overlap >= self.window:
+            raise RemoverError(f"--overlap ({self.overlap}) must be smaller than --window ({self.window})")
+        if self.blend not in BLEND_MODES:
+            raise RemoverError(f"unknown blend mode {self.blend!r}; choose one of {BLEND_MODES}")
+        if self.crop not in CROP_MODES:
+            raise RemoverError(f"unknown crop mode {self.crop!r}; choose one of {CROP_MODES}")
+        if self.dilation < 0 or self.feather < 0 or self.context < 0 or self.min_crop < SIZE_MULTIPLE:
+            raise RemoverError(
+                f"--dilate, --feather and --context must be >= 0 and --min-crop >= {SIZE_MULTIPLE}, got "
+                f"{self.dilation}, {self.feather}, {self.context} and {self.min_crop}"
+            )
 
 
 @dataclass(frozen=True)

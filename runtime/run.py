@@ -13,8 +13,14 @@ import warnings
 from pathlib import Path
 
 from runtime import distributed
-from runtime.clips.plan import (
+from runtime.clips.request import Request, run_within_memory
+from runtime.demo import DEMO_CLIP, DEMO_MASK
+from runtime.errors import RemoverError, exit_code
+from runtime.execution.host_memory import bound_host_heap
+from runtime.options import (
+    ATTENTION_CHOICES,
     BLEND_MODES,
+    COMPILE_CHOICES,
     CROP_MODES,
     DEFAULT_CONTEXT,
     DEFAULT_DILATION,
@@ -22,15 +28,6 @@ from runtime.clips.plan import (
     DEFAULT_MIN_CROP,
     DEFAULT_OVERLAP,
     DEFAULT_WINDOW,
-    PlanOptions,
-)
-from runtime.clips.request import Request, run_within_memory
-from runtime.demo import DEMO_CLIP, DEMO_MASK
-from runtime.errors import RemoverError, exit_code
-from runtime.execution.host_memory import bound_host_heap
-from runtime.options import (
-    ATTENTION_CHOICES,
-    COMPILE_CHOICES,
     DTYPE_CHOICES,
     ENGINE_RUNTIMES,
     KERNEL_CHOICES,
@@ -39,6 +36,7 @@ from runtime.options import (
     MaskOptions,
     ModelOptions,
     OutputOptions,
+    PlanOptions,
     RunOptions,
 )
 from runtime.segment.cli import add_prompt_arguments, has_prompts, prompts_from_args, segment_options

@@ -19,10 +19,10 @@ from PIL import Image
 
 from runtime import Remover
 from runtime.distributed import sequence
+from runtime.models.scheduler import RELEASED_SCHEDULER
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
 from runtime.models.vae import RELEASED_VAE, WanVAE
 from runtime.models.weights import save_checkpoint
-from runtime.pipeline.samplers import RELEASED_SCHEDULER
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY = Path(__file__).with_name("parallel_entry.py")

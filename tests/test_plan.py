@@ -7,7 +7,8 @@ import math
 import pytest
 
 from runtime import RemoverError
-from runtime.clips.plan import Box, PlanOptions, make_plan, pixel_unit, window_spans
+from runtime.clips.plan import Box, make_plan, pixel_unit, window_spans
+from runtime.options import PlanOptions
 from runtime.pipeline.preprocess import output_size
 
 

@@ -12,13 +12,13 @@ import torch
 from torch import Tensor
 
 from runtime import Remover
-from runtime.clips.plan import PlanOptions, make_plan
+from runtime.clips.plan import make_plan
 from runtime.clips.stream import LocalWindows, mask_box, run_plan
+from runtime.models.scheduler import RELEASED_SCHEDULER
 from runtime.models.transformer import TransformerConfig
 from runtime.models.vae import VAEConfig
-from runtime.options import RunOptions
+from runtime.options import PlanOptions, RunOptions
 from runtime.pipeline.preprocess import dilate
-from runtime.pipeline.samplers import RELEASED_SCHEDULER
 from runtime.pipeline.stages import Stages
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from runtime.clips.plan import PlanOptions
 from runtime.errors import RemoverError
 from runtime.io import overlaps
 from runtime.options import (
@@ -30,6 +29,7 @@ from runtime.options import (
     MaskOptions,
     ModelOptions,
     OutputOptions,
+    PlanOptions,
     RunOptions,
 )
 

@@ -21,12 +21,12 @@ import torch
 from tqdm.auto import tqdm
 
 from runtime.clips.estimate import check_fits, describe_estimate, estimate
-from runtime.clips.plan import Plan, PlanOptions, make_plan
+from runtime.clips.plan import Plan, make_plan
 from runtime.clips.plan import working_size as plan_working_size
 from runtime.clips.stream import LocalWindows, WindowRunner, mask_box, run_plan
 from runtime.errors import RemoverError
 from runtime.io import ClipReader, MaskSource, check_output, copy_clip, open_clip, open_masks, open_writer
-from runtime.options import MaskOptions, OutputOptions, RunOptions
+from runtime.options import MaskOptions, OutputOptions, PlanOptions, RunOptions
 from runtime.pipeline.preprocess import resize_frames, shrink_masks
 from runtime.pipeline.remover import EmptyMaskWarning, Remover
 from runtime.pipeline.stages import Stages

@@ -25,87 +25,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from runtime.errors import RemoverError
+from runtime.options import PlanOptions
+from runtime.pipeline.box import Box
 from runtime.pipeline.preprocess import SIZE_MULTIPLE, output_size, padded_frame_count
 
-DEFAULT_WINDOW = 81  # the model's training length (21 latent frames)
-DEFAULT_OVERLAP = 5  # finished frames each window starts from (latents 0 and 1); see the README
-BLEND_MODES = ("continue", "crossfade")
-CROP_MODES = ("auto", "on", "off")
 REFERENCE_SHORT_SIDE = 480  # dilation and feather are given in pixels at this short side
-DEFAULT_DILATION = 6  # the released demos' setting at 480p
-DEFAULT_FEATHER = 3
-DEFAULT_CONTEXT = 0.25
-DEFAULT_MIN_CROP = 256
-
-
-@dataclass(frozen=True)
-class Box:
-    """A half-open pixel rectangle [top, bottom) x [left, right)."""
-
-    top: int
-    left: int
-    bottom: int
-    right: int
-
-    @property
-    def height(self) -> int:
-        return self.bottom - self.top
-
-    @property
-    def width(self) -> int:
-        return self.right - self.left
-
-    def union(self, other: Box | None) -> Box:
-        if other is None:
-            return self
-        return Box(
-            min(self.top, other.top),
-            min(self.left, other.left),
-            max(self.bottom, other.bottom),
-            max(self.right, other.right),
-        )
-
-    def grown(self, pixels: float) -> Box:
-        """This box with `pixels` more on every side (not clamped)."""
-        grow = math.ceil(pixels)
-        return Box(self.top - grow, self.left - grow, self.bottom + grow, self.right + grow)
-
-    def __str__(self) -> str:
-        return f"{self.width}x{self.height}+{self.left}+{self.top}"
-
-
-@dataclass(frozen=True)
-class PlanOptions:
-    """How a clip is split and cropped (the CLI's --window ... --min-crop)."""
-
-    window: int = DEFAULT_WINDOW  # frames per window; 0: the whole clip in one pass
-    overlap: int = DEFAULT_OVERLAP
-    blend: str = "continue"  # or "crossfade"
-    crop: str = "auto"  # "on", "off"
-    height: int | None = None  # working-size budget; default 480p keeping the aspect ratio
-    width: int | None = None
-    dilation: int = DEFAULT_DILATION  # pixels at 480p
-    feather: int = DEFAULT_FEATHER  # pixels at 480p
-    context: float = DEFAULT_CONTEXT  # crop margin around the dilated mask box, times its longer side
-    min_crop: int = DEFAULT_MIN_CROP  # shortest crop side the model sees, in working pixels
-    fixed_window: bool = False  # every window exactly `window` frames (an engine bundle with static shapes)
-    upscale: bool = False  # let the default 480p working size exceed a smaller clip's own resolution
-
-    def check(self) -> None:
-        """A RemoverError for options that cannot make a plan."""
-        if self.window < 0 or self.overlap < 0:
-            raise RemoverError(f"--window and --overlap must be >= 0, got {self.window} and {self.overlap}")
-        if self.window and self.overlap >= self.window:
-            raise RemoverError(f"--overlap ({self.overlap}) must be smaller than --window ({self.window})")
-        if self.blend not in BLEND_MODES:
-            raise RemoverError(f"unknown blend mode {self.blend!r}; choose one of {BLEND_MODES}")
-        if self.crop not in CROP_MODES:
-            raise RemoverError(f"unknown crop mode {self.crop!r}; choose one of {CROP_MODES}")
-        if self.dilation < 0 or self.feather < 0 or self.context < 0 or self.min_crop < SIZE_MULTIPLE:
-            raise RemoverError(
-                f"--dilate, --feather and --context must be >= 0 and --min-crop >= {SIZE_MULTIPLE}, got "
-                f"{self.dilation}, {self.feather}, {self.context} and {self.min_crop}"
-            )
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from dataclasses import replace
 import torch
 
 from runtime.clips.job import open_job
-from runtime.clips.plan import PlanOptions, window_spans
+from runtime.clips.plan import window_spans
 from runtime.clips.request import Placement, Request, run_within_memory
 from runtime.clips.stream import LocalWindows
 from runtime.distributed import local_device, rank, sequence, world_size
@@ -20,7 +20,7 @@ from runtime.distributed.windows import SharedWindows, compute_own_windows
 from runtime.execution.choices import default_device
 from runtime.io import open_clip
 from runtime.loading import load_remover, resolve_device
-from runtime.options import RunOptions
+from runtime.options import PlanOptions, RunOptions
 from runtime.pipeline.remover import Remover
 
 

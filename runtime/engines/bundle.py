@@ -36,10 +36,10 @@ from runtime.engines.graph_spec import GraphSpec, TensorSpec
 from runtime.engines.graphs import BACKENDS, Graph, open_graph
 from runtime.errors import RemoverError
 from runtime.models.config import config_from_dict
+from runtime.models.scheduler import SchedulerConfig
 from runtime.models.transformer import TransformerConfig
 from runtime.models.vae import VAEConfig
 from runtime.models.weights import CheckpointPaths, weight_files
-from runtime.pipeline.samplers import SchedulerConfig
 from runtime.pipeline.stages import Stages
 
 FORMAT = "minimax-remover-bundle"

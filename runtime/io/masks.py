@@ -39,11 +39,11 @@ import numpy as np
 from runtime.errors import RemoverError, RemoverWarning
 from runtime.io.images import IMAGE_SUFFIXES, JPEG_SUFFIXES, image_files, probe_images, read_levels
 from runtime.io.reader import ClipInfo, open_clip, orient
-from runtime.pipeline.preprocess import ASPECT_TOLERANCE
 
 CHANNELS = ("auto", "alpha", "luma")
 LOSSY_THRESHOLD = 127  # videos and JPEG images: lossy coding leaves faint noise in black areas
 LUMA_WEIGHTS = np.array([299, 587, 114], dtype=np.uint32)  # BT.601 luma, as Pillow's "L" mode
+ASPECT_TOLERANCE = 0.01  # a mask of another size is accepted when its aspect ratio matches this well
 
 
 class MaskSource:

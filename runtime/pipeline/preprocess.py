@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from runtime.errors import RemoverError
+from runtime.io.masks import ASPECT_TOLERANCE
+from runtime.models.config import SIZE_MULTIPLE
 
-SIZE_MULTIPLE = 16  # VAE 8x, then 2x2 patches
 DEFAULT_SHORT_SIDE = 480
 LONG_SIDE_MULTIPLE = 32  # 16:9 -> 832x480, the Wan2.1 480p size
-ASPECT_TOLERANCE = 0.01  # a mask of another size is accepted when its aspect ratio matches this well
 CHUNK_PIXELS = 8 * 480 * 832  # pixels converted at once (38 MB of fp32 RGB), bounding full-resolution floats
 
 

@@ -31,6 +31,7 @@ from runtime.execution.choices import (
     resolve_kernels,
     verified_backends,
 )
+from runtime.models.scheduler import SchedulerConfig
 from runtime.models.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint
 from runtime.options import RunOptions
 from runtime.pipeline import composite
@@ -44,7 +45,7 @@ from runtime.pipeline.preprocess import (
     prepare_video,
     resize,
 )
-from runtime.pipeline.samplers import SchedulerConfig, make_sampler
+from runtime.pipeline.samplers import make_sampler
 from runtime.pipeline.stages import Stages, TorchStages, denoise_loop
 from runtime.pipeline.timing import Timings
 
