@@ -32,11 +32,11 @@ def tint(image: np.ndarray, masks: Mapping[int, np.ndarray] | np.ndarray | None,
 
 
 def draw_prompts(image: np.ndarray, prompts: Iterable[tuple[int, str, tuple[float, ...]]]) -> np.ndarray:
-    """(object_id, kind, coords) prompts: points as filled dots (green positive, red negative, ringed in
-    the object's colour), boxes as rectangles in the object's colour."""
+    """(object_id, kind, coords) prompts: points as dots (green positive, red negative) ringed in the
+    object's colour and white, boxes as rectangles in the object's colour."""
     picture = Image.fromarray(image)
     draw = ImageDraw.Draw(picture)
-    radius = max(3, round(max(image.shape[:2]) / 120))
+    radius = max(4, round(max(image.shape[:2]) / 90))
     for object_id, kind, coords in prompts:
         colour = object_colour(object_id)
         if kind == "box":
@@ -44,6 +44,8 @@ def draw_prompts(image: np.ndarray, prompts: Iterable[tuple[int, str, tuple[floa
             continue
         x, y = coords
         fill = NEGATIVE if kind == "negative" else POSITIVE
+        ring = radius + 2
+        draw.ellipse((x - ring, y - ring, x + ring, y + ring), fill=(255, 255, 255))
         draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=fill, outline=colour, width=2)
     return np.asarray(picture)
 

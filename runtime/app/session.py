@@ -43,6 +43,11 @@ class RunSettings:
     steps: int | None = None
     seed: int | None = None
 
+    @classmethod
+    def from_page(cls, *values: float | str | None) -> RunSettings:
+        """From the page's fields in field order (numbers come as floats; empty is None)."""
+        return cls(*(int(v) if isinstance(v, float) else (v or None) for v in values))
+
     def argv(self) -> list[str]:
         return [item for name, value in vars(self).items() if value is not None for item in (f"--{name}", str(value))]
 
@@ -315,9 +320,11 @@ class Session:
                 done.append(True)
                 yield Status("done", f"done: {out.name}", 1.0)
 
-    async def _child(self, module: str, args: list, cwd: Path, what: str) -> AsyncIterator[Status]:
-        """Queue, run `python -m module args`, yield Status while it waits and works; the last is "done"
-        (with the child's lines) or "cancelled". A failure raises RemoverError with the child's error line."""
+    async def _child(self, module: str, args: list, folder: Path, what: str) -> AsyncIterator[Status]:
+        """Queue, run `python -m module args` in the session's folder (paths relative to it, so what it
+        says names no server folder), yield Status while it waits and works; the last is "done" (with the
+        child's lines) or "cancelled", after which nothing is left in the job's `folder`. A failure raises
+        RemoverError with the child's error line."""
         if self.ticket is not None:
             raise RemoverError("this page already has a job; wait for it or cancel it")
         ticket = self.ticket = Ticket(owner=what)
@@ -329,7 +336,8 @@ class Session:
             if ticket.cancelled:
                 yield Status("cancelled", f"{what} cancelled before it started")
                 return
-            job = self.job = ChildJob(module, args, cwd)
+            relative = [_relative(arg, self.workspace.folder) for arg in args]
+            job = self.job = ChildJob(module, relative, self.workspace.folder)
             await job.start()
             yield Status("running", f"{what}: starting", 0.0)
             async for update in job.updates():
@@ -342,7 +350,7 @@ class Session:
             await self.queue.release(ticket)
             self.ticket, self.job = None, None
         if outcome.cancelled:
-            left = sorted(p.name for p in cwd.iterdir())
+            left = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
             said = "nothing was left behind" if not left else f"it left {', '.join(left)} (removed)"
             yield Status("cancelled", f"{what} cancelled; {said}")
             return
@@ -369,9 +377,6 @@ class Session:
         after = np.asarray(Image.open(self.result.frames / f"{index:06d}.jpg").convert("RGB"))
         return self.workspace.frame(index), after
 
-    def close(self) -> None:
-        self.cancel()
-
 
 @contextlib.asynccontextmanager
 async def _kept_if_done(folder: Path) -> AsyncIterator[list]:
@@ -383,6 +388,13 @@ async def _kept_if_done(folder: Path) -> AsyncIterator[list]:
     finally:
         if not done:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _relative(arg: object, folder: Path) -> str:
+    """A path inside `folder` relative to it; anything else as it is."""
+    if isinstance(arg, Path) and arg.is_relative_to(folder):
+        return str(arg.relative_to(folder))
+    return str(arg)
 
 
 def _scaled(coords: tuple[float, ...], sx: float, sy: float) -> tuple[float, ...]:
@@ -405,3 +417,34 @@ def background_figures(result: Path, video: Path, mask: Path) -> dict | None:
     except ImportError:
         return None
     return evaluate_clip(result, video, mask, progress=False).to_json()["background"]
+
+
+class Sessions:
+    """Every browser session's `Session`, by the session id Gradio gives each page, sharing the root
+    folder, the device queue and the instant-preview model."""
+
+    def __init__(self, root: AppRoot, settings: AppSettings) -> None:
+        self.root, self.settings = root, settings
+        self.queue = DeviceQueue()
+        self.segmenter = FrameSegmenter(settings.segment)
+        self._sessions: dict[str, Session] = {}
+
+    def get(self, session_id: str) -> Session:
+        if session_id not in self._sessions:
+            workspace = self.root.workspace(session_id)
+            self._sessions[session_id] = Session(self.root, workspace, self.settings, self.queue, self.segmenter)
+        return self._sessions[session_id]
+
+    async def close(self, session_id: str, wait_s: float = 30.0) -> None:
+        """The page went away: cancel its job, wait for it to end (at most `wait_s`), remove its folder."""
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            session.cancel()
+            for _ in range(int(wait_s / 0.1)):
+                if session.ticket is None:
+                    break
+                await asyncio.sleep(0.1)
+        self.root.close(session_id)
+
+    def __len__(self) -> int:
+        return len(self._sessions)

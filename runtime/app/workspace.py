@@ -24,7 +24,7 @@ from PIL import Image
 from runtime.errors import RemoverError
 from runtime.io import IMAGE_SUFFIXES, ClipInfo, open_clip, open_masks
 
-PREVIEW_SIDE = 640  # longer side of the frames the page shows (clicks are mapped back to the clip's pixels)
+PREVIEW_SIDE = 640  # longer side of the frames the page shows, larger or smaller (clicks map back to the clip's pixels)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 MASK_SUFFIXES = (*VIDEO_SUFFIXES, *sorted(IMAGE_SUFFIXES), ".json")
 
@@ -55,8 +55,8 @@ class Limits:
 
 
 def preview_size(info: ClipInfo) -> tuple[int, int]:
-    """(height, width) of the preview frames: the clip's, scaled down to PREVIEW_SIDE on the longer side."""
-    scale = min(1.0, PREVIEW_SIDE / max(info.width, info.height))
+    """(height, width) of the preview frames: the clip's, scaled to PREVIEW_SIDE on the longer side."""
+    scale = PREVIEW_SIDE / max(info.width, info.height)
     return max(1, round(info.height * scale)), max(1, round(info.width * scale))
 
 
