@@ -7,8 +7,10 @@ and gr.SelectData.)"""
 import functools
 import html
 import logging
+import re
 import traceback
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import gradio as gr
 
@@ -29,26 +31,34 @@ def style() -> dict:
     return {"theme": gr.themes.Default(font=FONTS, font_mono=["ui-monospace", "monospace"]), "css": CSS}
 
 
-def _message(exc: Exception) -> str:
+def show_error(exc: Exception, root: Path) -> str:
+    """The error as a message in the page (a toast titled Error, file names without the server's
+    folders); returns its text. Anything but a RemoverError is logged with its traceback."""
     if isinstance(exc, RemoverError):
-        return str(exc)
-    log.error("unexpected error in the app:\n%s", traceback.format_exc())
-    return f"internal error ({type(exc).__name__}: {exc}); the server log has the details"
+        message = str(exc)
+    else:
+        log.error("unexpected error in the app:\n%s", traceback.format_exc())
+        message = f"internal error ({type(exc).__name__}: {exc}); the server log has the details"
+    message = re.sub(re.escape(str(root)) + r"[^\s'\"]*/", "", message)
+    gr.Warning(message, duration=None, title="Error")
+    return message
 
 
-def shown_errors(fn: Callable) -> Callable:
-    """A callback whose errors are a message in the page."""
+def shown_errors(root: Path) -> Callable[[Callable], Callable]:
+    """A callback whose errors are a message in the page; its outputs then stay as they were."""
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except Exception as exc:
-            raise gr.Error(_message(exc), print_exception=False) from None
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                show_error(exc, root)
+                return gr.skip()
 
-    return wrapper
+        return wrapper
+
+    return decorate
 
 
 def status_html(status: Status) -> str:
@@ -77,6 +87,7 @@ def _number(value: object) -> str:
 def build(sessions: Sessions) -> gr.Blocks:
     """The app's page; `sessions` holds every browser session's work."""
     limits = sessions.settings.limits
+    shown = shown_errors(sessions.root.folder)
     with gr.Blocks(title="MiniMax-Remover", analytics_enabled=False, delete_cache=(600, 3600)) as page:
         gr.Markdown(
             "# MiniMax-Remover\nOpen a clip, click the object (or upload a mask), check the plan, remove it, "
@@ -151,14 +162,14 @@ def build(sessions: Sessions) -> gr.Blocks:
             metrics,
         ]  # fmt: skip
 
-        @shown_errors
+        @shown
         def open_upload(upload: str | None, request: gr.Request):
             if upload is None:
                 return (gr.skip(),) * len(opened_outputs)
             session = sessions.get(request.session_hash)
             return opened(session, session.open_upload(upload))
 
-        @shown_errors
+        @shown
         def open_demo(request: gr.Request):
             session = sessions.get(request.session_hash)
             return opened(session, session.open_demo())
@@ -166,7 +177,7 @@ def build(sessions: Sessions) -> gr.Blocks:
         clip_upload.upload(open_upload, clip_upload, opened_outputs)
         demo.click(open_demo, None, opened_outputs)
 
-        @shown_errors
+        @shown
         def show(position: float, request: gr.Request):
             session = sessions.get(request.session_hash)
             position = int(position)
@@ -174,7 +185,7 @@ def build(sessions: Sessions) -> gr.Blocks:
 
         index.change(show, index, [frame, compare], trigger_mode="always_last", show_progress="hidden")
 
-        @shown_errors
+        @shown
         def clicked(position: float, click_kind: str, evt: gr.SelectData, request: gr.Request):
             session = sessions.get(request.session_hash)
             x, y = evt.index
@@ -184,7 +195,7 @@ def build(sessions: Sessions) -> gr.Blocks:
         frame.select(clicked, [index, kind], [frame, prompt_info, plan_text], show_progress="hidden")
 
         def prompt_action(method: str) -> Callable:
-            @shown_errors
+            @shown
             def action(position: float, request: gr.Request):
                 session = sessions.get(request.session_hash)
                 line = getattr(session, method)()
@@ -195,7 +206,7 @@ def build(sessions: Sessions) -> gr.Blocks:
         for button, method in ((new_object, "new_object"), (undo, "undo"), (clear, "clear")):
             button.click(prompt_action(method), index, [frame, prompt_info], show_progress="hidden")
 
-        @shown_errors
+        @shown
         def upload_mask(uploads: list[str] | None, position: float, request: gr.Request):
             if not uploads:
                 return gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -215,8 +226,7 @@ def build(sessions: Sessions) -> gr.Blocks:
                     async for update in work(session, RunSettings.from_page(*values[:-1])):
                         yield (status_html(update), *finish(session, int(position), update))
                 except Exception as exc:
-                    message = _message(exc)
-                    gr.Warning(message)
+                    message = show_error(exc, sessions.root.folder)
                     yield (status_html(Status("failed", message)), *(gr.skip() for _ in finish_outputs[finish]))
 
             return event
@@ -268,7 +278,7 @@ def build(sessions: Sessions) -> gr.Blocks:
             concurrency_limit=None,
         )
 
-        @shown_errors
+        @shown
         def cancel_job(request: gr.Request):
             gr.Info(sessions.get(request.session_hash).cancel())
 
