@@ -189,7 +189,10 @@ class ChildJob:
         return Outcome(code, self.error, self.lines, self.cancelled)
 
     def interrupt(self) -> None:
-        """Ctrl-C for the child (it removes its partial output and exits 130)."""
+        """Ctrl-C for the child (it removes its partial output and exits 130); once: a second Ctrl-C
+        would interrupt its clean-up."""
+        if self.cancelled:
+            return
         self.cancelled = True
         if self.process is not None and self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
