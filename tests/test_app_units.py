@@ -193,12 +193,33 @@ def test_clicks_are_kept_in_the_clips_pixels(session):
 
 
 def test_page_options_become_runtime_run_flags():
-    settings = RunSettings.from_page(0.0, 5.0, "crossfade", None, None, None, 6.0, None)
+    settings = RunSettings.from_page(0.0, 5.0, "crossfade", None, 0.0, 0.0, 6.0, None)
     assert settings.argv() == ["--window", "0", "--overlap", "5", "--blend", "crossfade", "--steps", "6"]
     assert RunSettings.from_page(*[None] * 8).argv() == []
+    assert RunSettings.from_page(None, None, None, "off", 480.0, 832.0, None, 7.0).argv() == [
+        "--crop",
+        "off",
+        "--height",
+        "480",
+        "--width",
+        "832",
+        "--seed",
+        "7",
+    ]
 
 
 def test_a_job_path_inside_the_session_is_given_relative(session):
     folder = session.workspace.folder
     assert _relative(folder / "result-3" / "x.mp4", folder) == "result-3/x.mp4"
     assert _relative(Path("/elsewhere/w"), folder) == "/elsewhere/w"
+
+
+def test_the_plan_options_are_runtime_runs():
+    from runtime.clips.plan import PlanOptions
+
+    settings = RunSettings.from_page(0.0, 5.0, "crossfade", None, 0.0, 0.0, 6.0, None)
+    assert settings.plan_options(None) == PlanOptions(window=0, overlap=5, blend="crossfade")
+    demo = PlanOptions(window=0, overlap=5, blend="crossfade", height=144, width=256)
+    assert settings.plan_options((144, 256)) == demo
+    sized = RunSettings.from_page(None, None, None, None, 480.0, 832.0, None, None)
+    assert sized.plan_options((144, 256)) == PlanOptions(height=480, width=832)

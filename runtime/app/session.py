@@ -12,7 +12,7 @@ import contextlib
 import re
 import shutil
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from runtime.app import drawing
 from runtime.app.jobs import ChildJob, DeviceQueue, Progress, Ticket, check_finished
 from runtime.app.segmentation import Click, FrameSegmenter, SegmentSettings, propagation_args, write_clicks
 from runtime.app.workspace import MASK_SUFFIXES, AppRoot, Limits, Workspace, adopt, read_info
+from runtime.clips.plan import PlanOptions
 from runtime.errors import RemoverError
 from runtime.io import IMAGE_SUFFIXES, open_clip
 from runtime.run import DEMO_CLIP, DEMO_MASK
@@ -45,8 +46,18 @@ class RunSettings:
 
     @classmethod
     def from_page(cls, *values: float | str | None) -> RunSettings:
-        """From the page's fields in field order (numbers come as floats; empty is None)."""
-        return cls(*(int(v) if isinstance(v, float) else (v or None) for v in values))
+        """From the page's fields in field order (numbers come as floats; empty is None; a working
+        height or width of 0 is runtime.run's default)."""
+        settings = cls(*(int(v) if isinstance(v, float) else (v if v != "" else None) for v in values))
+        return replace(settings, height=settings.height or None, width=settings.width or None)
+
+    def plan_options(self, size: tuple[int, int] | None) -> PlanOptions:
+        """The PlanOptions runtime.run makes of these flags; `size` (height, width): the working size
+        when neither is given (the demo's own size)."""
+        given = {name: getattr(self, name) for name in ("window", "overlap", "blend", "crop", "height", "width")}
+        if size is not None and self.height is None and self.width is None:
+            given["height"], given["width"] = size
+        return PlanOptions(**{name: value for name, value in given.items() if value is not None})
 
     def argv(self) -> list[str]:
         return [item for name, value in vars(self).items() if value is not None for item in (f"--{name}", str(value))]
@@ -267,8 +278,8 @@ class Session:
         args = ["--video", workspace.clip, "--mask", workspace.require_mask(), "--out", out]
         if self.settings.weights:
             args += ["--weights", self.settings.weights]
-        elif workspace.demo and options.height is None and options.width is None:
-            args += ["--height", workspace.info.height, "--width", workspace.info.width]  # as `runtime.run` alone
+        elif (size := self._own_size()) and options.height is None and options.width is None:
+            args += ["--height", size[0], "--width", size[1]]
         if self.settings.device:
             args += ["--device", self.settings.device]
         return args + options.argv() + (["--dry-run"] if dry_run else [])
@@ -291,6 +302,12 @@ class Session:
                         boxes.append((first, last, (left, top, left + w, top + h)))
                 self.plan = PlanView(lines, boxes)
                 yield Status("done", "plan ready", 1.0)
+
+    def _own_size(self) -> tuple[int, int] | None:
+        """The demo clip with the demo weights runs at its own size, as `python -m runtime.run` alone does."""
+        if self.workspace.demo and not self.settings.weights:
+            return self.workspace.info.height, self.workspace.info.width
+        return None
 
     def _suffix(self) -> str:
         suffix = self.workspace.clip.suffix.lower()
@@ -315,7 +332,8 @@ class Session:
                 await asyncio.to_thread(_write_previews, out, frames, workspace.size)
                 result = Result(out, frames)
                 yield Status("running", "measuring the background", 1.0)
-                result.metrics = await asyncio.to_thread(background_figures, out, workspace.clip, workspace.mask)
+                plan = options.plan_options(self._own_size())
+                result.metrics = await asyncio.to_thread(background_figures, out, workspace.clip, workspace.mask, plan)
                 self.result = result
                 done.append(True)
                 yield Status("done", f"done: {out.name}", 1.0)
@@ -410,13 +428,14 @@ def _write_previews(video: Path, folder: Path, size: tuple[int, int]) -> None:
             image.save(folder / f"{frame.index:06d}.jpg", quality=90)
 
 
-def background_figures(result: Path, video: Path, mask: Path) -> dict | None:
-    """runtime.evaluate's background figures of the result against the input (None where it is not installed)."""
+def background_figures(result: Path, video: Path, mask: Path, plan: PlanOptions) -> dict | None:
+    """runtime.evaluate's background figures of the result against the input, on the region the run's
+    plan composites (None where runtime.evaluate is not installed)."""
     try:
         from runtime.evaluate import evaluate_clip
     except ImportError:
         return None
-    return evaluate_clip(result, video, mask, progress=False).to_json()["background"]
+    return evaluate_clip(result, video, mask, progress=False, plan_options=plan).to_json()["background"]
 
 
 class Sessions:

@@ -4,6 +4,7 @@ unexpected) becomes a message in the page, never a traceback, and the server kee
 (No `from __future__ import annotations` here: Gradio reads the callbacks' annotations for gr.Request
 and gr.SelectData.)"""
 
+import argparse
 import functools
 import html
 import logging
@@ -15,7 +16,9 @@ from pathlib import Path
 import gradio as gr
 
 from runtime.app.session import RunSettings, Sessions, Status
+from runtime.clips.plan import BLEND_MODES, CROP_MODES
 from runtime.errors import RemoverError
+from runtime.run import parse_args
 
 log = logging.getLogger("runtime.app")
 CLICK_KINDS = {"object (positive point)": "point", "not the object (negative point)": "negative", "box corner": "box"}
@@ -24,6 +27,11 @@ CSS = """
 #status .bar { height: 10px; background: var(--neutral-200); border-radius: 5px; overflow: hidden; }
 #status .bar div { height: 100%; background: var(--color-accent); }
 """
+
+
+def run_defaults() -> argparse.Namespace:
+    """runtime.run's defaults, for the page's option fields."""
+    return parse_args([])
 
 
 def style() -> dict:
@@ -71,11 +79,24 @@ def status_html(status: Status) -> str:
     return f'<div data-state="{status.state}"{style}>{html.escape(status.text)}</div>{bar}'
 
 
+METRIC_NAMES = {
+    "psnr_db": "PSNR (dB)",
+    "ssim": "SSIM",
+    "max_abs": "largest change of a pixel (levels)",
+    "exact_frames": "frames whose background is exact",
+}
+
+
 def metrics_markdown(metrics: dict | None) -> str:
+    """runtime.evaluate's background figures as a table (PSNR null: nothing changed, "exact")."""
     if not metrics:
         return ""
-    rows = "\n".join(f"| {name} | {_number(value)} |" for name, value in metrics.items())
-    return f"**Background (outside the dilated mask) against the input**\n\n| figure | value |\n|---|---|\n{rows}"
+    rows = []
+    for key, value in metrics.items():
+        shown = "exact" if value is None and key == "psnr_db" else _number(value)
+        rows.append(f"| {METRIC_NAMES.get(key, key)} | {shown} |")
+    table = "\n".join(rows)
+    return f"**Background (outside the dilated mask) against the input**\n\n| figure | value |\n|---|---|\n{table}"
 
 
 def _number(value: object) -> str:
@@ -122,17 +143,19 @@ def build(sessions: Sessions) -> gr.Blocks:
                     height=140,
                     elem_id="mask-upload",
                 )
-        with gr.Accordion("Options (runtime.run's; empty = its default)", open=False):
+        cli = run_defaults()
+        with gr.Accordion("Options (runtime.run's)", open=False):
             with gr.Row():
-                window = gr.Number(label="window (frames; 0 = one pass)", precision=0, elem_id="opt-window")
-                overlap = gr.Number(label="overlap", precision=0, elem_id="opt-overlap")
-                blend = gr.Dropdown(["continue", "crossfade"], value=None, label="blend")
-                crop = gr.Dropdown(["auto", "on", "off"], value=None, label="crop")
+                window = gr.Number(cli.window, label="window (frames; 0 = one pass)", precision=0, elem_id="opt-window")
+                overlap = gr.Number(cli.overlap, label="overlap (frames)", precision=0, elem_id="opt-overlap")
+                blend = gr.Dropdown(list(BLEND_MODES), value=cli.blend, label="blend", elem_id="opt-blend")
+                crop = gr.Dropdown(list(CROP_MODES), value=cli.crop, label="crop", elem_id="opt-crop")
             with gr.Row():
-                height = gr.Number(label="working height", precision=0)
-                width = gr.Number(label="working width", precision=0)
-                steps = gr.Number(label="steps", precision=0)
-                seed = gr.Number(label="seed", precision=0)
+                size = "0 = 480p keeping the aspect ratio (the demo: its own size)"
+                height = gr.Number(0, label=f"working height ({size})", precision=0, elem_id="opt-height")
+                width = gr.Number(0, label="working width (0 = likewise)", precision=0, elem_id="opt-width")
+                steps = gr.Number(cli.steps, label="steps", precision=0, elem_id="opt-steps")
+                seed = gr.Number(cli.seed, label="seed", precision=0, elem_id="opt-seed")
         options = [window, overlap, blend, crop, height, width, steps, seed]
         with gr.Row():
             plan = gr.Button("Plan", elem_id="plan")
