@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.io import open_clip, read_clip, read_masks
+from runtime.io import open_clip, read_clip, read_masks, write_clip
 from runtime.run import DEMO_CLIP, DEMO_MASK
 
 pytest.importorskip("gradio")
@@ -216,9 +216,29 @@ def test_a_plan_that_cannot_run_says_why(page, artifacts):
     assert state == "failed" and "--overlap (5) must be smaller than --window (3)" in text
 
 
+def test_upload_a_clip_and_its_mask_then_plan(page, artifacts, tmp_path):
+    clip = tmp_path / "street.mp4"
+    clip.write_bytes(DEMO_CLIP.read_bytes())
+    short = tmp_path / "short_mask.mp4"
+    masks = read_clip(DEMO_MASK)
+    write_clip(short, masks.frames[:5], masks.fps)
+    page.locator("#clip-upload input[type=file]").set_input_files(clip)
+    page.wait_for_selector("#clip-info :text('street.mp4: 256x144, 21 frames')")
+    page.locator("#mask-upload input[type=file]").set_input_files(short)
+    page.get_by_text("the mask video has 5 frames, the video 21").first.wait_for()
+    page.locator(".toast-close").first.click()
+    page.locator("#mask-upload input[type=file]").set_input_files(DEMO_MASK)
+    page.wait_for_selector("#prompt-info :text('mask mask.mp4 for 21 frames')")
+    start(page, "#plan")
+    state, text, _ = wait_status(page, {"done", "failed"})
+    assert state == "done", text
+    assert "street.mp4: 256x144, 21 frames" in page.inner_text("#plan-text")  # the clip's name, no server folder
+    shot(page, artifacts, "03-uploaded-clip-and-mask-planned")
+
+
 def test_demo_click_plan_run_play_compare_download(page, server, artifacts, tmp_path):
     open_demo(page)
-    shot(page, artifacts, "03-demo-opened")
+    shot(page, artifacts, "04-demo-opened")
     # the demo's mask is tinted red on the frame where the object is
     info = open_clip(DEMO_CLIP).info
     mask = read_masks(DEMO_MASK, info)[0]
@@ -232,7 +252,7 @@ def test_demo_click_plan_run_play_compare_download(page, server, artifacts, tmp_
 
     click_image(page, "#frame img", x, y)
     page.wait_for_function("document.querySelector('#prompt-info').innerText.includes('frame 0')")
-    shot(page, artifacts, "04-object-clicked")
+    shot(page, artifacts, "05-object-clicked")
     after_click = shown_pixels(page, "#frame img")
     assert (np.abs(after_click.astype(int) - shown.astype(int)).sum(-1) > 60).sum() > 20, "no click mark drawn"
 
@@ -240,7 +260,7 @@ def test_demo_click_plan_run_play_compare_download(page, server, artifacts, tmp_
     state, _, _ = wait_status(page, {"done", "failed"})
     plan_text = page.inner_text("#plan-text")
     assert state == "done" and "plan: 21 frames of 256x144" in plan_text and "estimate:" in plan_text
-    shot(page, artifacts, "05-plan")
+    shot(page, artifacts, "06-plan")
 
     start(page, "#run")
     state, text, seen = wait_status(page, {"done", "failed", "cancelled"})
@@ -254,8 +274,8 @@ def test_demo_click_plan_run_play_compare_download(page, server, artifacts, tmp_
     )
     assert playing[0] >= 2 and playing[1] == pytest.approx(21 / 16, abs=0.07) and playing[2] > 0, playing
     page.wait_for_selector("#compare img")
-    shot(page, artifacts, "06-result")
-    page.locator("#result").screenshot(path=artifacts / "06-result-video.png")
+    shot(page, artifacts, "07-result")
+    page.locator("#result").screenshot(path=artifacts / "07-result-video.png")
 
     with page.expect_download() as download:
         page.click("#download")
@@ -285,7 +305,7 @@ def test_two_pages_the_second_queued_and_cancel_leaves_nothing(browser, server, 
     start(second, "#run")
     state, text, _ = wait_status(second, {"waiting", "running", "done"})
     assert state == "waiting" and "place 1 in the queue (1 job(s) ahead)" in text, text
-    shot(second, artifacts, "07-second-page-queued")
+    shot(second, artifacts, "08-second-page-queued")
 
     second.click("#cancel")
     state, text, _ = wait_status(second, {"cancelled", "done", "failed"})
@@ -293,7 +313,7 @@ def test_two_pages_the_second_queued_and_cancel_leaves_nothing(browser, server, 
     first.wait_for_function("document.querySelector('#status').innerText.includes('removal: ')")
     first.click("#cancel")
     state, text, _ = wait_status(first, {"cancelled", "done", "failed"})
-    shot(first, artifacts, "08-first-page-cancelled")
+    shot(first, artifacts, "09-first-page-cancelled")
     assert state == "cancelled" and "nothing was left behind" in text, text
     sessions = [folder for folder in (workdir / "sessions").iterdir()]
     left = [p for s in sessions for p in s.rglob("*") if p.name.startswith(("result-", ".")) or "partial" in p.name]

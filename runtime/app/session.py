@@ -125,20 +125,22 @@ class Session:
         source = self.root.check(upload)
         info = read_info(source, self.settings.limits)
         self._reset()
-        self.workspace.set_clip(adopt(source, self.workspace, self.root, self.workspace.next_name("clip")), info)
+        self.workspace.set_clip(adopt([source], self.workspace, "clip"), info)
         return f"{source.name}: {info.describe()}"
 
     def open_demo(self) -> str:
         """The bundled demo clip and its mask, copied into the session."""
         info = read_info(DEMO_CLIP, self.settings.limits)
         self._reset()
-        clip = self.workspace.folder / "clip.mp4"
-        shutil.copyfile(DEMO_CLIP, clip)
-        self.workspace.set_clip(clip, info, demo=True)
-        mask = self.workspace.folder / "mask.mp4"
-        shutil.copyfile(DEMO_MASK, mask)
-        self.workspace.set_mask(mask)
+        self.workspace.set_clip(self._copied(DEMO_CLIP, "clip"), info, demo=True)
+        self.workspace.set_mask(self._copied(DEMO_MASK, "mask"))
         return f"demo clip: {info.describe()}; its mask is loaded (click to make your own)"
+
+    def _copied(self, source: Path, kind: str) -> Path:
+        target = self.workspace.folder / self.workspace.next_name(kind) / source.name
+        target.parent.mkdir()
+        shutil.copyfile(source, target)
+        return target
 
     def upload_mask(self, uploads: list[str | Path]) -> str:
         """A mask video, an image, a boxes JSON, or several images (one per frame, in name order)."""
@@ -148,29 +150,26 @@ class Session:
             raise RemoverError("choose a mask file")
         for source in sources:
             self.settings.limits.check_size(source)
-        if len(sources) == 1:
-            if sources[0].suffix.lower() not in MASK_SUFFIXES:
-                raise RemoverError(f"{sources[0].name}: a mask is a video, an image or a .json box file")
-            target = adopt(sources[0], self.workspace, self.root, self.workspace.next_name("mask"))
-        else:
-            if any(source.suffix.lower() not in IMAGE_SUFFIXES for source in sources):
-                raise RemoverError("several mask files must all be images (one per frame)")
-            target = self.workspace.folder / self.workspace.next_name("mask")
-            target.mkdir()
-            for source in sources:
-                shutil.move(source, target / source.name)
+        if len(sources) == 1 and sources[0].suffix.lower() not in MASK_SUFFIXES:
+            raise RemoverError(f"{sources[0].name}: a mask is a video, an image or a .json box file")
+        if len(sources) > 1 and any(source.suffix.lower() not in IMAGE_SUFFIXES for source in sources):
+            raise RemoverError("several mask files must all be images (one per frame)")
+        target = adopt(sources, self.workspace, "mask")
         try:
             self.workspace.set_mask(target)
         except RemoverError:
-            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+            self.workspace.drop(target)
             raise
         self.plan = None
         names = ", ".join(source.name for source in sources[:3]) + (" ..." if len(sources) > 3 else "")
         return f"mask {names} for {info.frame_count} frames"
 
     def _reset(self) -> None:
+        """A new clip: the old one's clicks, plan and result go (its files with the result)."""
+        if self.result is not None:
+            self.workspace.drop(self.result.video)
         self.clicks, self.object_id, self.corner, self.frame_masks = [], 1, None, {}
-        self.plan, self.result = None, None
+        self.plan, self.result, self.preview = None, None, None
 
     # the frame view
 

@@ -185,12 +185,15 @@ def build(sessions: Sessions) -> gr.Blocks:
             metrics,
         ]  # fmt: skip
 
-        @shown
         def open_upload(upload: str | None, request: gr.Request):
             if upload is None:
                 return (gr.skip(),) * len(opened_outputs)
             session = sessions.get(request.session_hash)
-            return opened(session, session.open_upload(upload))
+            try:
+                return opened(session, session.open_upload(upload))
+            except Exception as exc:  # the upload box is emptied, ready for another file
+                show_error(exc, sessions.root.folder)
+                return (None, *(gr.skip() for _ in opened_outputs[1:]))
 
         @shown
         def open_demo(request: gr.Request):
@@ -229,12 +232,15 @@ def build(sessions: Sessions) -> gr.Blocks:
         for button, method in ((new_object, "new_object"), (undo, "undo"), (clear, "clear")):
             button.click(prompt_action(method), index, [frame, prompt_info], show_progress="hidden")
 
-        @shown
         def upload_mask(uploads: list[str] | None, position: float, request: gr.Request):
             if not uploads:
                 return gr.skip(), gr.skip(), gr.skip(), gr.skip()
             session = sessions.get(request.session_hash)
-            line = session.upload_mask(uploads)
+            try:
+                line = session.upload_mask(uploads)
+            except Exception as exc:  # the upload box is emptied, ready for another file
+                show_error(exc, sessions.root.folder)
+                return None, gr.skip(), gr.skip(), gr.skip()
             return None, session.view(int(position)), line, ""
 
         mask_upload.upload(upload_mask, [mask_upload, index], [mask_upload, frame, prompt_info, plan_text])

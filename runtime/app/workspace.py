@@ -10,6 +10,7 @@ time, whatever the clip's length.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import threading
@@ -127,10 +128,9 @@ class Workspace:
         write its preview frames."""
         for old in (self.frames_dir, self.folder / "mask_bits.npy"):
             _remove(old)
-        if self.clip is not None and self.clip != source:
-            _remove(self.clip)
-        if self.mask is not None:
-            _remove(self.mask)
+        for old in (self.clip, self.mask):
+            if old is not None and old != source:
+                self.drop(old)
         self.info, self.clip, self.mask, self.demo = info, source, None, demo
         self.frames_dir.mkdir()
         height, width = self.size
@@ -138,6 +138,10 @@ class Workspace:
             for frame in reader:
                 image = Image.fromarray(frame.image).resize((width, height), Image.BILINEAR)
                 image.save(self.frames_dir / f"{frame.index:06d}.jpg", quality=90)
+
+    def drop(self, path: Path) -> None:
+        """Remove a file of the session with the folder it was put in (`kind-N/`)."""
+        _remove(self.folder / path.relative_to(self.folder).parts[0])
 
     def frame(self, index: int) -> np.ndarray:
         """Preview frame `index`, uint8 [h, w, 3]."""
@@ -168,7 +172,7 @@ class Workspace:
             raise RemoverError(f"{source.name} holds no mask frames")
         bits.flush()
         if self.mask is not None and self.mask != source:
-            _remove(self.mask)
+            self.drop(self.mask)
         self.mask = source
 
     def mask_frame(self, index: int) -> np.ndarray | None:
@@ -228,13 +232,19 @@ class AppRoot:
         _remove(self.folder)
 
 
-def adopt(upload: str | Path, workspace: Workspace, root: AppRoot, name: str) -> Path:
-    """Move an uploaded file (in the root's upload cache) into the session folder as `name` + its suffix."""
-    source = root.check(upload)
-    target = workspace.folder / f"{name}{source.suffix.lower()}"
-    _remove(target)
-    shutil.move(source, target)
-    return target
+def adopt(uploads: list[Path], workspace: Workspace, kind: str) -> Path:
+    """Move uploaded files (checked to be in the root) into a new folder `kind`-N of the session, keeping
+    their names (made safe); returns the one file, or the folder of several."""
+    folder = workspace.folder / workspace.next_name(kind)
+    folder.mkdir()
+    for source in uploads:
+        shutil.move(source, folder / safe_name(source.name))
+    return folder / safe_name(uploads[0].name) if len(uploads) == 1 else folder
+
+
+def safe_name(name: str) -> str:
+    """A file name of letters, digits, '-', '_' and '.' only, not hidden."""
+    return re.sub(r"[^\w.-]", "_", Path(name).name).lstrip(".") or "upload"
 
 
 def _remove(path: Path) -> None:
