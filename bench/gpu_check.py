@@ -1,8 +1,9 @@
 """`make gpu-check`: everything that needs a GPU, in one command, and its figures in bench/RESULTS.md.
 
 On a machine with a CUDA GPU, in order (each step's outcome is recorded even when another fails):
-1. the GPU-marked tests (`pytest -m gpu`);
-2. the self-check of the fast paths (runtime/backends.py) at the released model's shape, in fp16 and
+1. the GPU-marked tests (`pytest -m gpu`), and the kernel, backend and attention tests, which run on
+   CUDA when it is there;
+2. the self-check of the fast paths (runtime/execution/choices.py) at the released model's shape, in fp16 and
    bf16, for the Triton kernels and each attention backend that can run;
 3. fixture parity on CUDA: the whole pipeline on the reference fixture in fp32, bf16 and fp16, with
    each attention backend and compile mode, against the reference's fp32 frames (fp32: the fixture's
@@ -157,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     device = torch.device("cuda")
     steps = [run_command("GPU-marked tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu"])]
+    # these tests run on CUDA when it is there and on the CPU (Triton's interpreter) when not: here, on CUDA
+    on_cuda = ["tests/test_kernels.py", "tests/test_backends.py", "tests/test_attention.py"]
+    steps.append(run_command("kernel and backend tests on CUDA", [sys.executable, "-m", "pytest", "-q", *on_cuda]))
     steps += self_check(device)
     attentions = tuple(a for a in ATTENTION_CHOICES if a != "auto")
     steps += fixture_parity(device, tuple(DTYPES), attentions, tuple(COMPILE_MODES))

@@ -291,8 +291,9 @@ def render(runs: dict[str, dict[str, Any]], charts: dict[str, str]) -> str:
         "`bench/reference.py`), on the same weights, inputs and machine, every side in a fresh process. "
         "Ratios are ours / reference: below 1 is faster or smaller. Peak memory is the allocator's peak on a GPU "
         "and the process's peak resident set on the CPU (models included). Floors are the cost model's roofline "
-        "bound (`runtime/cost_model.py`: matmul/conv FLOPs at the published dense 16-bit tensor peak, weights and "
-        "I/O at the published bandwidth), for 16-bit weights. Gates and their reasons: `bench/thresholds.py`. "
+        "bound (`runtime/execution/cost_model.py`: matmul/conv FLOPs at the published dense 16-bit tensor peak, "
+        "weights and I/O at the published bandwidth), for 16-bit weights. "
+        "Gates and their reasons: `bench/thresholds.py`. "
         "Reproduce: `python -m bench.run [--device cuda] [--quick] --report` (measure, then render), or "
         "`pytest bench/ --benchmark-only --bench-save` (measure, gate, save) then `python -m bench.report`. "
         "Each run's section names the command that made it and how long it took.",

@@ -143,7 +143,7 @@ WEIGHTS_HELP = (
 
 def resolve_weights(choice: str) -> Path:
     """The checkpoint a benchmark's --weights names (see WEIGHTS_HELP)."""
-    from runtime.run import DEMO_WEIGHTS
+    from runtime.demo import DEMO_WEIGHTS
 
     if choice == "demo":
         return DEMO_WEIGHTS

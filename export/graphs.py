@@ -4,7 +4,7 @@ Every graph wraps the one model definition in runtime/models and the one sampler
 runtime/stages; nothing here re-implements the model. Inputs and outputs are fp32 and each wrapper
 casts to the weights' dtype exactly where the PyTorch pipeline does, so the graphs compute what
 `Remover` computes in that dtype. Graph names, shapes and the cache order are described in
-runtime/bundle.py.
+runtime/engines/bundle.py.
 """
 
 from __future__ import annotations

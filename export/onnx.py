@@ -2,7 +2,7 @@
 
     python -m export.onnx --weights DIR --height 480 --width 832 --frames 81 --out BUNDLE [--dtype fp16]
 
-Each graph (runtime/bundle.py lists them) goes through `torch.export` once; the exported program
+Each graph (runtime/engines/bundle.py lists them) goes through `torch.export` once; the exported program
 is translated to ONNX (torch.onnx, opset 20; 22 for bf16, the first with bf16 convolutions) and,
 with --aoti, compiled into an AOTInductor package. Right after it is written every file is run on
 the sample inputs (onnxruntime on the CPU, the AOTInductor package through the runtime's loader)

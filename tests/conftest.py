@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,9 @@ if not torch.cuda.is_available():
 SHARED = Path(os.environ.get("MINIMAX_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 FIXTURE = SHARED / "fixtures" / "reference-tiny"
 DATA = SHARED / "data"
+PIXEL_TOLERANCE = 2e-3  # fixture README: whole pipeline within 2e-3 max absolute error per pixel
+# a skip reason that means "no GPU here": such a test must carry the gpu mark (make gpu-check runs those)
+NO_GPU = re.compile(r"(needs?|requires?|without|no) (a |an )?(cuda|gpu|nvidia)|cuda is not available|has none", re.I)
 
 
 def _require(path: Path) -> Path:
@@ -104,11 +109,18 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    """A failing test's report names its seeds. A test that skips for want of a GPU without the gpu mark
+    fails: `make gpu-check` selects tests by that mark, so an unmarked one would never run where it could."""
     report = yield
     if report.failed and _seeds_taken:
         seeds = ", ".join(map(str, _seeds_taken))
         replay = f"{SEED_ENV}={_seeds_taken[-1]} pytest '{item.nodeid}'"
         report.sections.append(("seeds", f"this test took seed(s) {seeds}; replay: {replay}"))
+    if report.skipped and "gpu" not in item.keywords and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[-1])
+        if NO_GPU.search(reason):
+            report.outcome = "failed"
+            report.longrepr = f"skipped for want of a GPU ({reason}) without @pytest.mark.gpu: add the mark"
     return report
 
 
@@ -131,3 +143,15 @@ def tiny_bundle(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         checkpoint, bundle, height=64, width=96, frames=9, precision="fp32", aoti=WITH_AOTI, log=lambda _: None
     )
     return bundle
+
+
+def run_main(main: Callable[[list[str]], int], args: list, capsys) -> tuple[int, str, str]:
+    """A CLI's `main(args + ["--quiet"])` in this process: its exit code, stdout and stderr."""
+    code = main([str(a) for a in args] + ["--quiet"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The lines of a CLI's stderr that report an error."""
+    return [line for line in stderr.splitlines() if line.startswith("error:")]

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runtime.demo import DEMO_CLIP, DEMO_MASK
 from runtime.io import open_clip, read_clip, read_masks, write_clip
-from runtime.run import DEMO_CLIP, DEMO_MASK
 
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")

@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import error_lines, run_main
 from media import encode_video, gradient_frames, patch_frames
 
 from runtime import batch
 from runtime.clips.job import remove_file
 from runtime.io import read_clip
-from runtime.run import load_remover, parse_args
+from runtime.loading import load_remover
+from runtime.options import ModelOptions
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = ["--height", "64", "--width", "96"]  # the clips' own size: the demo model runs them in about a second
@@ -51,13 +53,7 @@ def write_csv(path: Path, rows: list[str], header: str = "video,mask,output") ->
 
 
 def run_batch_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    code = batch.main([*args, "--quiet"])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
+    return run_main(batch.main, args, capsys)
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -111,15 +107,19 @@ def test_local_workers_finish_the_good_clips_report_the_corrupt_one_and_a_rerun_
 
     # the model's clips through remove_file in this process, with the options the manifest gave them: the
     # same frames (the outputs are lossless: an encoder's choices do not blur the comparison)
-    remover, _ = load_remover(parse_args([]), torch.device("cpu"))
+    remover = load_remover(ModelOptions(), torch.device("cpu"))
     clip_a, _, clip_b, clip_empty = batch.read_manifest(manifest, {"height": 64, "width": 96, "lossless": True})
-    assert (clip_a.seed, clip_b.seed, clip_a.encoding.lossless, clip_empty.encoding.lossless) == (42, 7, True, False)
+    assert (clip_a.run.seed, clip_b.run.seed, clip_a.encoding.lossless, clip_empty.encoding.lossless) == (
+        42,
+        7,
+        True,
+        False,
+    )
     for clip in (clip_a, clip_b):
         direct = clips / f"direct_{clip.output.name}"
         plan, _ = remove_file(
-            remover, clip.video, clip.mask, direct, clip.plan, clip.masking, clip.encoding,
-            steps=clip.steps, seed=clip.seed, paste_back=clip.paste_back, progress=False,
-        )  # fmt: skip
+            remover, clip.video, clip.mask, direct, clip.plan, clip.masking, clip.encoding, run=clip.run
+        )
         batched = read_clip(clip.output).frames
         assert batched.shape == (plan.frame_count, 64, 96, 3) == (5, 64, 96, 3)
         np.testing.assert_array_equal(batched, read_clip(direct).frames)
@@ -145,7 +145,8 @@ CRASHING_MAIN = """
 import ctypes, os, resource, sys
 from pathlib import Path
 
-import runtime.batch as batch
+import runtime.batch.cli as cli
+import runtime.batch.worker as worker
 
 
 def crash(video, out):
@@ -158,7 +159,7 @@ def crash(video, out):
         ctypes.string_at(0)
 
 
-real_remove_file = batch.remove_file
+real_remove_file = worker.remove_file
 
 
 def remove_file(remover, video, mask, out, *args, **kwargs):
@@ -166,15 +167,15 @@ def remove_file(remover, video, mask, out, *args, **kwargs):
     return real_remove_file(remover, video, mask, out, *args, **kwargs)
 
 
-class CrashingActor(batch._RayWorker):
+class CrashingActor(worker.RayWorker):
     def run(self, clip):
         crash(clip.video, clip.output)
         return super().run(clip)
 
 
-batch.remove_file, batch._RayWorker = remove_file, CrashingActor
+worker.remove_file, worker.RayWorker = remove_file, CrashingActor
 if __name__ == "__main__":
-    sys.exit(batch.main())
+    sys.exit(cli.main())
 """
 
 

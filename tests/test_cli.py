@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import error_lines, run_main
 
-from runtime import run
+from runtime import Remover, run
 from runtime.io import read_clip
 from runtime.pipeline.preprocess import dilate
 
@@ -20,13 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    code = run.main([*args, "--quiet"])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
+    return run_main(run.main, args, capsys)
 
 
 @pytest.fixture
@@ -215,7 +210,7 @@ def test_interrupt_exits_130_without_output(tennis, checkpoint, tmp_path, capsys
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run.Remover, "__call__", interrupted)
+    monkeypatch.setattr(Remover, "__call__", interrupted)
     code, _, stderr = run_cli(
         ["--video", str(frames), "--mask", str(masks), "--weights", str(checkpoint), "--out", str(tmp_path / "o.mp4")],
         capsys,

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import PIXEL_TOLERANCE
 
 from runtime import Remover, RemoverError
 from runtime.pipeline.preprocess import dilate, output_size, padded_frame_count
 from runtime.pipeline.remover import EmptyMaskWarning
-
-PIXEL_TOLERANCE = 2e-3  # fixture README: whole pipeline within 2e-3 max absolute error per pixel
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 ORT_SCORES_LIMIT_BYTES = 4 * 1024**3
 FUSED_ATTENTION_OPS = {"Attention", "MultiHeadAttention", "GroupQueryAttention"}
 
-# How the runtime turns frames and masks into the graphs' inputs (runtime/preprocess.py) and the
+# How the runtime turns frames and masks into the graphs' inputs (runtime/pipeline/preprocess.py) and the
 # decoder's output back into pixels; recorded so that other hosts can reproduce it.
 INPUT_NORMALIZATION = {
     "video": "RGB uint8 -> x / 127.5 - 1, then bilinear resize to (height, width), align_corners=False, no antialias",

@@ -1,6 +1,6 @@
 """What runs the model, each choice made and validated once here: the device and dtype, the
 transformer's fused kernels (Triton or the PyTorch references), the attention backend
-(runtime/attention.py) and the compile mode.
+(runtime/execution/attention.py) and the compile mode.
 
 On CUDA the fast choices are never trusted blindly: `verified_backends` runs a one-block model of the
 loaded model's shape with the chosen kernels and attention against the references (PyTorch kernels,
