@@ -8,6 +8,8 @@ $PYTEST_ARTIFACTS/app (else a pytest temporary folder; its path is printed).
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import signal
 import socket
@@ -17,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -38,6 +41,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ROOT = Path(__file__).resolve().parents[1]
+SEGMENTS = all(importlib.util.find_spec(name) for name in ("sam2", "runtime.segment"))
+SAM_CONFIG, SAM_INPUT = "configs/sam2.1/sam2.1_hiera_t.yaml", 128  # random-weight tiny SAM 2.1 at a small size
 JOB_TIMEOUT_MS = 300_000  # a demo run is ~10 s on a quiet 2-core machine; a busy one can be many times slower
 pytestmark = [
     pytest.mark.slow,
@@ -60,15 +65,36 @@ def artifacts(tmp_path_factory) -> Path:
     return folder
 
 
+class Server(NamedTuple):
+    url: str
+    workdir: Path
+    pid: int
+    sam: Path | None  # the SAM 2.1 checkpoint it segments with (None: segmentation is not installed)
+
+
+def random_sam(folder: Path) -> Path:
+    """SAM 2.1 tiny with random weights (fixed seed) in the released format, as the segmentation tests make it."""
+    import torch
+    from runtime.segment.model import build_model, config_file
+
+    torch.manual_seed(0)
+    path = folder / "sam2.1-tiny-random.pt"
+    torch.save({"model": build_model(config_file(SAM_CONFIG), None).state_dict()}, path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The app on a free port with its own work folder; stopped (and the folder checked gone) at the end."""
     workdir = tmp_path_factory.mktemp("app") / "root"
     port = free_port()
+    sam = random_sam(workdir.parent) if SEGMENTS else None
+    segment_args = ["--checkpoint", str(sam), "--model-config", SAM_CONFIG, "--image-size", str(SAM_INPUT)]
     env = {**os.environ, "GRADIO_HEARTBEAT_INTERVAL": "1"}  # a closed page is noticed within a second or two
     log = (workdir.parent / "server.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "runtime.app", "--port", str(port), "--workdir", str(workdir)],
+        [sys.executable, "-m", "runtime.app", "--port", str(port), "--workdir", str(workdir)]
+        + (segment_args if sam else []),
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -85,7 +111,7 @@ def server(tmp_path_factory):
                 process.kill()
                 pytest.fail(f"the app did not start: {(workdir.parent / 'server.log').read_text()}")
             time.sleep(0.3)
-    yield url, workdir, process.pid
+    yield Server(url, workdir, process.pid, sam)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0, (workdir.parent / "server.log").read_text()
     assert not workdir.exists(), "the app's folder outlived the server"
@@ -105,7 +131,7 @@ def page(browser, server):
     context = browser.new_context(viewport={"width": 1280, "height": 1500}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(60_000)
-    page.goto(server[0])
+    page.goto(server.url)
     yield page
     context.close()
 
@@ -198,7 +224,7 @@ def test_a_text_file_named_mp4_is_a_message_and_the_app_keeps_serving(page, serv
 
 
 def test_files_outside_the_app_are_not_served(server):
-    url = server[0]
+    url = server.url
     for path in ("/etc/passwd", str(ROOT / "setup.py"), str(DEMO_CLIP)):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{url}/gradio_api/file={path}", timeout=10)
@@ -293,8 +319,50 @@ def test_demo_click_plan_run_play_compare_download(page, server, artifacts, tmp_
     assert not np.array_equal(ours.frames, read_clip(DEMO_CLIP).frames)  # it removed something
 
 
+@pytest.mark.skipif(not SEGMENTS, reason="runtime.segment and sam2 (the [segment] extra) are not installed")
+def test_clicks_mask_their_frame_at_once_and_segment_the_whole_clip(page, server, artifacts, tmp_path):
+    from runtime.segment import Prompt, SegmentOptions, segment_file
+
+    open_demo(page)
+    shown = shown_pixels(page, "#frame img")
+    scale = shown.shape[1] / 256  # preview pixels per clip pixel
+    click_image(page, "#frame img", 128 * scale, 72 * scale)  # object 1: a point on frame 0
+    page.wait_for_function("document.querySelector('#prompt-info').innerText.includes('frame 0: 1 object(s)')")
+    page.click("#new-object")
+    page.fill("#frame-index input[type=number]", "10")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelector('#frame-index input[type=number]').value == '10'")
+    page.get_by_label("box corner").check()
+    click_image(page, "#frame img", 40 * scale, 20 * scale)  # object 2: a box on frame 10
+    page.wait_for_selector("#prompt-info :text('click the opposite corner')")
+    click_image(page, "#frame img", 120 * scale, 100 * scale)
+    page.wait_for_function("document.querySelector('#prompt-info').innerText.includes('frame 10: 1 object(s)')")
+    shot(page, artifacts, "10-clicks-and-a-box")
+
+    start(page, "#propagate")
+    state, text, seen = wait_status(page, {"done", "failed", "cancelled"})
+    assert state == "done" and "propagated over 21 frames" in text, seen
+    page.wait_for_function(
+        "document.querySelector('#mask-preview video') && document.querySelector('#mask-preview video').readyState >= 1"
+    )
+    shot(page, artifacts, "11-mask-propagated")
+
+    # the job used the clicks, mapped to the clip's pixels, and wrote what segment_file writes for them
+    job = max(server.workdir.glob("sessions/*/segment-*"), key=lambda folder: folder.stat().st_mtime)
+    clicks = json.loads((job / "clicks.json").read_text())
+    assert [(c["frame"], c["object_id"], c["kind"]) for c in clicks] == [(0, 1, "point"), (10, 2, "box")]
+    assert np.allclose(clicks[0]["coords"], (128, 72), atol=1) and np.allclose(
+        clicks[1]["coords"], (40, 20, 120, 100), atol=1
+    )
+    prompts = [Prompt(c["frame"], c["object_id"], c["kind"], tuple(c["coords"])) for c in clicks]
+    options = SegmentOptions(checkpoint=str(server.sam), model_config=SAM_CONFIG, image_size=SAM_INPUT)
+    segment_file(DEMO_CLIP, tmp_path / "mask", prompts, options, progress=False, say=lambda line: None)
+    info = open_clip(DEMO_CLIP).info
+    assert np.array_equal(read_masks(job / "mask", info), read_masks(tmp_path / "mask", info))
+
+
 def test_two_pages_the_second_queued_and_cancel_leaves_nothing(browser, server, artifacts):
-    url, workdir, _ = server
+    url, workdir = server.url, server.workdir
     first, second = (browser.new_context(viewport={"width": 1280, "height": 1500}).new_page() for _ in range(2))
     for page in (first, second):
         page.set_default_timeout(60_000)
@@ -318,13 +386,13 @@ def test_two_pages_the_second_queued_and_cancel_leaves_nothing(browser, server, 
     sessions = [folder for folder in (workdir / "sessions").iterdir()]
     left = [p for s in sessions for p in s.rglob("*") if p.name.startswith(("result-", ".")) or "partial" in p.name]
     assert not left, left
-    assert not children(server[2]), "a job outlived its cancel"
+    assert not children(server.pid), "a job outlived its cancel"
     for page in (first, second):
         page.context.close()
 
 
 def test_a_closed_page_takes_its_folder_with_it(browser, server):
-    url, workdir, _ = server
+    url, workdir = server.url, server.workdir
     context = browser.new_context()
     page = context.new_page()
     page.goto(url)

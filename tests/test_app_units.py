@@ -188,8 +188,14 @@ def test_clicks_are_kept_in_the_clips_pixels(session):
         (2, 1, "box", (20.0, 10.0, 30.0, 25.0)),
         (4, 2, "negative", (1.0, 2.0)),
     ]
+    session.click(2, 0.0, 0.0, "box")  # object 2's box: object 1's stays
+    session.click(2, 10.0, 10.0, "box")
+    session.click(2, 20.0, 20.0, "box")  # a second box of object 2 on frame 2 replaces its first
+    session.click(2, 30.0, 40.0, "box")
+    boxes = [(c.object_id, c.coords) for c in session.clicks if c.kind == "box"]
+    assert boxes == [(1, (20.0, 10.0, 30.0, 25.0)), (2, (2.0, 2.0, 3.0, 4.0))]
     session.undo()
-    assert len(session.clicks) == 2
+    assert len(session.clicks) == 3
 
 
 def test_page_options_become_runtime_run_flags():

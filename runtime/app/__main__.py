@@ -16,7 +16,10 @@ from runtime.errors import RemoverError, exit_code
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m runtime.app", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime.app",
+        description="Serve the web app: open a clip, click the object, remove it, compare and download.",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     parser.add_argument("--port", type=int, default=7860, help="default 7860")
     parser.add_argument("--weights", help="remover weights (runtime.run --weights); default: the bundled demo")
@@ -54,23 +57,27 @@ def serve(args: argparse.Namespace) -> str:
         limits=limits,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop like Ctrl-C: the folder is removed
+    page = ui.build(Sessions(root, settings))
+    page.queue(default_concurrency_limit=4)
     try:
-        page = ui.build(Sessions(root, settings))
-        page.queue(default_concurrency_limit=4)
+        try:
+            page.launch(
+                server_name=args.host,
+                server_port=args.port,
+                allowed_paths=[str(root.folder)],
+                max_file_size=limits.max_bytes,
+                ssr_mode=False,
+                footer_links=[],
+                quiet=True,
+                prevent_thread_lock=True,
+                **ui.style(),
+            )
+        except OSError as exc:
+            raise RemoverError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
         print(f"serving on http://{args.host}:{args.port} (files in {root.folder})", file=sys.stderr, flush=True)
-        page.launch(
-            server_name=args.host,
-            server_port=args.port,
-            allowed_paths=[str(root.folder)],
-            max_file_size=limits.max_bytes,
-            ssr_mode=False,
-            footer_links=[],
-            quiet=True,
-            **ui.style(),
-        )
-    except OSError as exc:
-        raise RemoverError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
+        page.block_thread()  # until Ctrl-C (or SIGTERM)
     finally:
+        page.close()
         root.remove()
     return "stopped"
 

@@ -212,6 +212,8 @@ class Session:
             coords = (min(x0, dx), min(y0, dy), max(x0, dx), max(y0, dy))
             if coords[2] - coords[0] < 1 or coords[3] - coords[1] < 1:
                 return "that box is empty; click two opposite corners"
+            # one box per object and frame (SAM's rule): a new one replaces the old
+            self.clicks = [c for c in self.clicks if (c.frame, c.object_id, c.kind) != (index, self.object_id, "box")]
         else:
             coords = (dx, dy)
         self.clicks.append(Click(index, self.object_id, kind, coords))
