@@ -7,7 +7,12 @@ $(STAMP): setup.py
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,segment]"
+	# SAM 2 (runtime.segment): a source package whose build imports torch (so no build isolation, and the
+	# setuptools that builds wheels itself: a fresh 3.11 venv has 65.5) and whose declared torchvision would
+	# replace our torch (so no deps); without its CUDA extension (only its hole filling uses it)
+	$(PY) -m pip install -q "setuptools>=70.1"
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --no-deps --no-build-isolation sam2
 	touch $(STAMP)
 
 .PHONY: demo test lint

@@ -40,6 +40,7 @@ setup(
             "triton>=3.5; platform_system == 'Linux'",
             "opencv-python-headless",
             "ray",
+            "huggingface_hub",
             *EXPORT,
             *APP,
             "playwright",
@@ -54,6 +55,11 @@ setup(
         "gpu": ["flash-attn", "nvidia-ml-py", "triton>=3.5"],
         "tensorrt": ["tensorrt"],
         "train": ["opencv-python-headless"],
+        # python -m runtime.segment and runtime.run's prompts: SAM 2 itself installs apart, without its
+        # declared torchvision (which pulls another torch) and its CUDA extension: see the Makefile and
+        # docs/segment.md. hydra-core and iopath are what its video predictor imports; huggingface_hub
+        # resolves hub ids (runtime/hub.py); scipy fills holes in and grows the masks
+        "segment": ["hydra-core", "iopath", "huggingface_hub", "scipy"],
     },
     entry_points={"console_scripts": ["minimax-remover=runtime.run:main"]},
 )

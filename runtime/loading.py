@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import torch
 
 from runtime.demo import DEMO_WEIGHTS
 from runtime.errors import RemoverError
+from runtime.hub import is_hub_id, resolve
 from runtime.options import ModelOptions
 from runtime.pipeline.remover import Remover
 
@@ -23,9 +27,23 @@ def resolve_device(name: str | None) -> torch.device | None:
     return device
 
 
+def local_weights(name: str | None, what: str) -> str | None:
+    """`name` as a local path: itself when it exists or is not a hub id, else the hub snapshot folder of
+    that id (from the cache, downloaded when online and missing; runtime/hub.py)."""
+    if name is None or Path(name).expanduser().exists() or not is_hub_id(name):
+        return name
+    return str(resolve(name, None, what))
+
+
 def load_remover(options: ModelOptions, device: torch.device | None = None) -> Remover:
-    """The Remover `options` name, on `device` (default: options.device, else CUDA when available)."""
+    """The Remover `options` name, on `device` (default: options.device, else CUDA when available).
+    `weights` and `vae` may be hub ids (owner/name)."""
     device = device or resolve_device(options.device)
+    options = replace(
+        options,
+        weights=local_weights(options.weights, "the remover's weights"),
+        vae=local_weights(options.vae, "the VAE's weights"),
+    )
     if options.engine is not None:
         return Remover.from_bundle(
             options.engine,

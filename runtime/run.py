@@ -40,6 +40,7 @@ from runtime.options import (
     OutputOptions,
     RunOptions,
 )
+from runtime.segment.cli import add_prompt_arguments, has_prompts, prompts_from_args, segment_options
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -168,6 +169,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="off",
         help="compile the denoising step's model call (off by default: not yet measured faster)",
     )
+    add_prompt_arguments(parser, for_removal=True)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
@@ -221,12 +223,17 @@ def plan_options(args: argparse.Namespace) -> PlanOptions:
 
 def request_from(args: argparse.Namespace) -> Request:
     """The run the arguments ask for, every option checked (the demo's files without --video)."""
-    demo = args.video is None
-    if demo and args.mask is not None:
-        raise RemoverError("--mask needs --video")
-    if not demo and args.mask is None:
-        raise RemoverError("--video needs --mask")
-    video, mask = (DEMO_CLIP, DEMO_MASK) if demo else (Path(args.video), Path(args.mask))
+    demo, prompted = args.video is None, has_prompts(args)
+    if demo and (args.mask is not None or prompted):
+        raise RemoverError("--mask and the prompts need --video")
+    if prompted and args.mask is not None:
+        raise RemoverError("give --mask or prompts (--box, --point, --prompts), not both")
+    if not demo and args.mask is None and not prompted:
+        raise RemoverError("--video needs --mask, or prompts to segment it from (--box, --point, --prompts)")
+    if args.save_mask and not prompted:
+        raise RemoverError("--save-mask keeps the mask made from prompts: give --box, --point or --prompts")
+    video = DEMO_CLIP if demo else Path(args.video)
+    mask = DEMO_MASK if demo else Path(args.mask or "")
     return Request(
         video=video,
         mask=mask,
@@ -239,6 +246,9 @@ def request_from(args: argparse.Namespace) -> Request:
         dry_run=args.dry_run,
         preview=Path(args.preview) if args.preview else None,
         own_size=demo,
+        prompts=tuple(prompts_from_args(args)) if prompted else (),
+        segment=segment_options(args) if prompted else None,
+        save_mask=Path(args.save_mask) if args.save_mask else None,
     )
 
 

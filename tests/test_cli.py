@@ -238,3 +238,18 @@ def test_a_checkpoint_with_a_nan_fails_and_writes_nothing(tennis, checkpoint, tm
     assert len(error_lines(stderr)) == 1
     assert "the sampler's latents hold NaN or infinite values" in error_lines(stderr)[0] and "--dtype" in stderr
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["broken", "frames", "masks"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--mask", "m.mp4", "--box", "1,1,5,5"], "give --mask or prompts"),
+        ([], "--video needs --mask, or prompts"),
+        (["--mask", "m.mp4", "--save-mask", "k.mkv"], "--save-mask keeps the mask made from prompts"),
+        (["--box", "1,1,5"], "--box"),
+    ],
+)
+def test_mask_or_prompts_is_one_error_line(extra, message, tmp_path, capsys):
+    code, stdout, stderr = run_cli(["--video", "clip.mp4", "--out", str(tmp_path / "o.mp4"), *extra], capsys)
+    assert code == 2 and stdout == "" and len(error_lines(stderr)) == 1 and message in error_lines(stderr)[0], stderr
+    assert list(tmp_path.iterdir()) == []

@@ -22,12 +22,14 @@ from runtime.io import ClipInfo, check_output, open_clip
 from runtime.loading import describe_loaded, load_remover, resolve_device
 from runtime.options import MaskOptions, ModelOptions, OutputOptions, RunOptions
 from runtime.pipeline.remover import Remover
+from runtime.segment import Prompt, SegmentOptions, check_prompts, describe_segmentation, prompted_mask
 
 
 @dataclass(frozen=True)
 class Request:
     """What one run asks for: the files, and every option (each checked when it was made). `own_size`:
-    run at the clip's own size unless a size is given (the demo, whose model was trained at it)."""
+    run at the clip's own size unless a size is given (the demo, whose model was trained at it). With
+    `prompts` the mask is made by segmenting the clip first (`mask` is then unused)."""
 
     video: Path
     mask: Path
@@ -40,6 +42,10 @@ class Request:
     dry_run: bool = False
     preview: Path | None = None
     own_size: bool = False
+    # instead of a mask file: prompts for SAM 2 (runtime/segment), its options, and where to keep its mask
+    prompts: tuple[Prompt, ...] = ()
+    segment: SegmentOptions | None = None
+    save_mask: Path | None = None
 
     def plan_for(self, info: ClipInfo) -> PlanOptions:
         """The plan options for the opened clip (its own size with `own_size` and no size given)."""
@@ -68,13 +74,37 @@ def say(line: str, to_stdout: bool = False) -> None:
 
 
 def run_request(request: Request, place: Place | None = None) -> str:
-    """Do the whole job; return the summary line. The clip and the output are checked before the model
-    loads; `place` (torchrun's rank 0) decides where the work runs once they are."""
-    device = resolve_device(request.model.device)
+    """Do the whole job; return the summary line. The clip, the output and any prompts are checked before
+    a model loads; with prompts the clip is segmented first (its mask kept with `save_mask`, else a
+    temporary file). `place` (torchrun's rank 0) decides where the work runs once the input is checked."""
     info = open_clip(request.video).info  # bad input fails before the model loads (remove_file opens it again)
-    options = request.plan_for(info)
     if not (request.dry_run or request.preview):
         check_output(request.out, info, **request.output.writer_arguments())
+    if not request.prompts:
+        return _remove(request, info, place)
+    check_prompts(list(request.prompts), info)
+    for line in describe_segmentation(list(request.prompts), request.segment, info):
+        say(line, request.dry_run)
+    if request.dry_run:
+        return "dry run: the windows and crops are planned once the masks exist; nothing written"
+    target = request.preview or request.out
+    with prompted_mask(
+        request.video,
+        list(request.prompts),
+        request.segment,
+        save_mask=request.save_mask,
+        work_folder=target.parent,
+        overwrite=request.output.overwrite,
+        progress=request.run.progress,
+        say=say,
+    ) as mask:
+        return _remove(replace(request, mask=mask), info, place)
+
+
+def _remove(request: Request, info: ClipInfo, place: Place | None) -> str:
+    """The removal once the mask exists: plan, load, run (or draw the plan), say what happened."""
+    device = resolve_device(request.model.device)
+    options = request.plan_for(info)
     if request.preview and request.model.engine is None:  # the plan needs no model
         return preview(request, options)
 
