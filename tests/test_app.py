@@ -75,6 +75,7 @@ class Server(NamedTuple):
 def random_sam(folder: Path) -> Path:
     """SAM 2.1 tiny with random weights (fixed seed) in the released format, as the segmentation tests make it."""
     import torch
+
     from runtime.segment.model import build_model, config_file
 
     torch.manual_seed(0)
@@ -90,7 +91,8 @@ def server(tmp_path_factory):
     port = free_port()
     sam = random_sam(workdir.parent) if SEGMENTS else None
     segment_args = ["--checkpoint", str(sam), "--model-config", SAM_CONFIG, "--image-size", str(SAM_INPUT)]
-    env = {**os.environ, "GRADIO_HEARTBEAT_INTERVAL": "1"}  # a closed page is noticed within a second or two
+    # a closed page is noticed within a second or two; nothing is fetched from a model hub
+    env = {**os.environ, "GRADIO_HEARTBEAT_INTERVAL": "1", "HF_HUB_OFFLINE": "1"}
     log = (workdir.parent / "server.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "runtime.app", "--port", str(port), "--workdir", str(workdir)]
