@@ -43,6 +43,9 @@ CHROMIUM_ARGS = [
 ROOT = Path(__file__).resolve().parents[1]
 SEGMENTS = all(importlib.util.find_spec(name) for name in ("sam2", "runtime.segment"))
 SAM_CONFIG, SAM_INPUT = "configs/sam2.1/sam2.1_hiera_t.yaml", 128  # random-weight tiny SAM 2.1 at a small size
+# the jobs (and the reference run) on one thread: tiny models gain nothing from more, and on a shared CPU
+# two threads were 8x slower than one (SAM tracking the demo: 46 s against 5.6 s)
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 JOB_TIMEOUT_MS = 300_000  # a demo run is ~10 s on a quiet 2-core machine; a busy one can be many times slower
 pytestmark = [
     pytest.mark.slow,
@@ -92,7 +95,7 @@ def server(tmp_path_factory):
     sam = random_sam(workdir.parent) if SEGMENTS else None
     segment_args = ["--checkpoint", str(sam), "--model-config", SAM_CONFIG, "--image-size", str(SAM_INPUT)]
     # a closed page is noticed within a second or two; nothing is fetched from a model hub
-    env = {**os.environ, "GRADIO_HEARTBEAT_INTERVAL": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "GRADIO_HEARTBEAT_INTERVAL": "1", "HF_HUB_OFFLINE": "1", **ONE_THREAD}
     log = (workdir.parent / "server.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "runtime.app", "--port", str(port), "--workdir", str(workdir)]
@@ -311,9 +314,8 @@ def test_demo_click_plan_run_play_compare_download(page, server, artifacts, tmp_
     download.value.save_as(downloaded)
 
     reference = tmp_path / "reference.mp4"
-    subprocess.run(
-        [sys.executable, "-m", "runtime.run", "--out", str(reference), "--quiet"], cwd=ROOT, check=True, timeout=600
-    )
+    command = [sys.executable, "-m", "runtime.run", "--out", str(reference), "--quiet"]
+    subprocess.run(command, cwd=ROOT, env={**os.environ, **ONE_THREAD}, check=True, timeout=600)
     ours, theirs = read_clip(downloaded), read_clip(reference)
     assert ours.info.width == 256 and ours.info.height == 144 and ours.fps == theirs.fps == info.fps
     assert ours.frames.shape == theirs.frames.shape == (21, 144, 256, 3)
@@ -322,7 +324,9 @@ def test_demo_click_plan_run_play_compare_download(page, server, artifacts, tmp_
 
 
 @pytest.mark.skipif(not SEGMENTS, reason="runtime.segment and sam2 (the [segment] extra) are not installed")
-def test_clicks_mask_their_frame_at_once_and_segment_the_whole_clip(page, server, artifacts, tmp_path):
+def test_clicks_mask_their_frame_at_once_and_segment_the_whole_clip(
+    page, server, artifacts, tmp_path, one_torch_thread
+):
     from runtime.segment import Prompt, SegmentOptions, segment_file
 
     open_demo(page)
