@@ -266,10 +266,11 @@ class Session:
         args = propagation_args(workspace.clip, clicks, mask, preview, self.settings.segment)
         async with _kept_if_done(folder) as done:
             async for status in self._child("runtime.app.segmentation", args, folder, "segmentation"):
-                yield status
                 if status.state != "done":
+                    yield status
                     continue
-                workspace.set_mask(mask)
+                yield Status("running", "reading the mask", 1.0)
+                await asyncio.to_thread(workspace.set_mask, mask)
                 self.frame_masks, self.plan, self.preview = {}, None, preview
                 done.append(True)
                 yield Status("done", f"mask propagated over {workspace.info.frame_count} frames", 1.0)
