@@ -41,6 +41,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ROOT = Path(__file__).resolve().parents[1]
+EVALUATES = importlib.util.find_spec("runtime.evaluate") is not None
 SEGMENTS = all(importlib.util.find_spec(name) for name in ("sam2", "runtime.segment"))
 SAM_CONFIG, SAM_INPUT = "configs/sam2.1/sam2.1_hiera_t.yaml", 128  # random-weight tiny SAM 2.1 at a small size
 # the jobs (and the reference run) on one thread: tiny models gain nothing from more, and on a shared CPU
@@ -305,6 +306,8 @@ def test_demo_click_plan_run_play_compare_download(page, server, artifacts, tmp_
     )
     assert playing[0] >= 2 and playing[1] == pytest.approx(21 / 16, abs=0.07) and playing[2] > 0, playing
     page.wait_for_selector("#compare img")
+    if EVALUATES:  # runtime.evaluate's background figures of the result
+        assert "Background (outside the dilated mask)" in page.inner_text("#metrics")
     shot(page, artifacts, "07-result")
     page.locator("#result").screenshot(path=artifacts / "07-result-video.png")
 
