@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import re
 import shutil
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -449,16 +450,19 @@ class Sessions:
         self.queue = DeviceQueue()
         self.segmenter = FrameSegmenter(settings.segment)
         self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()  # callbacks of one page can run at once, in Gradio's worker threads
 
     def get(self, session_id: str) -> Session:
-        if session_id not in self._sessions:
-            workspace = self.root.workspace(session_id)
-            self._sessions[session_id] = Session(self.root, workspace, self.settings, self.queue, self.segmenter)
-        return self._sessions[session_id]
+        with self._lock:
+            if session_id not in self._sessions:
+                workspace = self.root.workspace(session_id)
+                self._sessions[session_id] = Session(self.root, workspace, self.settings, self.queue, self.segmenter)
+            return self._sessions[session_id]
 
     async def close(self, session_id: str, wait_s: float = 30.0) -> None:
         """The page went away: cancel its job, wait for it to end (at most `wait_s`), remove its folder."""
-        session = self._sessions.pop(session_id, None)
+        with self._lock:
+            session = self._sessions.pop(session_id, None)
         if session is not None:
             session.cancel()
             for _ in range(int(wait_s / 0.1)):
