@@ -297,7 +297,12 @@ class Session:
                 if status.state != "done":
                     yield status
                     continue
-                lines = [line for line in status.lines if not line.startswith(("warning:", "weights "))]
+                folder_of_clip = f"{self.workspace.clip.parent.name}/"  # the clip's own name, as uploaded
+                lines = [
+                    line.removeprefix(folder_of_clip)
+                    for line in status.lines
+                    if not line.startswith(("warning:", "weights "))
+                ]
                 boxes = []
                 for line in lines:
                     if match := _BOX.search(line):
