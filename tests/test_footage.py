@@ -6,9 +6,6 @@ small working sizes."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -19,6 +16,7 @@ from conftest import error_lines, run_main
 from media import PATCH, encode_video, patch_colour, patch_frames, stream_span
 from PIL import Image
 
+from bench.child import held_memory_env, run_child, runtime_cli
 from bench.seams import boundary_transitions, seam_ratios
 from runtime import Remover, run
 from runtime.clips.plan import PlanOptions, make_plan
@@ -120,22 +118,10 @@ def test_a_clip_longer_than_a_window_keeps_every_frame_and_timestamp(checkpoint,
 
 
 def peak_rss_mb(args: list, cwd: Path) -> float:
-    """The CLI in a fresh process: its own peak resident set, in MB. VmHWM, not getrusage's ru_maxrss:
-    that one starts from the parent's resident set when the child is spawned (a vfork shares it)."""
-    code = (
-        "import re, sys\nfrom pathlib import Path\nfrom runtime.run import main\ncode = main(sys.argv[1:])\n"
-        "peak = re.search(r'VmHWM:\\s+(\\d+) kB', Path('/proc/self/status').read_text()).group(1)\n"
-        "print('peak', int(peak) / 1024, file=sys.stderr)\nsys.exit(code)"
-    )
-    # glibc raises its mmap threshold after large frees and then keeps freed frames in the heap, so the
-    # resident set would depend on allocation order; a fixed threshold measures what the program holds
-    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    result = subprocess.run(
-        [sys.executable, "-c", code, *map(str, args), "--quiet"],
-        cwd=cwd, env=environment, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    """The CLI in a fresh process (bench/child.py): its own peak resident set, in MB."""
+    result = run_child(runtime_cli(*args), env=held_memory_env(), timeout=900, cwd=cwd)
     assert result.returncode == 0, result.stderr
-    return float(result.stderr.strip().splitlines()[-1].split()[1])
+    return result.peak_rss_mb
 
 
 @pytest.mark.slow

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.live_memory import LiveTensorBytes
 from runtime.errors import RemoverError
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
 from training.flow import flow_matching_loss
+from training.live_memory import LiveTensorBytes
 from training.plan import GIB, ClipShape, block_activation_bytes, memory_plan
 from training.stage1 import train_stage1
 from training.stage_config import Stage1Config
