@@ -280,3 +280,13 @@ def test_the_server_holds_a_frame_at_a_time_whatever_the_clips_length(tmp_path):
         run = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
         peaks.append(int(run.stdout.split()[-1]))
     assert peaks[1] - peaks[0] < 0.5 * (41 - 9) * frame_bytes, [peak / 2**20 for peak in peaks]
+
+
+def test_the_clip_and_mask_stay_while_the_pages_job_runs(session):
+    session.ticket = Ticket("removal")  # as while a job waits or runs
+    with pytest.raises(RemoverError, match="has a job running or queued"):
+        session.open_demo()
+    with pytest.raises(RemoverError, match="has a job running or queued"):
+        session.upload_mask([session.workspace.clip])
+    session.ticket = None
+    assert "demo clip" in session.open_demo()

@@ -123,6 +123,7 @@ class Session:
 
     def open_upload(self, upload: str | Path) -> str:
         """An uploaded clip becomes the session's clip; returns its description."""
+        self._idle()
         source = self.root.check(upload)
         info = read_info(source, self.settings.limits)
         self._reset()
@@ -131,6 +132,7 @@ class Session:
 
     def open_demo(self) -> str:
         """The bundled demo clip and its mask, copied into the session."""
+        self._idle()
         info = read_info(DEMO_CLIP, self.settings.limits)
         self._reset()
         self.workspace.set_clip(self._copied(DEMO_CLIP, "clip"), info, demo=True)
@@ -146,6 +148,7 @@ class Session:
     def upload_mask(self, uploads: list[str | Path]) -> str:
         """A mask video, an image, a boxes JSON, or several images (one per frame, in name order)."""
         info = self.workspace.require_clip()
+        self._idle()
         sources = [self.root.check(upload) for upload in uploads]
         if not sources:
             raise RemoverError("choose a mask file")
@@ -164,6 +167,11 @@ class Session:
         self.plan = None
         names = ", ".join(source.name for source in sources[:3]) + (" ..." if len(sources) > 3 else "")
         return f"mask {names} for {info.frame_count} frames"
+
+    def _idle(self) -> None:
+        """A RemoverError while this page's job runs or waits: its clip and mask must stay as they are."""
+        if self.ticket is not None:
+            raise RemoverError("this page has a job running or queued; wait for it or cancel it first")
 
     def _reset(self) -> None:
         """A new clip: the old one's clicks, plan and result go (its files with the result)."""
