@@ -40,6 +40,24 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to run on, checked to exist here: "cpu", "cuda" or "cuda:N" (None: the GPU if there
+    is one). Another kind ("meta", "mps", ...) or a GPU this machine lacks is a RemoverError."""
+    if device is None:
+        return default_device()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise RemoverError(f"unknown device {device!r}: use cpu or cuda") from None
+    if device.type not in ("cpu", "cuda"):
+        raise RemoverError(f"device {device.type!r} cannot run the model: use cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RemoverError("CUDA is not available on this machine: use the cpu device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RemoverError(f"there is no {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """fp16 on GPU (the released weights' dtype, and 10x closer to the fp32 reference than bf16; see
     the README) and fp32 on the CPU unless given ("fp32", "bf16", "fp16" or a torch dtype)."""

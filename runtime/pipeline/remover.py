@@ -9,6 +9,7 @@ The three heavy stages run on PyTorch modules (`from_pretrained`) or on an expor
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -25,12 +26,13 @@ from runtime.execution.choices import (
     COMPILE_MODES,
     DTYPES,
     check_compile_mode,
-    default_device,
+    resolve_device,
     resolve_dtype,
     resolve_kernels,
     verified_backends,
 )
 from runtime.models.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint
+from runtime.options import RunOptions
 from runtime.pipeline import composite
 from runtime.pipeline.preprocess import (
     as_frames,
@@ -49,6 +51,11 @@ from runtime.pipeline.timing import Timings
 
 class EmptyMaskWarning(UserWarning):
     """The mask selects nothing, so the input is returned unchanged."""
+
+
+def _as_int(value: object) -> object:
+    """A NumPy integer as a Python int (RunOptions takes ints); anything else as it is, to be refused there."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
 
 
 def encoder_batch(video: Tensor, mask: Tensor) -> Tensor:
@@ -114,7 +121,7 @@ class Remover:
         Under torchrun, each process loads its own model; `runtime.distributed.sequence.split` splits one
         over the ranks.
         """
-        device = torch.device(device) if device is not None else default_device()
+        device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         paths = locate_checkpoint(path, vae)
         scheduler = load_scheduler_config(paths.scheduler)
@@ -164,7 +171,7 @@ class Remover:
         """
         from runtime.engines.bundle import BundleStages, checkpoint_sha256, choose_backend
 
-        device = torch.device(device) if device is not None else default_device()
+        device = resolve_device(device)
         backend = backend or choose_backend(Path(path), device)
         expected = checkpoint_sha256(locate_checkpoint(weights, vae)) if weights is not None else None
         stages = BundleStages.load(Path(path), backend, device, expected_checkpoint=expected)
@@ -188,7 +195,7 @@ class Remover:
         num_inference_steps: int = 6,
         mask_dilation: int = 6,
         seed: int = 42,
-        latents: Tensor | None = None,
+        latents: Tensor | np.ndarray | None = None,
         paste_back: bool = True,
         guidance_scale: float | None = None,
         progress: bool = True,
@@ -199,7 +206,9 @@ class Remover:
         frames, nonzero = remove. Returns float32 [F, H, W, 3] in [0, 1]: with `paste_back` the
         input size, with the generated pixels composited in through the dilated mask (everything
         outside it is the input, bit-exact); without it, the raw generation at (height, width),
-        as the released pipeline returns it. `latents` replaces the seeded initial noise.
+        as the released pipeline returns it. `seed` (0 to 2**63 - 1) and `num_inference_steps` are
+        checked as the CLI checks them (`runtime.options.RunOptions`); `latents` (a tensor or a NumPy
+        array) replaces the seeded initial noise.
         `guidance_scale` (models with condition tokens only) mixes the remove and regenerate
         predictions, v = v_neg + g (v_pos - v_neg); without it the model is sampled with "remove".
         """
@@ -207,6 +216,8 @@ class Remover:
         with self._stage("preprocess"):
             frames = as_frames(frames)
             masks = as_masks(masks, frames)
+            RunOptions(steps=_as_int(num_inference_steps), seed=_as_int(seed))  # refused as the CLI refuses them
+            seed, num_inference_steps = int(seed), int(num_inference_steps)
             if mask_dilation < 0:
                 raise RemoverError(f"mask dilation must be >= 0, got {mask_dilation}")
             if height is None and width is None and self.stages.default_size is not None:
@@ -308,7 +319,9 @@ class Remover:
                 "weights are broken; try another --dtype (fp32 is the safest) or check the weights"
             )
 
-    def _initial_noise(self, frame_count: int, size: tuple[int, int], seed: int, latents: Tensor | None) -> Tensor:
+    def _initial_noise(
+        self, frame_count: int, size: tuple[int, int], seed: int, latents: Tensor | np.ndarray | None
+    ) -> Tensor:
         """Standard normal latents from a CPU generator (same noise on every device), or `latents`."""
         z = self.stages.vae_config
         shape = (
@@ -320,8 +333,14 @@ class Remover:
         )
         if latents is None:
             return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        if isinstance(latents, np.ndarray):
+            latents = torch.from_numpy(np.array(latents, dtype=np.float32))  # a copy: any strides, any float type
+        if not isinstance(latents, Tensor):
+            raise RemoverError(f"latents must be a tensor or a NumPy array, got {type(latents).__name__}")
         if tuple(latents.shape) != shape:
             raise RemoverError(f"latents must have shape {list(shape)} for this input, got {list(latents.shape)}")
+        if not torch.isfinite(latents).all():
+            raise RemoverError("latents hold NaN or infinite values")
         return latents.to(self.device, torch.float32)
 
     def _unchanged(self, frames: np.ndarray, size: tuple[int, int], paste_back: bool) -> np.ndarray:
