@@ -321,7 +321,8 @@ def build(sessions: Sessions) -> gr.Blocks:
 
 
 def _job(streamed: Callable, work: Callable, finish: Callable) -> Callable:
-    """A Gradio event function (index, options..., request) -> the streamed status and outputs."""
+    """A Gradio event function (index, options..., request) -> the streamed status and outputs. Its
+    parameters are spelled out: Gradio passes the inputs by position and the request by its annotation."""
     event = streamed(work, finish)
 
     async def handler(
