@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.child import held_memory_env, run_child, runtime_cli
+from bench.child import run_child, runtime_cli
 from bench.study import RESULTS_DIR, log, markdown_table, save_json
 from bench.workloads import WEIGHTS_HELP, resolve_weights
 from runtime.clips.plan import Box, PlanOptions, make_plan
@@ -40,7 +40,7 @@ LENGTHS = (81, 161, 321)
 
 def measure_cli(args: list[Any]) -> dict[str, float]:
     """Run the CLI in a fresh process: its wall and CPU seconds and peak resident set (MB)."""
-    child = run_child(runtime_cli(*args), env=held_memory_env())
+    child = run_child(runtime_cli(*args))  # the CLI bounds its own heap (bound_host_heap)
     if child.returncode != 0:
         raise RemoverError(f"the run failed: {child.last_line()}")
     return {"seconds": child.seconds, "cpu_s": child.cpu_seconds, "peak_mb": child.peak_rss_mb}

@@ -27,6 +27,7 @@ from runtime.clips.plan import (
 from runtime.clips.request import Request, run_within_memory
 from runtime.demo import DEMO_CLIP, DEMO_MASK
 from runtime.errors import RemoverError, exit_code
+from runtime.execution.host_memory import bound_host_heap
 from runtime.options import (
     ATTENTION_CHOICES,
     COMPILE_CHOICES,
@@ -114,6 +115,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="working height, a multiple of 16: the pixel budget of a window (default: 480p keeping the aspect ratio)",
     )
     plan.add_argument("--width", type=int, help="working width, a multiple of 16")
+    plan.add_argument(
+        "--upscale", action="store_true", help="run a clip smaller than 480p at 480p (default: at its own size)"
+    )
     plan.add_argument(
         "--dilate",
         type=int,
@@ -216,6 +220,7 @@ def plan_options(args: argparse.Namespace) -> PlanOptions:
         feather=args.feather,
         context=args.context,
         min_crop=args.min_crop,
+        upscale=args.upscale,
     )
     options.check()
     return options
@@ -258,6 +263,7 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    bound_host_heap()
     args = parse_args(argv)
     warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
     if distributed.world_size() > 1:  # torchrun: the group's code loads only now

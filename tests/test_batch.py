@@ -306,6 +306,16 @@ BAD_MANIFESTS = {
     "not JSON": ("m.jsonl", "{video: a}\n", [], "m.jsonl, line 1: not JSON"),
     "bad default on the command line": ("m.csv", f"video,mask,output\n{GOOD}\n", ["--crf", "x"], "argument --crf"),
     "unknown format": ("m.txt", GOOD, [], "a manifest is .csv or JSON lines"),
+    "output is another row's input": (
+        "m.csv",
+        f"video,mask,output\n{GOOD}\nin/b.mp4,in/b_mask.mp4,in/../in/a.mp4\n",
+        [],
+        "line 3: output",
+    ),
+    "output is its own mask": ("m.csv", "video,mask,output\nin/a.mp4,in/a_mask.mp4,in/a_mask.mp4\n", [], "input"),
+    "steps out of range": ("m.csv", f"video,mask,output,steps\n{GOOD},0\n", [], "line 2: --steps must be a whole"),
+    "seed out of range": ("m.csv", f"video,mask,output,seed\n{GOOD},99999999999999999999\n", [], "line 2: --seed"),
+    "device on the command line": ("m.csv", f"video,mask,output\n{GOOD}\n", ["--device", "meta"], "--device meta"),
 }
 
 
@@ -318,3 +328,30 @@ def test_a_bad_manifest_is_one_error_line_and_exit_2(case, clips, capsys):
     assert len(error_lines(stderr)) == 1 and message in error_lines(stderr)[0], stderr
     assert stderr.strip() == error_lines(stderr)[0]  # nothing started: no worker, no model
     assert list((clips / "out").iterdir()) == []
+
+
+def test_a_csv_with_a_byte_order_mark_reads_as_without(clips):
+    """Spreadsheets save CSV as UTF-8 with a byte-order mark: the first column is still `video`."""
+    manifest = clips / "bom.csv"
+    manifest.write_text("\ufeffvideo,mask,output,seed\n" + GOOD + ",7\n", encoding="utf-8")
+    [clip] = batch.read_manifest(manifest)
+    assert (clip.video, clip.run.seed) == (clips / "in" / "a.mp4", 7)
+
+
+@pytest.mark.slow
+def test_two_batches_at_once_do_each_clip_once(clips):
+    """Two runs of one manifest started together (different seeds: different results): each clip is done by
+    one of them and skipped by the other (its output claimed, or written meanwhile); no result is replaced."""
+    rows = [f"in/{name}.mp4,in/{name}_mask.mp4,out/{name}{i}.mkv" for i in range(3) for name in ("a", "b")]
+    manifest = write_csv(clips / "manifest.csv", rows)
+    runs = []
+    for seed in (1, 2):
+        summary = clips / f"summary{seed}.json"
+        command = [sys.executable, "-m", "runtime.batch", str(manifest), "--seed", str(seed), "--json", str(summary)]
+        runs.append(subprocess.Popen([*command, "--quiet", *SIZE], cwd=REPO, stderr=subprocess.PIPE, text=True))
+    for run in runs:
+        _, stderr = run.communicate(timeout=600)
+        assert run.returncode == 0, stderr
+    statuses = [[c["status"] for c in json.loads((clips / f"summary{s}.json").read_text())["clips"]] for s in (1, 2)]
+    assert all(sorted(pair) == ["done", "skipped"] for pair in zip(*statuses)), statuses
+    assert sorted(p.name for p in (clips / "out").iterdir()) == sorted(row.split(",")[2][4:] for row in rows)

@@ -16,7 +16,7 @@ from conftest import error_lines, run_main
 from media import PATCH, encode_video, patch_colour, patch_frames, stream_span
 from PIL import Image
 
-from bench.child import held_memory_env, run_child, runtime_cli
+from bench.child import run_child, runtime_cli
 from bench.seams import boundary_transitions, seam_ratios
 from runtime import Remover, run
 from runtime.clips.plan import PlanOptions, make_plan
@@ -119,7 +119,7 @@ def test_a_clip_longer_than_a_window_keeps_every_frame_and_timestamp(checkpoint,
 
 def peak_rss_mb(args: list, cwd: Path) -> float:
     """The CLI in a fresh process (bench/child.py): its own peak resident set, in MB."""
-    result = run_child(runtime_cli(*args), env=held_memory_env(), timeout=900, cwd=cwd)
+    result = run_child(runtime_cli(*args), timeout=900, cwd=cwd)  # the CLI bounds its own heap (bound_host_heap)
     assert result.returncode == 0, result.stderr
     return result.peak_rss_mb
 

@@ -138,6 +138,11 @@ class Dispatch:
     def record(self, index: int, attempt: Attempt) -> None:
         """A try at clip `index` ended: retry it, or note its outcome."""
         clip, tries = self.clips[index], self.attempts[index]
+        if attempt.taken:
+            self.outcomes[index] = Outcome(clip, "skipped", tries, error=attempt.taken)
+            self.say(f"skipped line {clip.line}: {attempt.taken}")
+            self.bar.update()
+            return
         for message in attempt.warnings:
             self.say(f"warning: line {clip.line}: {message}")
         what = f"line {clip.line} ({clip.video.name})"

@@ -18,6 +18,7 @@ from typing import Any
 
 from runtime.clips.plan import PlanOptions
 from runtime.errors import RemoverError
+from runtime.io import overlaps
 from runtime.options import (
     ATTENTION_CHOICES,
     COMPILE_CHOICES,
@@ -69,6 +70,7 @@ CLIP_COLUMNS = {
     "min_crop": Column(PlanOptions, "min_crop", int),
     "height": Column(PlanOptions, "height", int),
     "width": Column(PlanOptions, "width", int),
+    "upscale": Column(PlanOptions, "upscale", switch=True),
     "dilate": Column(PlanOptions, "dilation", int),
     "feather": Column(PlanOptions, "feather", int),
     "no_paste_back": Column(RunOptions, "paste_back", switch=True, negate=True),
@@ -186,19 +188,8 @@ def _check_outputs(clips: list[Clip], path: Path) -> None:
             raise RemoverError(f"{where} is line {lines[clip.output]}'s too")
         lines[clip.output] = clip.line
         for source, line in inputs.items():
-            if _same_or_inside(clip.output, source):
+            if overlaps(clip.output, source):
                 raise RemoverError(f"{where} is line {line}'s input: it would be replaced before it is read")
-
-
-def _same_or_inside(output: Path, source: Path) -> bool:
-    """Whether writing `output` would replace `source` or a file inside it (any spelling: the files are
-    compared, not the strings)."""
-    if output == source or source in output.parents:
-        return True
-    try:
-        return output.exists() and source.exists() and output.samefile(source)
-    except OSError:
-        return False
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -15,6 +15,7 @@ import torch
 from runtime.batch.manifest import Clip
 from runtime.clips.job import remove_file
 from runtime.errors import RemoverError
+from runtime.io.outputs import claimed_by
 from runtime.loading import describe_loaded, load_remover
 from runtime.options import ModelOptions
 from runtime.pipeline.remover import Remover
@@ -28,6 +29,7 @@ class Attempt:
     seconds: float
     error: str | None = None
     retry: bool = False  # worth another try (a RemoverError is the input's fault: the same again)
+    taken: str | None = None  # not tried: another run wrote (or is writing) the output
     warnings: tuple[str, ...] = ()
 
 
@@ -81,7 +83,10 @@ def load(model: ModelOptions, device: str, slot: int) -> tuple[Remover | None, R
 
 
 def attempt(remover: Remover, clip: Clip) -> Attempt:
-    """One try at `clip`: its frames and seconds, or its error (and whether another try may help)."""
+    """One try at `clip`: its frames and seconds, or its error (and whether another try may help). An
+    output that another run has written or is writing meanwhile is left to it (`taken`)."""
+    if (taken := _taken(clip)) is not None:
+        return Attempt(None, 0.0, taken=taken)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:  # the default filters: the CLI's warnings
         try:
@@ -90,6 +95,8 @@ def attempt(remover: Remover, clip: Clip) -> Attempt:
             )
             error, retry = None, False
         except RemoverError as exc:
+            if (taken := _taken(clip)) is not None:  # another run claimed it between the check and the write
+                return Attempt(None, time.perf_counter() - start, taken=taken)
             error, retry = str(exc), False
         except torch.OutOfMemoryError:
             error, retry = "out of memory; try a smaller --height/--width or --window", True
@@ -98,6 +105,18 @@ def attempt(remover: Remover, clip: Clip) -> Attempt:
     said = tuple(_one_line(str(w.message)) for w in caught)
     frames = None if error else plan.frame_count
     return Attempt(frames, time.perf_counter() - start, error and _one_line(error), retry, said)
+
+
+def _taken(clip: Clip) -> str | None:
+    """Why another run has this clip (its output claimed by another live process, or written), or None."""
+    if clip.encoding.overwrite:
+        return None
+    owner = claimed_by(clip.output)
+    if owner is not None and owner != os.getpid():
+        return f"{clip.output} is being written by another run (process {owner})"
+    if clip.output.exists():
+        return f"{clip.output} was written by another run meanwhile"
+    return None
 
 
 def serve(conn: Connection, model: ModelOptions, device: str, threads: int | None, slot: int) -> None:

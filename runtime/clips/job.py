@@ -22,11 +22,12 @@ from tqdm.auto import tqdm
 
 from runtime.clips.estimate import check_fits, describe_estimate, estimate
 from runtime.clips.plan import Plan, PlanOptions, make_plan
+from runtime.clips.plan import working_size as plan_working_size
 from runtime.clips.stream import LocalWindows, WindowRunner, mask_box, run_plan
 from runtime.errors import RemoverError
-from runtime.io import ClipReader, MaskSource, check_output, open_clip, open_masks, open_writer
+from runtime.io import ClipReader, MaskSource, check_output, copy_clip, open_clip, open_masks, open_writer
 from runtime.options import MaskOptions, OutputOptions, RunOptions
-from runtime.pipeline.preprocess import output_size, resize_frames, shrink_masks
+from runtime.pipeline.preprocess import resize_frames, shrink_masks
 from runtime.pipeline.remover import EmptyMaskWarning, Remover
 from runtime.pipeline.stages import Stages
 from runtime.pipeline.timing import Timings
@@ -95,7 +96,7 @@ def open_job(
     frame_size = (info.height, info.width)
     working_size = None
     if not paste_back:
-        working_size = output_size(*frame_size, options.height, options.width)
+        working_size = plan_working_size(frame_size, options)
         options = replace(options, crop="off", height=working_size[0], width=working_size[1])
         frame_size = working_size
     scan = tqdm(
@@ -110,7 +111,7 @@ def run_job(job: Job, out: str | Path, output: OutputOptions, windows: WindowRun
     `windows` (`LocalWindows(remover, run)` in one process). Returns the seconds of each stage."""
     if not job.plan.model_windows:
         warnings.warn("the mask is empty: writing the input unchanged", EmptyMaskWarning, stacklevel=2)
-    with open_writer(out, job.video.info, **output.writer_arguments()) as writer:
+    with open_writer(out, job.video.info, **output.writer_arguments(), inputs=[job.masks.path]) as writer:
         return run_plan(job.plan, job.frames(), job.mask_frames(), writer.write, windows, progress)
 
 
@@ -140,7 +141,7 @@ def remove_file(
     reader = open_clip(video)
     say(f"{video}: {reader.info.describe()}")
     if not dry_run:
-        check_output(out, reader.info, **output.writer_arguments())
+        check_output(out, reader.info, **output.writer_arguments(), inputs=[mask])
     options = fit_to_stages(options or PlanOptions(), remover.stages)
     job = open_job(reader, mask, options, mask_options, paste_back=run.paste_back, progress=run.progress)
     scan_s = time.perf_counter() - start
@@ -151,8 +152,22 @@ def remove_file(
     check_fits(job.plan, remover.device, figures)
     if dry_run:
         return job.plan, {}
+    if not job.plan.model_windows and run.paste_back:
+        return job.plan, {"read": scan_s, "copy": write_unchanged(video, mask, out, output, run.progress)}
     timings = run_job(job, out, output, windows or LocalWindows(remover, run), run.progress)
     return job.plan, {"read": scan_s + timings.pop("read", 0.0), **timings}
+
+
+def write_unchanged(
+    video: str | Path, mask: str | Path, out: str | Path, output: OutputOptions, progress: bool = True
+) -> float:
+    """The clip whose mask is empty, written to `out` unchanged: its streams copied where the container
+    takes them (else losslessly), never re-encoded lossily and never through the model. Returns the
+    seconds it took."""
+    start = time.perf_counter()
+    warnings.warn("the mask is empty: writing the input unchanged", EmptyMaskWarning, stacklevel=3)
+    copy_clip(video, out, **output.writer_arguments(), inputs=[mask], progress=progress)
+    return time.perf_counter() - start
 
 
 def _legacy_run_options(run: RunOptions, legacy: dict[str, object]) -> RunOptions:

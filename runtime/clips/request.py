@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from runtime.clips.job import fit_to_stages, open_job, remove_file
+from runtime.clips.job import fit_to_stages, open_job, remove_file, write_unchanged
 from runtime.clips.plan import PlanOptions
 from runtime.clips.preview import write_preview
 from runtime.clips.stream import WindowRunner
 from runtime.errors import RemoverError
-from runtime.io import ClipInfo, check_output, open_clip
+from runtime.io import ClipInfo, check_output, open_clip, open_masks
 from runtime.loading import describe_loaded, load_remover, resolve_device
 from runtime.options import MaskOptions, ModelOptions, OutputOptions, RunOptions
 from runtime.pipeline.remover import Remover
@@ -79,7 +79,8 @@ def run_request(request: Request, place: Place | None = None) -> str:
     temporary file). `place` (torchrun's rank 0) decides where the work runs once the input is checked."""
     info = open_clip(request.video).info  # bad input fails before the model loads (remove_file opens it again)
     if not (request.dry_run or request.preview):
-        check_output(request.out, info, **request.output.writer_arguments())
+        inputs = [] if request.prompts else [request.mask]
+        check_output(request.out, info, **request.output.writer_arguments(), inputs=inputs)
     if not request.prompts:
         return _remove(request, info, place)
     check_prompts(list(request.prompts), info)
@@ -107,6 +108,9 @@ def _remove(request: Request, info: ClipInfo, place: Place | None) -> str:
     options = request.plan_for(info)
     if request.preview and request.model.engine is None:  # the plan needs no model
         return preview(request, options)
+    if not request.dry_run and not request.preview and request.run.paste_back and _mask_is_empty(request, info):
+        seconds = write_unchanged(request.video, request.mask, request.out, request.output, request.run.progress)
+        return f"wrote {request.out} ({info.frame_count} frames) unchanged in {seconds:.1f} s: the mask is empty"
 
     placement = place(options, info.frame_count) if place else Placement()
     start = time.perf_counter()
@@ -128,6 +132,13 @@ def _remove(request: Request, info: ClipInfo, place: Place | None) -> str:
         detail += f"; {placement.note}"
     out, frames, total = request.out, plan.frame_count, sum(stages.values())
     return f"wrote {out} ({frames} frames) in {total:.1f} s: {detail} ({remover.backends})"
+
+
+def _mask_is_empty(request: Request, info: ClipInfo) -> bool:
+    """Whether no frame's mask selects anything (the model is then not loaded at all)."""
+    masking = request.masking
+    masks = open_masks(request.mask, info, threshold=masking.threshold, invert=masking.invert, channel=masking.channel)
+    return not any(mask.any() for mask in masks)
 
 
 def preview(request: Request, options: PlanOptions) -> str:
