@@ -151,7 +151,7 @@ def build(sessions: Sessions) -> gr.Blocks:
                 blend = gr.Dropdown(list(BLEND_MODES), value=cli.blend, label="blend", elem_id="opt-blend")
                 crop = gr.Dropdown(list(CROP_MODES), value=cli.crop, label="crop", elem_id="opt-crop")
             with gr.Row():
-                size = "0 = 480p keeping the aspect ratio (the demo: its own size)"
+                size = "0 = runtime.run's default: 480p keeping the aspect ratio, a smaller clip its own size"
                 height = gr.Number(0, label=f"working height ({size})", precision=0, elem_id="opt-height")
                 width = gr.Number(0, label="working width (0 = likewise)", precision=0, elem_id="opt-width")
                 steps = gr.Number(cli.steps, label="steps", precision=0, elem_id="opt-steps")
