@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(PY) -m runtime.run --out demo_removed.mp4 --overwrite  # the demo replaces its own last result
 
 test: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)  # the app's browser tests
 	$(PY) -m pytest -q -m "not gpu" --durations=15
 	$(VENV)/bin/ruff check .
 

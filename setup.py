@@ -4,6 +4,8 @@ from setuptools import find_packages, setup
 
 # onnxscript: torch.onnx's exporter and its constant folding; onnx-ir: the graph passes export/onnx.py runs
 EXPORT = ["onnx", "onnx-ir", "onnxruntime", "onnxscript"]
+# the web app's page: Gradio 6 (its API changed at each major version)
+APP = ["gradio>=6,<7"]
 
 setup(
     name="minimax-remover-runtime",
@@ -27,7 +29,8 @@ setup(
         # triton: the fused kernels (tests run them in its CPU interpreter); Linux wheels; 3.5+ for triton.knobs
         # opencv: the Telea baseline the training tests evaluate against; EXPORT: the export tests run the bundles
         # accelerate, matplotlib: the tests load the benchmark's reference (diffusers' from_pretrained) and
-        # render its report's chart; ray: the batch runner's tests start a local Ray instance
+        # render its report's chart; ray: the batch runner's tests start a local Ray instance; APP and
+        # playwright: the web app's tests drive it in Debian's Chromium (make test installs it)
         "test": [
             "pytest",
             "ruff",
@@ -39,8 +42,12 @@ setup(
             "ray",
             "huggingface_hub",
             *EXPORT,
+            *APP,
+            "playwright",
         ],
         "export": EXPORT,
+        # python -m runtime.app: the web app
+        "app": APP,
         # python -m runtime.batch --address: workers as Ray actors (local mode needs nothing more)
         "ray": ["ray"],
         # the benchmark's reference loads through diffusers' from_pretrained, which needs accelerate
