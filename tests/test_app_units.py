@@ -230,7 +230,7 @@ def test_a_job_path_inside_the_session_is_given_relative(session):
 
 
 def test_the_plan_options_are_runtime_runs():
-    from runtime.clips.plan import PlanOptions
+    from runtime.options import PlanOptions
 
     settings = RunSettings.from_page(0.0, 5.0, "crossfade", None, 0.0, 0.0, 6.0, None)
     assert settings.plan_options(None) == PlanOptions(window=0, overlap=5, blend="crossfade")

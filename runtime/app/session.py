@@ -23,10 +23,10 @@ from runtime.app import drawing
 from runtime.app.jobs import ChildJob, DeviceQueue, Progress, Ticket, check_finished
 from runtime.app.segmentation import Click, FrameSegmenter, SegmentSettings, propagation_args, write_clicks
 from runtime.app.workspace import MASK_SUFFIXES, AppRoot, Limits, Workspace, adopt, read_info
-from runtime.clips.plan import PlanOptions
 from runtime.demo import DEMO_CLIP, DEMO_MASK
 from runtime.errors import RemoverError
 from runtime.io import IMAGE_SUFFIXES, open_clip
+from runtime.options import PlanOptions
 
 _BOX = re.compile(r"window (\d+): frames (\d+)-(\d+).*?: box (\d+)x(\d+)\+(\d+)\+(\d+)")
 PLAYABLE = (".mp4", ".webm")  # what the result is written as: what a browser plays (the clip's own when it is one)

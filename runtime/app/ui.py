@@ -16,8 +16,8 @@ from pathlib import Path
 import gradio as gr
 
 from runtime.app.session import RunSettings, Sessions, Status
-from runtime.clips.plan import BLEND_MODES, CROP_MODES
 from runtime.errors import RemoverError
+from runtime.options import BLEND_MODES, CROP_MODES
 from runtime.run import parse_args
 
 log = logging.getLogger("runtime.app")
