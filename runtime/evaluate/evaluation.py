@@ -4,6 +4,10 @@ Regions: the "mask" is the input mask dilated as the runtime dilates it before c
 pixels at 480p, scaled with the frame as runtime.clips.plan does: `round(dilation * pixel_unit)` native
 pixels, 4-connected), so "background" (its complement) is exactly the pixels the composite must keep.
 
+Background SSIM compares the result with the input whose mask region holds the result's pixels, so
+windows straddling the mask's edge measure only the background's differences (an exact background has
+SSIM 1); SSIM inside the mask (against a truth) uses the frames as they are.
+
 Memory: the current frame of each clip, the previous frame of the result and the reference, their
 regions, and the per-frame temporaries of SSIM and the flow (about 20 float32 arrays of a frame's
 size: under 0.6 GB at 1080p), whatever the clip's length; per-frame figures add a few numbers a frame.
@@ -215,7 +219,8 @@ def _evaluate(output, source, masks, clean, dilation, progress, per_frame, plan_
         boxes.append(mask_box(raw_mask))
         region = dilate(torch.from_numpy(raw_mask)[None], radius)[0].numpy()
         row: dict[str, float | int | None] = {"frame": index}
-        frame = background.add(got, given, ~region, ssim_map(got, given))
+        keep = np.where(region[..., None], got, given)  # the input with the fill: SSIM sees only the background
+        frame = background.add(got, given, ~region, ssim_map(got, keep))
         row.update({f"background_{k}": v for k, v in frame.items()})
         if truth_frame is not None:
             ssim = ssim_map(got, truth_frame)
