@@ -27,7 +27,8 @@ setup(
         # triton: the fused kernels (tests run them in its CPU interpreter); Linux wheels; 3.5+ for triton.knobs
         # opencv: the Telea baseline the training tests evaluate against; EXPORT: the export tests run the bundles
         # accelerate, matplotlib: the tests load the benchmark's reference (diffusers' from_pretrained) and
-        # render its report's chart; ray: the batch runner's tests start a local Ray instance
+        # render its report's chart; ray: the batch runner's tests start a local Ray instance;
+        # scikit-image: the independent SSIM that runtime.evaluate's is checked against (tests only)
         "test": [
             "pytest",
             "ruff",
@@ -37,8 +38,12 @@ setup(
             "triton>=3.5; platform_system == 'Linux'",
             "opencv-python-headless",
             "ray",
+            "scikit-image",
             *EXPORT,
         ],
+        # python -m runtime.evaluate: OpenCV's optical flow and Gaussian filter, matplotlib's --plot.
+        # LPIPS also needs `pip install --no-deps lpips` (its heads; its torchvision would pull another torch)
+        "evaluate": ["opencv-python-headless", "matplotlib"],
         "export": EXPORT,
         # python -m runtime.batch --address: workers as Ray actors (local mode needs nothing more)
         "ray": ["ray"],

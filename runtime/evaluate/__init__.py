@@ -7,6 +7,11 @@
 The command is `python -m runtime.evaluate` (see docs/evaluate.md for what each figure means).
 """
 
+try:
+    import cv2  # noqa: F401 (every figure module needs it: a clear line where it is missing)
+except ImportError as exc:
+    raise ImportError("runtime.evaluate needs OpenCV: pip install 'minimax-remover-runtime[evaluate]'") from exc
+
 from runtime.evaluate.evaluation import BackgroundFigures, Evaluation, TemporalFigures, TruthFigures, evaluate_clip
 
 __all__ = ["BackgroundFigures", "Evaluation", "TemporalFigures", "TruthFigures", "evaluate_clip"]
