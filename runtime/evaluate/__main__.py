@@ -15,7 +15,16 @@ import warnings
 from pathlib import Path
 
 from runtime.clips.job import MaskOptions
-from runtime.clips.plan import BLEND_MODES, DEFAULT_DILATION, DEFAULT_OVERLAP, DEFAULT_WINDOW, PlanOptions
+from runtime.clips.plan import (
+    BLEND_MODES,
+    CROP_MODES,
+    DEFAULT_CONTEXT,
+    DEFAULT_DILATION,
+    DEFAULT_MIN_CROP,
+    DEFAULT_OVERLAP,
+    DEFAULT_WINDOW,
+    PlanOptions,
+)
 from runtime.errors import RemoverError, RemoverWarning, exit_code
 from runtime.evaluate.evaluation import Evaluation, evaluate_clip
 from runtime.evaluate.lpips import load_lpips
@@ -37,14 +46,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     out.add_argument("--plot", type=Path, help="draw the per-frame figures as a PNG (one clip)")
     out.add_argument("--overwrite", action="store_true", help="replace existing report files")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
-    how = parser.add_argument_group("how the result was made (regions and windows)")
+    how = parser.add_argument_group("how the result was made: runtime.run's plan options (the regions, the seams)")
     how.add_argument("--dilate", type=int, default=DEFAULT_DILATION, help="mask dilation at 480p (the runtime's)")
     how.add_argument("--mask-threshold", type=int, help="as runtime.run")
     how.add_argument("--invert-mask", action="store_true", help="as runtime.run")
     how.add_argument("--mask-channel", choices=("auto", "luma", "alpha"), default="auto", help="as runtime.run")
-    how.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="the run's --window, for the seam ratio")
+    how.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="the run's --window")
     how.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="the run's --overlap")
     how.add_argument("--blend", choices=BLEND_MODES, default="continue", help="the run's --blend")
+    how.add_argument("--crop", choices=CROP_MODES, default="auto", help="the run's --crop")
+    how.add_argument("--context", type=float, default=DEFAULT_CONTEXT, help="the run's --context")
+    how.add_argument("--min-crop", type=int, default=DEFAULT_MIN_CROP, help="the run's --min-crop")
+    how.add_argument("--height", type=int, help="the run's working --height")
+    how.add_argument("--width", type=int, help="the run's working --width")
     how.add_argument("--lpips-backbone", type=Path, help="torchvision's AlexNet checkpoint (default: torch hub cache)")
     how.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     return parser.parse_args(argv)
@@ -68,7 +82,10 @@ def _evaluator(args: argparse.Namespace, notes: list[str]):
         model, skipped = load_lpips(args.lpips_backbone)
         notes += [skipped] if skipped else []
     masking = MaskOptions(args.mask_threshold, args.invert_mask, args.mask_channel)
-    windows = PlanOptions(window=args.window, overlap=args.overlap, blend=args.blend)
+    windows = PlanOptions(
+        window=args.window, overlap=args.overlap, blend=args.blend, crop=args.crop, height=args.height,
+        width=args.width, dilation=args.dilate, context=args.context, min_crop=args.min_crop,
+    )  # fmt: skip
     windows.check()
 
     def evaluate(clip: ManifestClip, per_frame: bool = False) -> Evaluation:

@@ -1,8 +1,14 @@
 """Evaluate one result clip against its input (and a truth where known), streamed a frame at a time.
 
-Regions: the "mask" is the input mask dilated as the runtime dilates it before compositing (`dilation`
-pixels at 480p, scaled with the frame as runtime.clips.plan does: `round(dilation * pixel_unit)` native
-pixels, 4-connected), so "background" (its complement) is exactly the pixels the composite must keep.
+Regions: the "mask" is every pixel the runtime's paste-back may change, found as the stream finds it
+from the plan the run made (the same plan options: `plan_options`, default the runtime's, with
+`dilation`): for each window producing the frame, the mask cut to the window's box, brought to its
+working size (runtime.pipeline.preprocess.shrink_masks), dilated there by the window's dilation and
+resized back bilinearly as the composite resizes its blend weights, nonzero. At the working scale 1
+that is the mask dilated by `dilation` pixels at 480p (4-connected); scaled, a little more. "Background"
+(its complement) is then exactly the pixels the composite must keep: with the run's options, a result
+of runtime.run written losslessly has an exact background. The masks are scanned once for their boxes
+before the frames are read, as runtime.run does.
 
 Background SSIM compares the result with the input whose mask region holds the result's pixels, so
 windows straddling the mask's edge measure only the background's differences (an exact background has
@@ -18,22 +24,23 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from runtime.clips.job import MaskOptions
-from runtime.clips.plan import DEFAULT_DILATION, PlanOptions, make_plan, pixel_unit
+from runtime.clips.plan import DEFAULT_DILATION, Plan, PlanOptions, Window, make_plan
 from runtime.clips.stream import mask_box
 from runtime.errors import RemoverError
 from runtime.evaluate.lpips import Lpips
 from runtime.evaluate.metrics import RegionFigures, ssim_map
 from runtime.evaluate.temporal import FlowWarp, seam_ratio, transition_change
 from runtime.io import ClipReader, open_clip, open_masks
-from runtime.pipeline.preprocess import dilate
+from runtime.pipeline.preprocess import resize, shrink_masks
 
 MIN_SIDE = 11  # the SSIM window
 
@@ -79,7 +86,7 @@ class Evaluation:
     background: BackgroundFigures
     truth: TruthFigures | None
     temporal: TemporalFigures | None
-    dilation_px: int = 0
+    dilation_px: int = 0  # the largest dilation of the plan's windows, in their working pixels
     notes: list[str] = field(default_factory=list)
     per_frame: list[dict[str, float | int | None]] | None = None
 
@@ -96,7 +103,7 @@ class Evaluation:
 
     def table(self) -> str:
         """The figures as an aligned two-column table for a terminal."""
-        rows = [("frames", str(self.frames)), ("mask dilation (px)", str(self.dilation_px))]
+        rows = [("frames", str(self.frames)), ("mask dilation (working px)", str(self.dilation_px))]
         b = self.background
         rows += [
             ("background PSNR (dB)", "exact" if b.psnr_db is None else f"{b.psnr_db:.2f}"),
@@ -149,6 +156,33 @@ def _aligned(sources: dict[str, Iterator], count: int) -> Iterator[tuple]:
         yield items
 
 
+def footprint(mask: np.ndarray, window: Window) -> np.ndarray:
+    """bool [H, W]: the pixels `window`'s paste-back may change in a frame with `mask` (bool [H, W]), as
+    runtime.clips.stream and runtime.pipeline.composite compute it (its dilation by the 3x3 cross, n
+    times, is an L1 distance of at most n: found here in one distance transform)."""
+    out = np.zeros(mask.shape, bool)
+    box = window.box
+    if box is None:
+        return out
+    crop = np.ascontiguousarray(mask[box.top : box.bottom, box.left : box.right])
+    working = shrink_masks(crop[None], window.size, torch.device("cpu"))[0]
+    if not working.any():
+        return out
+    distance = cv2.distanceTransform((~working).astype(np.uint8), cv2.DIST_L1, 3)
+    dilated = torch.from_numpy(distance <= window.dilation).float()[None, None]
+    out[box.top : box.bottom, box.left : box.right] = (resize(dilated, crop.shape)[0, 0] > 0).numpy()
+    return out
+
+
+def producers(plan: Plan) -> list[list[Window]]:
+    """For each frame, the windows whose output it is (two where crossfaded)."""
+    found: list[list[Window]] = [[] for _ in range(plan.frame_count)]
+    for window in plan.windows:
+        for index in range(window.start + window.known, window.stop):
+            found[index].append(window)
+    return found
+
+
 @dataclass
 class _Previous:
     result: np.ndarray
@@ -172,9 +206,9 @@ def evaluate_clip(
 ) -> Evaluation:
     """Measure the removal in `result` (any clip runtime.run reads or writes) of `mask` from `video`.
 
-    `truth`: the clip without the object (truth figures; else None). `dilation`: the runtime's mask
-    dilation in pixels at 480p. `plan_options`: the plan options the result was made with, for the seam
-    ratio (default: the runtime's). `lpips`: a loaded model (runtime.evaluate.lpips.load_lpips) or None
+    `truth`: the clip without the object (truth figures; else None). `plan_options`: the plan options
+    the result was made with (default: the runtime's), for the regions and the seam ratio; `dilation`
+    (pixels at 480p) replaces theirs. `lpips`: a loaded model (runtime.evaluate.lpips.load_lpips) or None
     to skip LPIPS. Frame counts or sizes that differ, and masks that do not fit the video, are
     RemoverErrors before any work."""
     mask_options = mask_options or MaskOptions()
@@ -192,20 +226,32 @@ def evaluate_clip(
         try:
             if clean is not None:
                 _check_like(clean, source, f"truth {Path(truth).name}")
-            return _evaluate(output, source, masks, clean, dilation, progress, per_frame, plan_options, lpips)
+            options = replace(plan_options or PlanOptions(), dilation=dilation)
+            return _evaluate(output, source, masks, clean, options, progress, per_frame, lpips)
         finally:
             if clean is not None:
                 clean.close()
 
 
-def _evaluate(output, source, masks, clean, dilation, progress, per_frame, plan_options, lpips) -> Evaluation:
+def _plan(masks, info, options: PlanOptions, progress: bool) -> Plan:
+    """The plan the run made: the masks scanned once for their boxes, as runtime.run does."""
+    scan = tqdm(masks, total=info.frame_count, desc="scan masks", leave=False, disable=not progress)
+    boxes = [mask_box(mask) for mask in scan]
+    if len(boxes) != info.frame_count:
+        raise RemoverError(f"the mask has {len(boxes)} frames, the video {info.frame_count}")
+    return make_plan(info.frame_count, (info.height, info.width), boxes, options)
+
+
+def _evaluate(output, source, masks, clean, options, progress, per_frame, lpips) -> Evaluation:
     info = source.info
     count = info.frame_count
-    radius = round(dilation * pixel_unit((info.height, info.width)))
+    options.check()
+    plan = _plan(masks, info, options, progress)
+    made_by = producers(plan)
     background, whole, inside = RegionFigures(), RegionFigures(), RegionFigures()
     warp, warp_reference = FlowWarp(), FlowWarp()
     warp_sums = np.zeros(4)  # result sum, count; reference sum, count
-    lpips_sum, changes, boxes, rows = 0.0, [], [], []
+    lpips_sum, changes, rows = 0.0, [], []
     previous: _Previous | None = None
     sources = {"result": _frames(output), "video": _frames(source), "mask": iter(masks)}
     if clean is not None:
@@ -216,8 +262,9 @@ def _evaluate(output, source, masks, clean, dilation, progress, per_frame, plan_
     ):
         got, given, raw_mask = items[:3]
         truth_frame = items[3] if clean is not None else None
-        boxes.append(mask_box(raw_mask))
-        region = dilate(torch.from_numpy(raw_mask)[None], radius)[0].numpy()
+        region = np.zeros(raw_mask.shape, bool)
+        for window in made_by[index]:
+            region |= footprint(raw_mask, window)
         row: dict[str, float | int | None] = {"frame": index}
         keep = np.where(region[..., None], got, given)  # the input with the fill: SSIM sees only the background
         frame = background.add(got, given, ~region, ssim_map(got, keep))
@@ -254,7 +301,6 @@ def _evaluate(output, source, masks, clean, dilation, progress, per_frame, plan_
         )
     temporal = None
     if frames > 1:
-        plan = make_plan(frames, (info.height, info.width), boxes, plan_options or PlanOptions())
         boundaries = len(plan.windows) - 1
         temporal = TemporalFigures(
             warp_sums[0] / warp_sums[1] if warp_sums[1] else None,
@@ -268,7 +314,7 @@ def _evaluate(output, source, masks, clean, dilation, progress, per_frame, plan_
         BackgroundFigures(background.psnr_db, background.ssim, background.max_abs, background.exact_frames),
         truth_figures,
         temporal,
-        radius,
+        max((w.dilation for w in plan.model_windows), default=0),
         per_frame=rows if per_frame else None,
     )
     _check_finite(figures)

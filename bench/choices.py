@@ -1,0 +1,238 @@
+"""What each speed choice costs in quality: `python -m bench.choices [--out DIR] [--aoti] [--json PATH]`.
+
+The same clips run through each choice the runtime offers and each result is evaluated with
+`runtime.evaluate` against the one-pass, whole-frame, fp32, 6-step run (the reference every choice
+approximates) and, where the clip has one, against the truth:
+
+- windows: overlap 1, 5 and 9, blend continue and crossfade (windows of WINDOW frames);
+- crops: on, context 0.1, 0.25 and 0.5 (min crop 64 working pixels, so a crop is smaller than the frame);
+- dtype: bf16 and fp16 (fp16 without native CPU support is emulated: correct, slow);
+- steps: 12;
+- engine bundles: ONNX Runtime and (with --aoti) AOTInductor, static shapes of one window (the bundle fixes
+  the windows: compared also with the PyTorch run of the same plan, "same plan").
+
+Clips: the tennis player composited onto the running car (bench/truth.py, seed 0, 45 frames at 240x432,
+so it has a truth and several windows) and the bundled demo clip (21 frames at 256x144). The working
+size is the demo model's trained 144x256. Results are written as PNG folders (lossless), so the figures
+are the pipeline's, not a codec's. Cost: the process's CPU seconds for the run (the machine is shared;
+wall time is not comparable). The demo model fills holes with a blurred average colour: the figures
+rank how far each choice moves the output, not the released model's quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from bench.truth import DATA, make_truth_clip
+from runtime.clips.job import remove_file
+from runtime.clips.plan import PlanOptions
+from runtime.errors import RemoverError, exit_code
+from runtime.evaluate import evaluate_clip
+from runtime.pipeline.remover import Remover
+from runtime.run import DEMO_WEIGHTS
+
+HEIGHT, WIDTH, WINDOW, SEED = 144, 256, 21, 42
+RESULTS = Path(__file__).parent / "results" / "choices.json"
+BASE = PlanOptions(window=0, crop="off", height=HEIGHT, width=WIDTH, min_crop=64)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One way to run: plan options, steps, dtype, or an engine bundle's backend."""
+
+    name: str
+    group: str
+    options: PlanOptions = BASE
+    steps: int = 6
+    dtype: str = "fp32"
+    engine: str | None = None  # "onnxruntime" or "aoti": the bundle
+    same_plan_as: str | None = None  # the PyTorch choice with the plan an engine bundle forces
+
+
+def choices(engines: list[str]) -> list[Choice]:
+    windowed = replace(BASE, window=WINDOW)
+    listed = [Choice("one pass, whole frame, fp32, 6 steps", "reference")]
+    listed += [
+        Choice(f"{blend}, overlap {overlap}", "windows", replace(windowed, overlap=overlap, blend=blend))
+        for blend in ("continue", "crossfade")
+        for overlap in (1, 5, 9)
+    ]
+    listed += [Choice(f"crop, context {c}", "crop", replace(BASE, crop="on", context=c)) for c in (0.1, 0.25, 0.5)]
+    listed += [Choice(dtype, "dtype", dtype=dtype) for dtype in ("bf16", "fp16")]
+    listed += [Choice("12 steps", "steps", steps=12)]
+    listed += [
+        Choice(engine, "engine", replace(windowed, overlap=5), engine=engine, same_plan_as="continue, overlap 5")
+        for engine in engines
+    ]
+    return listed
+
+
+@dataclass
+class Models:
+    """The demo model in each dtype and the bundle on each backend, loaded once each."""
+
+    bundle: Path | None
+    loaded: dict[tuple[str, str | None], Remover] = field(default_factory=dict)
+
+    def get(self, choice: Choice) -> Remover:
+        key = (choice.dtype, choice.engine)
+        if key not in self.loaded:
+            self.loaded[key] = load_model(choice.dtype, self.bundle if choice.engine else None, choice.engine)
+        return self.loaded[key]
+
+
+# The only two calls into the runtime's loading and job API (the lead is moving these names: loading to
+# runtime/loading.py, steps and seed into RunOptions): adapt them here.
+def load_model(dtype: str, bundle: Path | None = None, backend: str | None = None) -> Remover:
+    """The demo model on the CPU in `dtype`, or its engine bundle on `backend`."""
+    if bundle is not None:
+        return Remover.from_bundle(bundle, backend, "cpu", weights=DEMO_WEIGHTS)
+    return Remover.from_pretrained(DEMO_WEIGHTS, "cpu", dtype)
+
+
+def run_choice(remover: Remover, video: Path, mask: Path, out: Path, options: PlanOptions, steps: int) -> float:
+    """Remove into `out` (a PNG folder); the process's CPU seconds it took."""
+    start = time.process_time()
+    remove_file(remover, video, mask, out, options, steps=steps, seed=SEED, progress=False)
+    return time.process_time() - start
+
+
+def build_bundle(folder: Path, aoti: bool, log) -> Path:
+    """An fp32 bundle of the demo model for windows of WINDOW frames at the working size."""
+    from export.onnx import build_bundle as export
+
+    bundle = folder / "bundle"
+    start = time.perf_counter()
+    export(Path(DEMO_WEIGHTS), bundle, height=HEIGHT, width=WIDTH, frames=WINDOW, precision="fp32", aoti=aoti, log=log)
+    log(f"built the bundle in {time.perf_counter() - start:.0f} s")
+    return bundle
+
+
+def test_clips(folder: Path, data: Path) -> dict[str, tuple[Path, Path, Path | None]]:
+    """name -> (video, mask, truth or None)."""
+    demo = Path(DEMO_WEIGHTS).parent
+    clips = {"demo clip (21 frames, 256x144)": (demo / "clip.mp4", demo / "mask.mp4", None)}
+    if data.is_dir():
+        made = make_truth_clip(folder / "truth", seed=0, frames=45, data=data)
+        clips = {"tennis on running_car (45 frames, 432x240)": (made.video, made.mask, made.truth), **clips}
+    return clips
+
+
+def figures(evaluation) -> dict:
+    document = evaluation.to_json()
+    return {"truth": document["truth"], "background": document["background"], "temporal": document["temporal"]}
+
+
+def measure(folder: Path, clips: dict, listed: list[Choice], models: Models, log) -> dict:
+    results = {}
+    for clip_name, (video, mask, truth) in clips.items():
+        rows, outputs = {}, {}
+        for index, choice in enumerate(listed):
+            out = folder / f"{len(results)}-{index}"
+            try:
+                seconds = run_choice(models.get(choice), video, mask, out, choice.options, choice.steps)
+            except RemoverError as exc:
+                rows[choice.name] = {"group": choice.group, "skipped": str(exc)}
+                log(f"{clip_name}, {choice.name}: skipped: {exc}")
+                continue
+            outputs[choice.name] = out
+            row = {"group": choice.group, "cpu_s": seconds}
+            reference = outputs[listed[0].name]
+            row["vs_reference"] = figures(evaluate_clip(out, video, mask, reference, progress=False))
+            if choice.same_plan_as in outputs:
+                same = evaluate_clip(out, video, mask, outputs[choice.same_plan_as], progress=False)
+                row["vs_same_plan"] = figures(same)
+            if truth is not None:
+                row["vs_truth"] = figures(evaluate_clip(out, video, mask, truth, progress=False))
+            rows[choice.name] = row
+            log(f"{clip_name}, {choice.name}: {seconds:.1f} CPU s")
+        results[clip_name] = rows
+    return results
+
+
+def _db(value: float | None) -> str:
+    return "exact" if value is None else f"{value:.2f}"
+
+
+def table(results: dict) -> str:
+    """A Markdown table per clip."""
+    lines = []
+    for clip, rows in results.items():
+        with_truth = any("vs_truth" in r for r in rows.values())
+        head = "| choice | CPU s | vs one pass: PSNR / masked PSNR (dB) | masked SSIM | background max diff |"
+        head += (
+            " masked PSNR vs truth (dB) | warp error (truth) | seam ratio |"
+            if with_truth
+            else " warp error | seam ratio |"
+        )
+        lines += [f"**{clip}**", "", head, "|" + "---|" * head.count(" |")]
+        for name, r in rows.items():
+            if "skipped" in r:
+                lines.append(f"| {name} | skipped: {r['skipped']} |")
+                continue
+            ref = r["vs_reference"]
+            plan = f" (same plan: {_db(r['vs_same_plan']['truth']['masked_psnr_db'])})" if "vs_same_plan" in r else ""
+            temporal = ref["temporal"]
+            cells = [
+                name,
+                f"{r['cpu_s']:.1f}",
+                f"{_db(ref['truth']['psnr_db'])} / {_db(ref['truth']['masked_psnr_db'])}{plan}",
+                f"{ref['truth']['masked_ssim']:.4f}",
+                str(ref["background"]["max_abs"]),
+            ]
+            if with_truth:
+                truth = r["vs_truth"]
+                cells += [_db(truth["truth"]["masked_psnr_db"])]
+                cells += [f"{truth['temporal']['warp_error']:.2f} ({truth['temporal']['warp_error_reference']:.2f})"]
+            else:
+                cells += [f"{temporal['warp_error']:.2f}"]
+            cells += ["-" if temporal["seam_ratio"] is None else f"{temporal['seam_ratio']:.2f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.choices", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA, help="the shared clips (default ../shared/data)")
+    parser.add_argument("--aoti", action="store_true", help="also compile and measure an AOTInductor bundle")
+    parser.add_argument("--no-engines", action="store_true", help="skip the engine bundles")
+    parser.add_argument("--json", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    def work() -> str:
+        torch.manual_seed(0)
+        log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+        engines = [] if args.no_engines else ["onnxruntime"] + (["aoti"] if args.aoti else [])
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(scratch)
+            bundle = build_bundle(folder, args.aoti, lambda line: None) if engines else None
+            results = measure(folder, test_clips(folder, args.data), choices(engines), Models(bundle), log)
+        document = {
+            "date": date.today().isoformat(),
+            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU",
+            "torch": torch.__version__,
+            "wall_s": time.perf_counter() - started,
+            "clips": results,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(document, indent=1) + "\n")
+        print(table(results))
+        return f"wrote {args.json}"
+
+    return exit_code(work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
