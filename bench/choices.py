@@ -35,7 +35,7 @@ import torch
 
 from bench.truth import DATA, make_truth_clip
 from runtime.clips.job import remove_file
-from runtime.clips.plan import PlanOptions
+from runtime.clips.plan import Plan, PlanOptions
 from runtime.errors import RemoverError, exit_code
 from runtime.evaluate import evaluate_clip
 from runtime.pipeline.remover import Remover
@@ -43,6 +43,7 @@ from runtime.run import DEMO_WEIGHTS
 
 HEIGHT, WIDTH, WINDOW, SEED = 144, 256, 21, 42
 RESULTS = Path(__file__).parent / "results" / "choices.json"
+GROUPS = ("windows", "crop", "dtype", "steps", "engine")
 BASE = PlanOptions(window=0, crop="off", height=HEIGHT, width=WIDTH, min_crop=64)
 
 
@@ -100,11 +101,13 @@ def load_model(dtype: str, bundle: Path | None = None, backend: str | None = Non
     return Remover.from_pretrained(DEMO_WEIGHTS, "cpu", dtype)
 
 
-def run_choice(remover: Remover, video: Path, mask: Path, out: Path, options: PlanOptions, steps: int) -> float:
-    """Remove into `out` (a PNG folder); the process's CPU seconds it took."""
+def run_choice(
+    remover: Remover, video: Path, mask: Path, out: Path, options: PlanOptions, steps: int
+) -> tuple[Plan, float]:
+    """Remove into `out` (a PNG folder); the plan it ran and the process's CPU seconds it took."""
     start = time.process_time()
-    remove_file(remover, video, mask, out, options, steps=steps, seed=SEED, progress=False)
-    return time.process_time() - start
+    plan, _ = remove_file(remover, video, mask, out, options, steps=steps, seed=SEED, progress=False)
+    return plan, time.process_time() - start
 
 
 def build_bundle(folder: Path, aoti: bool, log) -> Path:
@@ -128,34 +131,47 @@ def test_clips(folder: Path, data: Path) -> dict[str, tuple[Path, Path, Path | N
     return clips
 
 
-def figures(evaluation) -> dict:
-    document = evaluation.to_json()
-    return {"truth": document["truth"], "background": document["background"], "temporal": document["temporal"]}
+def describe(plan: Plan) -> str:
+    """The first window's box and working size, e.g. "432x240+0+0 -> 256x144"."""
+    window = plan.model_windows[0]
+    return f"{window.box} -> {window.size[1]}x{window.size[0]}, {len(plan.windows)} window(s)"
 
 
 def measure(folder: Path, clips: dict, listed: list[Choice], models: Models, log) -> dict:
+    """Run every choice on every clip and evaluate it: the background and the seams with the run's own
+    plan (the pixels it must keep, its windows); the fill against the reference run and the truth over
+    the reference's region (one region for every choice, so the figures compare)."""
     results = {}
     for clip_name, (video, mask, truth) in clips.items():
         rows, outputs = {}, {}
         for index, choice in enumerate(listed):
             out = folder / f"{len(results)}-{index}"
             try:
-                seconds = run_choice(models.get(choice), video, mask, out, choice.options, choice.steps)
+                remover = models.get(choice)
+                plan, seconds = run_choice(remover, video, mask, out, choice.options, choice.steps)
             except RemoverError as exc:
                 rows[choice.name] = {"group": choice.group, "skipped": str(exc)}
                 log(f"{clip_name}, {choice.name}: skipped: {exc}")
                 continue
             outputs[choice.name] = out
-            row = {"group": choice.group, "cpu_s": seconds}
-            reference = outputs[listed[0].name]
-            row["vs_reference"] = figures(evaluate_clip(out, video, mask, reference, progress=False))
-            if choice.same_plan_as in outputs:
-                same = evaluate_clip(out, video, mask, outputs[choice.same_plan_as], progress=False)
-                row["vs_same_plan"] = figures(same)
-            if truth is not None:
-                row["vs_truth"] = figures(evaluate_clip(out, video, mask, truth, progress=False))
+            own = evaluate_clip(out, video, mask, plan_options=plan.options, progress=False).to_json()
+            row = {"group": choice.group, "cpu_s": seconds, "plan": describe(plan)}
+            row |= {"background": own["background"], "temporal": own["temporal"]}
+            against = {
+                "reference": outputs[listed[0].name],
+                "same_plan": outputs.get(choice.same_plan_as),
+                "truth": truth,
+            }
+            for name, other in against.items():
+                if other is not None:
+                    figures = evaluate_clip(out, video, mask, other, plan_options=BASE, progress=False).to_json()
+                    row[f"vs_{name}"] = {
+                        **figures["truth"],
+                        "warp_error": figures["temporal"]["warp_error"],
+                        "warp_error_reference": figures["temporal"]["warp_error_reference"],
+                    }
             rows[choice.name] = row
-            log(f"{clip_name}, {choice.name}: {seconds:.1f} CPU s")
+            log(f"{clip_name}, {choice.name}: {seconds:.1f} CPU s, {row['plan']}")
         results[clip_name] = rows
     return results
 
@@ -169,34 +185,32 @@ def table(results: dict) -> str:
     lines = []
     for clip, rows in results.items():
         with_truth = any("vs_truth" in r for r in rows.values())
-        head = "| choice | CPU s | vs one pass: PSNR / masked PSNR (dB) | masked SSIM | background max diff |"
-        head += (
-            " masked PSNR vs truth (dB) | warp error (truth) | seam ratio |"
-            if with_truth
-            else " warp error | seam ratio |"
-        )
+        head = "| choice | plan | CPU s | vs one pass: PSNR / masked PSNR (dB) | masked SSIM | background max diff |"
+        tail = " masked PSNR vs truth (dB) | warp error (truth's) |" if with_truth else " warp error (input's) |"
+        head += tail + " seam ratio |"
         lines += [f"**{clip}**", "", head, "|" + "---|" * head.count(" |")]
         for name, r in rows.items():
             if "skipped" in r:
                 lines.append(f"| {name} | skipped: {r['skipped']} |")
                 continue
             ref = r["vs_reference"]
-            plan = f" (same plan: {_db(r['vs_same_plan']['truth']['masked_psnr_db'])})" if "vs_same_plan" in r else ""
-            temporal = ref["temporal"]
+            plan = f" (same plan: {_db(r['vs_same_plan']['masked_psnr_db'])})" if "vs_same_plan" in r else ""
+            seam = r["temporal"]["seam_ratio"]
             cells = [
                 name,
+                r["plan"],
                 f"{r['cpu_s']:.1f}",
-                f"{_db(ref['truth']['psnr_db'])} / {_db(ref['truth']['masked_psnr_db'])}{plan}",
-                f"{ref['truth']['masked_ssim']:.4f}",
-                str(ref["background"]["max_abs"]),
+                f"{_db(ref['psnr_db'])} / {_db(ref['masked_psnr_db'])}{plan}",
+                f"{ref['masked_ssim']:.4f}",
+                str(r["background"]["max_abs"]),
             ]
+            warp = r.get("vs_truth", ref)
             if with_truth:
-                truth = r["vs_truth"]
-                cells += [_db(truth["truth"]["masked_psnr_db"])]
-                cells += [f"{truth['temporal']['warp_error']:.2f} ({truth['temporal']['warp_error_reference']:.2f})"]
+                cells += [_db(r["vs_truth"]["masked_psnr_db"])]
+                cells += [f"{warp['warp_error']:.2f} ({warp['warp_error_reference']:.2f})"]
             else:
-                cells += [f"{temporal['warp_error']:.2f}"]
-            cells += ["-" if temporal["seam_ratio"] is None else f"{temporal['seam_ratio']:.2f}"]
+                cells += [f"{r['temporal']['warp_error']:.2f} ({r['temporal']['warp_error_reference']:.2f})"]
+            cells += ["-" if seam is None else f"{seam:.2f}"]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -207,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DATA, help="the shared clips (default ../shared/data)")
     parser.add_argument("--aoti", action="store_true", help="also compile and measure an AOTInductor bundle")
     parser.add_argument("--no-engines", action="store_true", help="skip the engine bundles")
+    parser.add_argument("--only", nargs="+", choices=GROUPS, help="run only these groups (and the reference)")
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -217,8 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(scratch)
-            bundle = build_bundle(folder, args.aoti, lambda line: None) if engines else None
-            results = measure(folder, test_clips(folder, args.data), choices(engines), Models(bundle), log)
+            wanted = engines and (not args.only or "engine" in args.only)
+            bundle = build_bundle(folder, args.aoti, lambda line: None) if wanted else None
+            listed = [c for c in choices(engines) if not args.only or c.group in ("reference", *args.only)]
+            results = measure(folder, test_clips(folder, args.data), listed, Models(bundle), log)
         document = {
             "date": date.today().isoformat(),
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU",
