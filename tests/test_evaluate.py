@@ -238,3 +238,22 @@ def test_a_run_of_the_runtime_at_a_smaller_working_size_keeps_an_exact_backgroun
     assert "background PSNR (dB)        exact" in stdout and "background exact frames     8 / 8" in stdout
     figures = evaluate_clip(tmp_path / "out", video, mask, plan_options=NATIVE, progress=False)
     assert figures.background.max_abs > 0  # evaluated as if made at the clip's own size: the ring shows
+
+
+def test_memory_does_not_grow_with_the_clip(tmp_path):
+    """The evaluation streams: the peak of what numpy holds is the same for 8 and 32 frames (tracemalloc
+    sees numpy's buffers; OpenCV's temporaries are of a frame's size too)."""
+    import tracemalloc
+
+    peaks = []
+    for count in (8, 32):
+        frames = np.repeat(moving_clip()[:1], count, axis=0)
+        masks = np.repeat(square_masks()[:1], count, axis=0)
+        video, mask = save(tmp_path, f"v{count}", frames), save(tmp_path, f"m{count}", masks)
+        del frames, masks
+        tracemalloc.start()
+        evaluate_clip(video, video, mask, video, plan_options=NATIVE, progress=False)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    frame_bytes = HEIGHT * WIDTH * 3
+    assert peaks[1] < peaks[0] + 4 * frame_bytes, peaks
