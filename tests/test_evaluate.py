@@ -238,6 +238,20 @@ def test_a_run_of_the_runtime_at_a_smaller_working_size_keeps_an_exact_backgroun
     assert "background PSNR (dB)        exact" in stdout and "background exact frames     8 / 8" in stdout
     figures = evaluate_clip(tmp_path / "out", video, mask, plan_options=NATIVE, progress=False)
     assert figures.background.max_abs > 0  # evaluated as if made at the clip's own size: the ring shows
+    # the raw generation at the working size, as the released code returns it: the paper's background figure
+    code = run.main(
+        [str(a) for a in ["--video", video, "--mask", mask, "--out", tmp_path / "raw", *size, "--quiet"]]
+        + ["--no-paste-back"]
+    )
+    assert code == 0, capsys.readouterr().err
+    code, stdout, stderr = cli(["--result", tmp_path / "raw", "--video", video, "--mask", mask, *size], capsys)
+    assert code == 2 and "is 80x48 and the video 96x64" in stderr
+    code, stdout, stderr = cli(
+        ["--result", tmp_path / "raw", "--video", video, "--mask", mask, *size, "--no-paste-back"], capsys
+    )
+    assert code == 0, stderr
+    psnr = float(next(line for line in stdout.splitlines() if line.startswith("background PSNR")).split()[-1])
+    assert 10 < psnr < 60  # the VAE's reconstruction of the background: finite, not exact
 
 
 def test_memory_does_not_grow_with_the_clip(tmp_path):

@@ -59,6 +59,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     how.add_argument("--min-crop", type=int, default=DEFAULT_MIN_CROP, help="the run's --min-crop")
     how.add_argument("--height", type=int, help="the run's working --height")
     how.add_argument("--width", type=int, help="the run's working --width")
+    how.add_argument(
+        "--no-paste-back",
+        action="store_true",
+        help="the result is the raw generation at the working size (runtime.run --no-paste-back): compare at its size",
+    )
     how.add_argument("--lpips-backbone", type=Path, help="torchvision's AlexNet checkpoint (default: torch hub cache)")
     how.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     return parser.parse_args(argv)
@@ -92,7 +97,8 @@ def _evaluator(args: argparse.Namespace, notes: list[str]):
         uses_lpips = model is not None and clip.truth is not None
         figures = evaluate_clip(
             clip.result, clip.video, clip.mask, clip.truth, dilation=args.dilate, mask_options=masking,
-            progress=not args.quiet, per_frame=per_frame, plan_options=windows, lpips=model if uses_lpips else None,
+            progress=not args.quiet, per_frame=per_frame, plan_options=windows, paste_back=not args.no_paste_back,
+            lpips=model if uses_lpips else None,
         )  # fmt: skip
         if clip.truth is not None:
             figures.notes += notes

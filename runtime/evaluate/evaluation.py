@@ -21,6 +21,7 @@ size: under 0.6 GB at 1080p), whatever the clip's length; per-frame figures add 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import Iterator
@@ -39,10 +40,11 @@ from runtime.errors import RemoverError
 from runtime.evaluate.lpips import Lpips
 from runtime.evaluate.metrics import RegionFigures, ssim_map
 from runtime.evaluate.temporal import FlowWarp, seam_ratio, transition_change
-from runtime.io import ClipReader, open_clip, open_masks
-from runtime.pipeline.preprocess import resize, shrink_masks
+from runtime.io import ClipReader, MaskSource, open_clip, open_masks
+from runtime.pipeline.preprocess import resize, resize_frames, shrink_masks
 
 MIN_SIDE = 11  # the SSIM window
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -135,16 +137,12 @@ def _number(value: float | None, digits: int, none: str = "-") -> str:
     return none if value is None else f"{value:.{digits}f}"
 
 
-def _check_like(reader: ClipReader, video: ClipReader, what: str) -> None:
+def _check_like(reader: ClipReader, video: ClipReader, what: str, same_size: bool = True) -> None:
     a, b = reader.info, video.info
-    if (a.width, a.height) != (b.width, b.height):
+    if same_size and (a.width, a.height) != (b.width, b.height):
         raise RemoverError(f"the {what} is {a.width}x{a.height} and the video {b.width}x{b.height}")
     if a.frame_count != b.frame_count:
         raise RemoverError(f"the {what} has {a.frame_count} frames and the video {b.frame_count}")
-
-
-def _frames(reader: ClipReader) -> Iterator[np.ndarray]:
-    return (frame.image for frame in reader)
 
 
 def _aligned(sources: dict[str, Iterator], count: int) -> Iterator[tuple]:
@@ -156,6 +154,39 @@ def _aligned(sources: dict[str, Iterator], count: int) -> Iterator[tuple]:
         yield items
 
 
+@dataclass
+class _Inputs:
+    """The opened clips, read at the size compared: the video's, or the result's for a result at the
+    working size (runtime.run --no-paste-back), the others brought to it as the runtime brings them."""
+
+    result: ClipReader
+    video: ClipReader
+    masks: MaskSource
+    truth: ClipReader | None
+    resize: bool
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.result.info.height, self.result.info.width
+
+    def _frames(self, reader: ClipReader) -> Iterator[np.ndarray]:
+        for frame in reader:
+            yield resize_frames(np.array(frame.image[None]), self.size, CPU)[0] if self.resize else frame.image
+
+    def mask_frames(self) -> Iterator[np.ndarray]:
+        for mask in self.masks:
+            yield shrink_masks(mask[None], self.size, CPU)[0] if self.resize else mask
+
+    def frames(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
+        """(result, video, mask, truth or None) per frame, lazily."""
+        sources = {"result": (f.image for f in self.result), "video": self._frames(self.video)}
+        sources["mask"] = self.mask_frames()
+        if self.truth is not None:
+            sources["truth"] = self._frames(self.truth)
+        for items in _aligned(sources, self.result.info.frame_count):
+            yield (*items[:3], items[3] if self.truth is not None else None)
+
+
 def footprint(mask: np.ndarray, window: Window) -> np.ndarray:
     """bool [H, W]: the pixels `window`'s paste-back may change in a frame with `mask` (bool [H, W]), as
     runtime.clips.stream and runtime.pipeline.composite compute it (its dilation by the 3x3 cross, n
@@ -165,7 +196,7 @@ def footprint(mask: np.ndarray, window: Window) -> np.ndarray:
     if box is None:
         return out
     crop = np.ascontiguousarray(mask[box.top : box.bottom, box.left : box.right])
-    working = shrink_masks(crop[None], window.size, torch.device("cpu"))[0]
+    working = shrink_masks(crop[None], window.size, CPU)[0]
     if not working.any():
         return out
     distance = cv2.distanceTransform((~working).astype(np.uint8), cv2.DIST_L1, 3)
@@ -202,123 +233,133 @@ def evaluate_clip(
     progress: bool = True,
     per_frame: bool = False,
     plan_options: PlanOptions | None = None,
+    paste_back: bool = True,
     lpips: Lpips | None = None,
 ) -> Evaluation:
     """Measure the removal in `result` (any clip runtime.run reads or writes) of `mask` from `video`.
 
     `truth`: the clip without the object (truth figures; else None). `plan_options`: the plan options
     the result was made with (default: the runtime's), for the regions and the seam ratio; `dilation`
-    (pixels at 480p) replaces theirs. `lpips`: a loaded model (runtime.evaluate.lpips.load_lpips) or None
-    to skip LPIPS. Frame counts or sizes that differ, and masks that do not fit the video, are
+    (pixels at 480p) replaces theirs. `paste_back` False: the result is the raw generation at the
+    working size (runtime.run --no-paste-back, what the released code returns), and the video, truth
+    and masks are brought to its size. `lpips`: a loaded model (runtime.evaluate.lpips.load_lpips) or
+    None to skip LPIPS. Frame counts or sizes that differ, and masks that do not fit the video, are
     RemoverErrors before any work."""
     mask_options = mask_options or MaskOptions()
-    if dilation < 0:
-        raise RemoverError(f"the mask dilation must be >= 0, got {dilation}")
-    with open_clip(video) as source, open_clip(result) as output:
-        info = source.info
-        _check_like(output, source, f"result {Path(result).name}")
-        if min(info.width, info.height) < MIN_SIDE:
-            raise RemoverError(f"frames of {info.width}x{info.height} are too small for SSIM (11x11 windows)")
-        masks = open_masks(
-            mask, info, threshold=mask_options.threshold, invert=mask_options.invert, channel=mask_options.channel
-        )
-        clean = open_clip(truth) if truth is not None else None
-        try:
-            if clean is not None:
-                _check_like(clean, source, f"truth {Path(truth).name}")
-            options = replace(plan_options or PlanOptions(), dilation=dilation)
-            return _evaluate(output, source, masks, clean, options, progress, per_frame, lpips)
-        finally:
-            if clean is not None:
-                clean.close()
-
-
-def _plan(masks, info, options: PlanOptions, progress: bool) -> Plan:
-    """The plan the run made: the masks scanned once for their boxes, as runtime.run does."""
-    scan = tqdm(masks, total=info.frame_count, desc="scan masks", leave=False, disable=not progress)
-    boxes = [mask_box(mask) for mask in scan]
-    if len(boxes) != info.frame_count:
-        raise RemoverError(f"the mask has {len(boxes)} frames, the video {info.frame_count}")
-    return make_plan(info.frame_count, (info.height, info.width), boxes, options)
-
-
-def _evaluate(output, source, masks, clean, options, progress, per_frame, lpips) -> Evaluation:
-    info = source.info
-    count = info.frame_count
+    options = replace(plan_options or PlanOptions(), dilation=dilation)
     options.check()
-    plan = _plan(masks, info, options, progress)
-    made_by = producers(plan)
-    background, whole, inside = RegionFigures(), RegionFigures(), RegionFigures()
-    warp, warp_reference = FlowWarp(), FlowWarp()
-    warp_sums = np.zeros(4)  # result sum, count; reference sum, count
-    lpips_sum, changes, rows = 0.0, [], []
-    previous: _Previous | None = None
-    sources = {"result": _frames(output), "video": _frames(source), "mask": iter(masks)}
-    if clean is not None:
-        sources["truth"] = _frames(clean)
-    every = np.ones((info.height, info.width), bool)
-    for index, items in enumerate(
-        tqdm(_aligned(sources, count), total=count, desc="evaluate", unit="frame", disable=not progress)
-    ):
-        got, given, raw_mask = items[:3]
-        truth_frame = items[3] if clean is not None else None
-        region = np.zeros(raw_mask.shape, bool)
-        for window in made_by[index]:
-            region |= footprint(raw_mask, window)
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(open_clip(video))
+        output = stack.enter_context(open_clip(result))
+        _check_like(output, source, f"result {Path(result).name}", paste_back)
+        size = output.info.height, output.info.width
+        if min(size) < MIN_SIDE:
+            raise RemoverError(f"frames of {size[1]}x{size[0]} are too small for SSIM (11x11 windows)")
+        masks = open_masks(
+            mask,
+            source.info,
+            threshold=mask_options.threshold,
+            invert=mask_options.invert,
+            channel=mask_options.channel,
+        )
+        clean = None
+        if truth is not None:
+            clean = stack.enter_context(open_clip(truth))
+            _check_like(clean, source, f"truth {Path(truth).name}")
+        if not paste_back:
+            options = replace(options, crop="off", height=size[0], width=size[1])
+        inputs = _Inputs(output, source, masks, clean, resize=not paste_back)
+        plan = _plan(inputs, options, progress)
+        figures = _Figures(plan, clean is not None, lpips, per_frame)
+        frames = tqdm(inputs.frames(), total=plan.frame_count, desc="evaluate", unit="frame", disable=not progress)
+        for index, (got, given, raw_mask, truth_frame) in enumerate(frames):
+            figures.add(index, got, given, raw_mask, truth_frame)
+        return figures.finish()
+
+
+def _plan(inputs: _Inputs, options: PlanOptions, progress: bool) -> Plan:
+    """The plan the run made: the masks scanned once for their boxes, as runtime.run does."""
+    count = inputs.result.info.frame_count
+    scan = tqdm(inputs.mask_frames(), total=count, desc="scan masks", leave=False, disable=not progress)
+    boxes = [mask_box(mask) for mask in scan]
+    if len(boxes) != count:
+        raise RemoverError(f"the mask has {len(boxes)} frames, the video {count}")
+    return make_plan(count, inputs.size, boxes, options)
+
+
+class _Figures:
+    """The running sums of every figure, a frame at a time; holds the previous frame for the temporal ones."""
+
+    def __init__(self, plan: Plan, with_truth: bool, lpips: Lpips | None, per_frame: bool) -> None:
+        self.plan, self.with_truth, self.lpips = plan, with_truth, lpips
+        self.made_by = producers(plan)
+        self.background, self.whole, self.inside = RegionFigures(), RegionFigures(), RegionFigures()
+        self.warp, self.warp_reference = FlowWarp(), FlowWarp()
+        self.warp_sums = np.zeros(4)  # result: summed error, values; reference: the same
+        self.lpips_sum, self.changes, self.frames = 0.0, [], 0
+        self.rows: list[dict] | None = [] if per_frame else None
+        self.previous: _Previous | None = None
+
+    def add(self, index: int, got: np.ndarray, given: np.ndarray, mask: np.ndarray, truth: np.ndarray | None) -> None:
+        region = np.zeros(mask.shape, bool)
+        for window in self.made_by[index]:
+            region |= footprint(mask, window)
         row: dict[str, float | int | None] = {"frame": index}
         keep = np.where(region[..., None], got, given)  # the input with the fill: SSIM sees only the background
-        frame = background.add(got, given, ~region, ssim_map(got, keep))
-        row.update({f"background_{k}": v for k, v in frame.items()})
-        if truth_frame is not None:
-            ssim = ssim_map(got, truth_frame)
-            frame = whole.add(got, truth_frame, every, ssim)
-            row.update({"truth_psnr_db": frame["psnr_db"], "truth_ssim": frame["ssim"]})
-            frame = inside.add(got, truth_frame, region, ssim)
-            row.update({"masked_psnr_db": frame["psnr_db"], "masked_ssim": frame["ssim"]})
-            if lpips is not None:
-                row["lpips"] = lpips(got, truth_frame)
-                lpips_sum += row["lpips"]
-        reference = truth_frame if truth_frame is not None else given
+        row |= {f"background_{k}": v for k, v in self.background.add(got, given, ~region, ssim_map(got, keep)).items()}
+        if truth is not None:
+            ssim = ssim_map(got, truth)
+            frame = self.whole.add(got, truth, np.ones(mask.shape, bool), ssim)
+            row |= {"truth_psnr_db": frame["psnr_db"], "truth_ssim": frame["ssim"]}
+            frame = self.inside.add(got, truth, region, ssim)
+            row |= {"masked_psnr_db": frame["psnr_db"], "masked_ssim": frame["ssim"]}
+            if self.lpips is not None:
+                row["lpips"] = self.lpips(got, truth)
+                self.lpips_sum += row["lpips"]
+        reference = truth if truth is not None else given
+        previous = self.previous
         if previous is not None:
             pair = previous.region | region
-            error = warp.error(previous.result, got, pair)
-            error_reference = warp_reference.error(previous.reference, reference, pair)
-            warp_sums += (*error, *error_reference)
+            error = self.warp.error(previous.result, got, pair)
+            error_reference = self.warp_reference.error(previous.reference, reference, pair)
+            self.warp_sums += (*error, *error_reference)
             row["warp_error"] = error[0] / error[1] if error[1] else None
             row["warp_error_reference"] = error_reference[0] / error_reference[1] if error_reference[1] else None
-            changes.append(transition_change(previous.result, got, pair, previous.truth, truth_frame))
-            row["change"] = changes[-1]
-        previous = _Previous(got, reference, truth_frame, region)
-        if per_frame:
-            rows.append(row)
-    if previous is None:
-        raise RemoverError(f"{info.path} has no frames")
-    frames = index + 1
-    truth_figures = None
-    if clean is not None:
-        truth_figures = TruthFigures(
-            whole.psnr_db, whole.ssim, inside.psnr_db, inside.ssim, lpips_sum / frames if lpips else None
+            self.changes.append(transition_change(previous.result, got, pair, previous.truth, truth))
+            row["change"] = self.changes[-1]
+        self.previous = _Previous(got, reference, truth, region)
+        self.frames += 1
+        if self.rows is not None:
+            self.rows.append(row)
+
+    def finish(self) -> Evaluation:
+        if self.frames == 0:
+            raise RemoverError("the clips have no frames")
+        truth = None
+        if self.with_truth:
+            lpips = self.lpips_sum / self.frames if self.lpips else None
+            truth = TruthFigures(self.whole.psnr_db, self.whole.ssim, self.inside.psnr_db, self.inside.ssim, lpips)
+        temporal = None
+        if self.frames > 1:
+            sums = self.warp_sums
+            temporal = TemporalFigures(
+                sums[0] / sums[1] if sums[1] else None,
+                sums[2] / sums[3] if sums[3] else None,
+                "truth" if self.with_truth else "input",
+                seam_ratio(np.array(self.changes), self.plan.windows),
+                len(self.plan.windows) - 1,
+            )
+        b = self.background
+        figures = Evaluation(
+            self.frames,
+            BackgroundFigures(b.psnr_db, b.ssim, b.max_abs, b.exact_frames),
+            truth,
+            temporal,
+            max((w.dilation for w in self.plan.model_windows), default=0),
+            per_frame=self.rows,
         )
-    temporal = None
-    if frames > 1:
-        boundaries = len(plan.windows) - 1
-        temporal = TemporalFigures(
-            warp_sums[0] / warp_sums[1] if warp_sums[1] else None,
-            warp_sums[2] / warp_sums[3] if warp_sums[3] else None,
-            "truth" if clean is not None else "input",
-            seam_ratio(np.array(changes), plan.windows),
-            boundaries,
-        )
-    figures = Evaluation(
-        frames,
-        BackgroundFigures(background.psnr_db, background.ssim, background.max_abs, background.exact_frames),
-        truth_figures,
-        temporal,
-        max((w.dilation for w in plan.model_windows), default=0),
-        per_frame=rows if per_frame else None,
-    )
-    _check_finite(figures)
-    return figures
+        _check_finite(figures)
+        return figures
 
 
 def _check_finite(figures: Evaluation) -> None:
