@@ -236,6 +236,7 @@ def evaluate_clip(
     plan_options: PlanOptions | None = None,
     paste_back: bool = True,
     lpips: Lpips | None = None,
+    flow: bool = True,
 ) -> Evaluation:
     """Measure the removal in `result` (any clip runtime.run reads or writes) of `mask` from `video`.
 
@@ -244,7 +245,8 @@ def evaluate_clip(
     (pixels at 480p) replaces theirs. `paste_back` False: the result is the raw generation at the
     working size (runtime.run --no-paste-back, what the released code returns), and the video, truth
     and masks are brought to its size. `lpips`: a loaded model (runtime.evaluate.lpips.load_lpips) or
-    None to skip LPIPS. Frame counts or sizes that differ, and masks that do not fit the video, are
+    None to skip LPIPS. `flow` False skips the optical flow (the warp errors are None; the costliest
+    figure). Frame counts or sizes that differ, and masks that do not fit the video, are
     RemoverErrors before any work."""
     mask_options = mask_options or MaskOptions()
     options = replace(plan_options or PlanOptions(), dilation=dilation)
@@ -271,7 +273,7 @@ def evaluate_clip(
             options = replace(options, crop="off", height=size[0], width=size[1])
         inputs = _Inputs(output, source, masks, clean, resize=not paste_back)
         plan = _plan(inputs, options, progress)
-        figures = _Figures(plan, clean is not None, lpips, per_frame)
+        figures = _Figures(plan, clean is not None, lpips, per_frame, flow)
         frames = tqdm(inputs.frames(), total=plan.frame_count, desc="evaluate", unit="frame", disable=not progress)
         for index, (got, given, raw_mask, truth_frame) in enumerate(frames):
             figures.add(index, got, given, raw_mask, truth_frame)
@@ -291,8 +293,8 @@ def _plan(inputs: _Inputs, options: PlanOptions, progress: bool) -> Plan:
 class _Figures:
     """The running sums of every figure, a frame at a time; holds the previous frame for the temporal ones."""
 
-    def __init__(self, plan: Plan, with_truth: bool, lpips: Lpips | None, per_frame: bool) -> None:
-        self.plan, self.with_truth, self.lpips = plan, with_truth, lpips
+    def __init__(self, plan: Plan, with_truth: bool, lpips: Lpips | None, per_frame: bool, flow: bool) -> None:
+        self.plan, self.with_truth, self.lpips, self.flow = plan, with_truth, lpips, flow
         self.made_by = producers(plan)
         self.background, self.whole, self.inside = RegionFigures(), RegionFigures(), RegionFigures()
         self.warp, self.warp_reference = FlowWarp(), FlowWarp()
@@ -321,11 +323,12 @@ class _Figures:
         previous = self.previous
         if previous is not None:
             pair = previous.region | region
-            error = self.warp.error(previous.result, got, pair)
-            error_reference = self.warp_reference.error(previous.reference, reference, pair)
-            self.warp_sums += (*error, *error_reference)
-            row["warp_error"] = error[0] / error[1] if error[1] else None
-            row["warp_error_reference"] = error_reference[0] / error_reference[1] if error_reference[1] else None
+            if self.flow:
+                error = self.warp.error(previous.result, got, pair)
+                error_reference = self.warp_reference.error(previous.reference, reference, pair)
+                self.warp_sums += (*error, *error_reference)
+                row["warp_error"] = error[0] / error[1] if error[1] else None
+                row["warp_error_reference"] = error_reference[0] / error_reference[1] if error_reference[1] else None
             self.changes.append(transition_change(previous.result, got, pair, previous.truth, truth))
             row["change"] = self.changes[-1]
         self.previous = _Previous(got, reference, truth, region)
