@@ -271,3 +271,33 @@ def test_memory_does_not_grow_with_the_clip(tmp_path):
         tracemalloc.stop()
     frame_bytes = HEIGHT * WIDTH * 3
     assert peaks[1] < peaks[0] + 4 * frame_bytes, peaks
+
+
+def test_lpips_matches_the_lpips_package_on_the_same_backbone(tmp_path, monkeypatch):
+    """The lpips package itself as the oracle, its torchvision import stubbed with the same random AlexNet."""
+    import importlib.util
+    import sys
+    import types
+
+    if importlib.util.find_spec("lpips") is None:
+        pytest.skip("the lpips package is not installed (pip install --no-deps lpips)")
+    torch.manual_seed(1)
+    features = alexnet_features()
+    models = types.ModuleType("torchvision.models")
+    models.alexnet = lambda **kwargs: types.SimpleNamespace(features=features)
+    stub = types.ModuleType("torchvision")
+    stub.models = models
+    monkeypatch.setitem(sys.modules, "torchvision", stub)
+    monkeypatch.setitem(sys.modules, "torchvision.models", models)
+    for name in [n for n in sys.modules if n == "lpips" or n.startswith("lpips.")]:
+        monkeypatch.delitem(sys.modules, name)
+    import lpips
+
+    oracle = lpips.LPIPS(net="alex", verbose=False).eval()
+    backbone = tmp_path / "alexnet.pth"
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, backbone)
+    model, _ = load_lpips(backbone)
+    a, b = texture(64, 80, 6), texture(64, 80, 7)
+    with torch.no_grad():
+        expected = oracle(*(torch.from_numpy(x).permute(2, 0, 1)[None].float() / 127.5 - 1 for x in (a, b)))
+    assert model(a, b) == pytest.approx(float(expected), rel=1e-5)
