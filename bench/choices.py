@@ -13,17 +13,17 @@ approximates) and, where the clip has one, against the truth:
   the windows: compared also with the PyTorch run of the same plan, "same plan").
 
 Clips: the tennis player composited onto the running car (bench/truth.py, seed 0, 25 frames at 432x240,
-so it has a truth) and the bundled demo clip (21 frames at 256x144). The working
-size is the demo model's trained 144x256. Results are written as PNG folders (lossless), so the figures
-are the pipeline's, not a codec's. Cost: the process's CPU seconds for the run (the machine is shared;
-wall time is not comparable). The demo model fills holes with a blurred average colour: the figures
-rank how far each choice moves the output, not the released model's quality.
+so it has a truth) and the bundled demo clip (21 frames at 256x144). The working size is 96x176 (the
+demo model was trained at 144x256; smaller, so the study fits a shared 2-core CPU). Results are written
+as PNG folders (lossless), so the figures are the pipeline's, not a codec's. Cost: the process's CPU
+seconds for the run (the machine is shared; wall time is not comparable). The demo model fills holes
+with a blurred average colour: the figures rank how far each choice moves the output, not the released
+model's quality.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -39,10 +39,11 @@ from runtime.clips.job import remove_file
 from runtime.clips.plan import Plan, PlanOptions
 from runtime.errors import RemoverError, exit_code
 from runtime.evaluate import evaluate_clip
+from runtime.evaluate.report import write_json
 from runtime.pipeline.remover import Remover
 from runtime.run import DEMO_WEIGHTS
 
-HEIGHT, WIDTH, WINDOW, SEED = 144, 256, 13, 42
+HEIGHT, WIDTH, WINDOW, SEED = 96, 176, 13, 42
 TRUTH_FRAMES = 25
 RESULTS = Path(__file__).parent / "results" / "choices.json"
 FP16_SKIPPED = "fp16 is emulated on this CPU (no AVX512-FP16 or AMX), about 7x fp32's time: run on the demo clip only"
@@ -141,13 +142,15 @@ def describe(plan: Plan) -> str:
     return f"{window.box} -> {window.size[1]}x{window.size[0]}, {len(plan.windows)} window(s)"
 
 
-def measure(folder: Path, clips: dict, listed: list[Choice], models: Models, log) -> dict:
+def measure(folder: Path, clips: dict, listed: list[Choice], models: Models, log, save) -> dict:
     """Run every choice on every clip and evaluate it: the background and the seams with the run's own
     plan (the pixels it must keep, its windows); the fill against the reference run and the truth over
-    the reference's region (one region for every choice, so the figures compare)."""
+    the reference's region (one region for every choice, so the figures compare). `save(results)` after
+    each choice, so an interrupted study keeps what it measured."""
     results = {}
     for clip_name, (video, mask, truth) in clips.items():
         rows, outputs = {}, {}
+        results[clip_name] = rows
         for index, choice in enumerate(listed):
             out = folder / f"{len(results)}-{index}"
             if choice.dtype == "fp16" and truth is not None:
@@ -170,8 +173,8 @@ def measure(folder: Path, clips: dict, listed: list[Choice], models: Models, log
                     figures = evaluate_clip(out, video, mask, other, plan_options=BASE, progress=False, flow=False)
                     row[f"vs_{name}"] = figures.to_json()["truth"]
             rows[choice.name] = row
+            save(results)
             log(f"{clip_name}, {choice.name}: {seconds:.1f} CPU s, {row['plan']}")
-        results[clip_name] = rows
     return results
 
 
@@ -226,21 +229,25 @@ def main(argv: list[str] | None = None) -> int:
         log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
         engines = [] if args.no_engines else ["onnxruntime"] + (["aoti"] if args.aoti else [])
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory() as scratch:
-            folder = Path(scratch)
-            wanted = engines and (not args.only or "engine" in args.only)
-            bundle = build_bundle(folder, args.aoti, lambda line: None) if wanted else None
-            listed = [c for c in choices(engines) if not args.only or c.group in ("reference", *args.only)]
-            results = measure(folder, test_clips(folder, args.data), listed, Models(bundle), log)
         document = {
             "date": date.today().isoformat(),
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU",
             "torch": torch.__version__,
-            "wall_s": time.perf_counter() - started,
-            "clips": results,
+            "command": "python -m bench.choices " + " ".join(argv if argv is not None else sys.argv[1:]),
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(document, indent=1) + "\n")
+
+        def save(results: dict) -> None:
+            write_json(args.json, {**document, "wall_s": time.perf_counter() - started, "clips": results})
+
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(scratch)
+            wanted = engines and (not args.only or "engine" in args.only)
+            bundle = build_bundle(folder, args.aoti, lambda line: None) if wanted else None
+            log(f"bundle built after {time.perf_counter() - started:.0f} s" if bundle else "no bundle")
+            listed = [c for c in choices(engines) if not args.only or c.group in ("reference", *args.only)]
+            results = measure(folder, test_clips(folder, args.data), listed, Models(bundle), log, save)
+        save(results)
         print(table(results))
         return f"wrote {args.json}"
 
