@@ -28,7 +28,7 @@ from runtime.clips.plan import (
 from runtime.errors import RemoverError, RemoverWarning, exit_code
 from runtime.evaluate.evaluation import Evaluation, evaluate_clip
 from runtime.evaluate.lpips import load_lpips
-from runtime.evaluate.manifest import ManifestClip, aggregate, evaluate_manifest
+from runtime.evaluate.manifest import ManifestClip, aggregate, describe_aggregate, evaluate_manifest
 from runtime.evaluate.report import check_targets, plot, write_csv, write_json
 
 
@@ -116,8 +116,7 @@ def run(args: argparse.Namespace) -> str:
         document = aggregate(evaluations)
         for name, figures in evaluations.items():
             print(f"== {name}\n{figures.table()}\n")
-        print(f"== all {len(evaluations)} clips ({document['aggregate']['frames']} frames)")
-        print("\n".join(f"{group}: {values}" for group, values in document["aggregate"].items() if group != "clips"))
+        print("== " + "\n".join(describe_aggregate(document["aggregate"])))
     else:
         clip = ManifestClip(args.result.name, args.result, args.video, args.mask, args.truth)
         figures = evaluate(clip, per_frame=bool(args.per_frame or args.plot))

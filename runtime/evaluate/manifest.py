@@ -91,6 +91,19 @@ def aggregate(evaluations: dict[str, Evaluation]) -> dict:
     return {"aggregate": total, "clips": documents}
 
 
+def describe_aggregate(total: dict) -> list[str]:
+    """The aggregate as lines for a terminal, e.g. "background: psnr_db 41.20, ssim 0.9990, ..."."""
+    lines = [f"all {total['clips']} clips ({total['frames']} frames)"]
+    for group in ("background", "truth", "temporal"):
+        if total.get(group):
+            values = ", ".join(
+                f"{k} {'-' if v is None else (f'{v:.4g}' if isinstance(v, float) else v)}"
+                for k, v in total[group].items()
+            )
+            lines.append(f"{group}: {values}")
+    return lines
+
+
 def evaluate_manifest(path: str | Path, evaluate: Callable[[ManifestClip], Evaluation]) -> dict[str, Evaluation]:
     """Each clip of the manifest through `evaluate`, in order; names must be unique."""
     clips = read_manifest(path)
