@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aoti", action="store_true", help="also compile and measure an AOTInductor bundle")
     parser.add_argument("--no-engines", action="store_true", help="skip the engine bundles")
     parser.add_argument("--only", nargs="+", choices=GROUPS, help="run only these groups (and the reference)")
+    parser.add_argument("--clip", choices=("truth", "demo"), help="run one clip only (default both)")
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -246,7 +247,10 @@ def main(argv: list[str] | None = None) -> int:
             bundle = build_bundle(folder, args.aoti, lambda line: None) if wanted else None
             log(f"bundle built after {time.perf_counter() - started:.0f} s" if bundle else "no bundle")
             listed = [c for c in choices(engines) if not args.only or c.group in ("reference", *args.only)]
-            results = measure(folder, test_clips(folder, args.data), listed, Models(bundle), log, save)
+            clips = test_clips(folder, args.data)
+            if args.clip:
+                clips = {name: paths for name, paths in clips.items() if (paths[2] is None) == (args.clip == "demo")}
+            results = measure(folder, clips, listed, Models(bundle), log, save)
         save(results)
         print(table(results))
         return f"wrote {args.json}"
