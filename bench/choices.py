@@ -15,10 +15,11 @@ approximates) and, where the clip has one, against the truth:
 Clips: the tennis player composited onto the running car (bench/truth.py, seed 0, 25 frames at 432x240,
 so it has a truth) and the bundled demo clip (21 frames at 256x144). The working size is 96x176 (the
 demo model was trained at 144x256; smaller, so the study fits a shared 2-core CPU). Results are written
-as PNG folders (lossless), so the figures are the pipeline's, not a codec's. Cost: the process's CPU
-seconds for the run (the machine is shared; wall time is not comparable). The demo model fills holes
-with a blurred average colour: the figures rank how far each choice moves the output, not the released
-model's quality.
+as PNG folders (lossless), so the figures are the pipeline's, not a codec's. Cost: the model work
+(frames x working pixels over the one-pass run's) and the process's CPU seconds for the run (the
+machine is shared: wall time is not comparable, and oversubscribed threads make even CPU seconds
+noisy). The demo model fills holes with a blurred average colour: the figures rank how far each choice
+moves the output, not the released model's quality.
 """
 
 from __future__ import annotations
@@ -142,6 +143,13 @@ def describe(plan: Plan) -> str:
     return f"{window.box} -> {window.size[1]}x{window.size[0]}, {len(plan.windows)} window(s)"
 
 
+def model_work(plan: Plan) -> float:
+    """Frames x working pixels the model processes, over the one-pass whole-frame run's (the clip's frames
+    at HEIGHT x WIDTH): the cost that does not depend on the machine's load."""
+    done = sum(w.frames * w.size[0] * w.size[1] for w in plan.model_windows)
+    return done / (plan.frame_count * HEIGHT * WIDTH)
+
+
 def measure(folder: Path, clips: dict, listed: list[Choice], models: Models, log, save) -> dict:
     """Run every choice on every clip and evaluate it: the background and the seams with the run's own
     plan (the pixels it must keep, its windows); the fill against the reference run and the truth over
@@ -165,7 +173,7 @@ def measure(folder: Path, clips: dict, listed: list[Choice], models: Models, log
                 continue
             outputs[choice.name] = out
             own = evaluate_clip(out, video, mask, truth, plan_options=plan.options, progress=False).to_json()
-            row = {"group": choice.group, "cpu_s": seconds, "plan": describe(plan)}
+            row = {"group": choice.group, "cpu_s": seconds, "work": model_work(plan), "plan": describe(plan)}
             row |= {"background": own["background"], "temporal": own["temporal"]}
             against = {"reference": outputs[listed[0].name], "same_plan": outputs.get(choice.same_plan_as)}
             for name, other in {**against, "truth": truth}.items():
@@ -187,7 +195,8 @@ def table(results: dict) -> str:
     lines = []
     for clip, rows in results.items():
         with_truth = any("vs_truth" in r for r in rows.values())
-        head = "| choice | plan | CPU s | vs one pass: PSNR / masked PSNR (dB) | masked SSIM | background max diff |"
+        head = "| choice | plan | model work | CPU s | vs one pass: PSNR / masked PSNR (dB) | masked SSIM |"
+        head += " background max diff |"
         tail = " masked PSNR vs truth (dB) | warp error (truth's) |" if with_truth else " warp error (input's) |"
         head += tail + " seam ratio |"
         lines += [f"**{clip}**", "", head, "|" + "---|" * head.count(" |")]
@@ -201,6 +210,7 @@ def table(results: dict) -> str:
             cells = [
                 name,
                 r["plan"],
+                f"{r['work']:.2f}x" if "work" in r else "-",
                 f"{r['cpu_s']:.1f}",
                 f"{_db(ref['psnr_db'])} / {_db(ref['masked_psnr_db'])}{plan}",
                 f"{ref['masked_ssim']:.4f}",
