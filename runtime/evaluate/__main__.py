@@ -83,7 +83,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 def _evaluator(args: argparse.Namespace, notes: list[str]):
     model = None
-    if not args.no_lpips:
+    if not args.no_lpips and (args.truth is not None or args.manifest is not None):  # LPIPS needs a truth
         model, skipped = load_lpips(args.lpips_backbone)
         notes += [skipped] if skipped else []
     masking = MaskOptions(args.mask_threshold, args.invert_mask, args.mask_channel)
