@@ -7,7 +7,12 @@ $(STAMP): setup.py
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,segment]"
+	# SAM 2 (runtime.segment): a source package whose build imports torch (so no build isolation, and the
+	# setuptools that builds wheels itself: a fresh 3.11 venv has 65.5) and whose declared torchvision would
+	# replace our torch (so no deps); without its CUDA extension (only its hole filling uses it)
+	$(PY) -m pip install -q "setuptools>=70.1"
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --no-deps --no-build-isolation sam2
 	touch $(STAMP)
 
 .PHONY: demo test lint
@@ -15,7 +20,8 @@ demo: $(STAMP)
 	$(PY) -m runtime.run --out demo_removed.mp4 --overwrite  # the demo replaces its own last result
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)  # the app's browser tests
+	$(PY) -m pytest -q -m "not gpu" --durations=15
 	$(VENV)/bin/ruff check .
 
 # benchmark gates: ours against the reference, measured now (CPU: the quick suite; GPU: the full one)

@@ -4,6 +4,8 @@ from setuptools import find_packages, setup
 
 # onnxscript: torch.onnx's exporter and its constant folding; onnx-ir: the graph passes export/onnx.py runs
 EXPORT = ["onnx", "onnx-ir", "onnxruntime", "onnxscript"]
+# the web app's page: Gradio 6 (its API changed at each major version)
+APP = ["gradio>=6,<7"]
 
 setup(
     name="minimax-remover-runtime",
@@ -27,7 +29,8 @@ setup(
         # triton: the fused kernels (tests run them in its CPU interpreter); Linux wheels; 3.5+ for triton.knobs
         # opencv: the Telea baseline the training tests evaluate against; EXPORT: the export tests run the bundles
         # accelerate, matplotlib: the tests load the benchmark's reference (diffusers' from_pretrained) and
-        # render its report's chart; ray: the batch runner's tests start a local Ray instance;
+        # render its report's chart; ray: the batch runner's tests start a local Ray instance; APP and
+        # playwright: the web app's tests drive it in Debian's Chromium (make test installs it);
         # scikit-image: the independent SSIM that runtime.evaluate's is checked against (tests only)
         "test": [
             "pytest",
@@ -38,13 +41,18 @@ setup(
             "triton>=3.5; platform_system == 'Linux'",
             "opencv-python-headless",
             "ray",
+            "huggingface_hub",
             "scikit-image",
             *EXPORT,
+            *APP,
+            "playwright",
         ],
         # python -m runtime.evaluate: OpenCV's optical flow and Gaussian filter, matplotlib's --plot.
         # LPIPS also needs `pip install --no-deps lpips` (its heads; its torchvision would pull another torch)
         "evaluate": ["opencv-python-headless", "matplotlib"],
         "export": EXPORT,
+        # python -m runtime.app: the web app
+        "app": APP,
         # python -m runtime.batch --address: workers as Ray actors (local mode needs nothing more)
         "ray": ["ray"],
         # the benchmark's reference loads through diffusers' from_pretrained, which needs accelerate
@@ -52,6 +60,11 @@ setup(
         "gpu": ["flash-attn", "nvidia-ml-py", "triton>=3.5"],
         "tensorrt": ["tensorrt"],
         "train": ["opencv-python-headless"],
+        # python -m runtime.segment and runtime.run's prompts: SAM 2 itself installs apart, without its
+        # declared torchvision (which pulls another torch) and its CUDA extension: see the Makefile and
+        # docs/segment.md. hydra-core and iopath are what its video predictor imports; huggingface_hub
+        # resolves hub ids (runtime/hub.py); scipy fills holes in and grows the masks
+        "segment": ["hydra-core", "iopath", "huggingface_hub", "scipy"],
     },
     entry_points={"console_scripts": ["minimax-remover=runtime.run:main"]},
 )

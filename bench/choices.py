@@ -37,12 +37,13 @@ import torch
 
 from bench.truth import DATA, make_truth_clip
 from runtime.clips.job import remove_file
-from runtime.clips.plan import Plan, PlanOptions
+from runtime.clips.plan import Plan
+from runtime.demo import DEMO_WEIGHTS
 from runtime.errors import RemoverError, exit_code
 from runtime.evaluate import evaluate_clip
 from runtime.evaluate.report import write_json
+from runtime.options import PlanOptions, RunOptions
 from runtime.pipeline.remover import Remover
-from runtime.run import DEMO_WEIGHTS
 
 HEIGHT, WIDTH, WINDOW, SEED = 96, 176, 13, 42
 TRUTH_FRAMES = 25
@@ -97,8 +98,7 @@ class Models:
         return self.loaded[key]
 
 
-# The only two calls into the runtime's loading and job API (the lead is moving these names: loading to
-# runtime/loading.py, steps and seed into RunOptions): adapt them here.
+# The only two calls into the runtime's loading and job API: adapt them here when those move.
 def load_model(dtype: str, bundle: Path | None = None, backend: str | None = None) -> Remover:
     """The demo model on the CPU in `dtype`, or its engine bundle on `backend`."""
     if bundle is not None:
@@ -111,7 +111,7 @@ def run_choice(
 ) -> tuple[Plan, float]:
     """Remove into `out` (a PNG folder); the plan it ran and the process's CPU seconds it took."""
     start = time.process_time()
-    plan, _ = remove_file(remover, video, mask, out, options, steps=steps, seed=SEED, progress=False)
+    plan, _ = remove_file(remover, video, mask, out, options, run=RunOptions(steps=steps, seed=SEED, progress=False))
     return plan, time.process_time() - start
 
 

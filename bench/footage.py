@@ -5,20 +5,16 @@
 - crop: a 1080p clip with an object covering about 2 % of the frame, end to end time and peak memory
   with `--crop auto` (the default) against `--crop off` (the whole frame), at the same 480p budget.
 
-Every run is the CLI in a fresh process (its own peak resident set, /proc's VmHWM; wall and CPU
-seconds). The analytic cost model's FLOPs of the released model at the released setting are printed
-beside the measured ratios, because a small model on a CPU spends its time in other places than the
-1.3B transformer at 480p does. Results go to bench/results/footage-<weights>.json and print as the
-Markdown tables bench/RESULTS.md quotes.
+Every run is the CLI in a fresh process (bench/child.py: the whole command's wall and CPU seconds,
+process start included, and its peak resident set). The analytic cost model's FLOPs of the released
+model at the released setting are printed beside the measured ratios, because a small model on a CPU
+spends its time in other places than the 1.3B transformer at 480p does. Results go to
+bench/results/footage-<weights>.json and print as the Markdown tables bench/RESULTS.md quotes.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,41 +24,27 @@ from typing import Any
 
 import numpy as np
 
+from bench.child import run_child, runtime_cli
+from bench.study import RESULTS_DIR, log, markdown_table, save_json
 from bench.workloads import WEIGHTS_HELP, resolve_weights
-from runtime.clips.plan import Box, PlanOptions, make_plan
+from runtime.clips.plan import Box, make_plan
 from runtime.errors import RemoverError, exit_code
 from runtime.execution.cost_model import pipeline_costs
 from runtime.io import write_clip
 from runtime.models.transformer import RELEASED_TRANSFORMER
 from runtime.models.vae import RELEASED_VAE
+from runtime.options import PlanOptions
 from runtime.pipeline.preprocess import padded_frame_count
 
-RESULTS_DIR = Path(__file__).parent / "results"
 LENGTHS = (81, 161, 321)
-CHILD = """
-import re, resource, sys, time
-from pathlib import Path
-from runtime.run import main
-start = time.perf_counter()
-code = main(sys.argv[1:])
-usage = resource.getrusage(resource.RUSAGE_SELF)
-peak = re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)
-print("FIGURES", time.perf_counter() - start, usage.ru_utime + usage.ru_stime, int(peak) / 1024, file=sys.stderr)
-sys.exit(code)
-"""
 
 
 def measure_cli(args: list[Any]) -> dict[str, float]:
-    """Run the CLI in a fresh process; its wall and CPU seconds and peak resident set (MB)."""
-    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}  # the peak of what is held, not retained
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD, *map(str, args), "--quiet"], capture_output=True, text=True, env=environment
-    )
-    found = re.search(r"FIGURES (\S+) (\S+) (\S+)", result.stderr)
-    if result.returncode != 0 or found is None:
-        raise RemoverError(f"the run failed: {(result.stderr.strip().splitlines() or ['no output'])[-1]}")
-    seconds, cpu, peak = map(float, found.groups())
-    return {"seconds": seconds, "cpu_s": cpu, "peak_mb": peak}
+    """Run the CLI in a fresh process: its wall and CPU seconds and peak resident set (MB)."""
+    child = run_child(runtime_cli(*args))  # the CLI bounds its own heap (bound_host_heap)
+    if child.returncode != 0:
+        raise RemoverError(f"the run failed: {child.last_line()}")
+    return {"seconds": child.seconds, "cpu_s": child.cpu_seconds, "peak_mb": child.peak_rss_mb}
 
 
 def textured_clip(frames: int, height: int, width: int, box: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, ...]:
@@ -140,30 +122,28 @@ def crop_suite(folder: Path, weights: Path, frames: int, log) -> dict[str, Any]:
 
 def tables(run: dict[str, Any]) -> str:
     """The run as the Markdown tables bench/RESULTS.md quotes."""
-    lines = [
-        "| frames | windows s/frame | one pass s/frame | windows / one pass (time) | windows peak MB | "
-        "one pass peak MB | released model at 480p: TFLOP windows / one pass |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    header = ["frames", "windows s/frame", "one pass s/frame", "windows / one pass (time)", "windows peak MB"]
+    header += ["one pass peak MB", "released model at 480p: TFLOP windows / one pass"]
+    rows = []
     for frames, entry in run["length"].items():
         w, o, f = entry["windows"], entry["one pass"], entry["released_tflop"]
-        lines.append(
-            f"| {frames} | {w['s_per_frame']:.3f} | {o['s_per_frame']:.3f} | {w['seconds'] / o['seconds']:.2f}x | "
-            f"{w['peak_mb']:.0f} | {o['peak_mb']:.0f} | {f['windows']:.0f} / {f['one pass']:.0f} = "
-            f"{f['windows'] / f['one pass']:.2f}x |"
+        rows.append(
+            [frames, f"{w['s_per_frame']:.3f}", f"{o['s_per_frame']:.3f}", f"{w['seconds'] / o['seconds']:.2f}x"]
+            + [f"{w['peak_mb']:.0f}", f"{o['peak_mb']:.0f}"]
+            + [f"{f['windows']:.0f} / {f['one pass']:.0f} = {f['windows'] / f['one pass']:.2f}x"]
         )
     c, whole, f = run["crop"]["crop"], run["crop"]["whole frame"], run["crop"]["released_tflop"]
-    lines += [
-        "",
-        "| 1080p, object 2 % of the frame | end to end s | CPU s | peak MB | released model TFLOP |",
-        "|---|---|---|---|---|",
-        f"| crop (auto) | {c['seconds']:.1f} | {c['cpu_s']:.1f} | {c['peak_mb']:.0f} | {f['crop']:.1f} |",
-        f"| whole frame | {whole['seconds']:.1f} | {whole['cpu_s']:.1f} | {whole['peak_mb']:.0f} | "
-        f"{f['whole frame']:.1f} |",
-        f"| whole / crop | {whole['seconds'] / c['seconds']:.2f}x | {whole['cpu_s'] / c['cpu_s']:.2f}x | "
-        f"{whole['peak_mb'] / c['peak_mb']:.2f}x | {f['whole frame'] / f['crop']:.2f}x |",
+    crop_rows = [
+        [name, f"{s['seconds']:.1f}", f"{s['cpu_s']:.1f}", f"{s['peak_mb']:.0f}", f"{tflop:.1f}"]
+        for name, s, tflop in (("crop (auto)", c, f["crop"]), ("whole frame", whole, f["whole frame"]))
     ]
-    return "\n".join(lines)
+    crop_rows.append(
+        ["whole / crop"]
+        + [f"{whole[key] / c[key]:.2f}x" for key in ("seconds", "cpu_s", "peak_mb")]
+        + [f"{f['whole frame'] / f['crop']:.2f}x"]
+    )
+    crop_header = ["1080p, object 2 % of the frame", "end to end s", "CPU s", "peak MB", "released model TFLOP"]
+    return "\n".join([*markdown_table(header, rows), "", *markdown_table(crop_header, crop_rows)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,7 +157,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> str:
         weights = resolve_weights(args.weights)
-        log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(scratch)
@@ -188,9 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 "crop": crop_suite(folder, weights, args.crop_frames, log),
             }
         run["wall_s"] = time.perf_counter() - started
-        path = args.json or RESULTS_DIR / f"footage-{Path(str(args.weights)).name}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(run, indent=1) + "\n")
+        path = save_json(args.json or RESULTS_DIR / f"footage-{Path(str(args.weights)).name}.json", run)
         print(tables(run))
         return f"wrote {path}"
 

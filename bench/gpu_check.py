@@ -1,14 +1,15 @@
 """`make gpu-check`: everything that needs a GPU, in one command, and its figures in bench/RESULTS.md.
 
 On a machine with a CUDA GPU, in order (each step's outcome is recorded even when another fails):
-1. the GPU-marked tests (`pytest -m gpu`);
-2. the self-check of the fast paths (runtime/backends.py) at the released model's shape, in fp16 and
+1. the GPU-marked tests (`pytest -m gpu`), and the kernel, backend and attention tests, which run on
+   CUDA when it is there;
+2. the self-check of the fast paths (runtime/execution/choices.py) at the released model's shape, in fp16 and
    bf16, for the Triton kernels and each attention backend that can run;
 3. fixture parity on CUDA: the whole pipeline on the reference fixture in fp32, bf16 and fp16, with
    each attention backend and compile mode, against the reference's fp32 frames (fp32: the fixture's
    2e-3; half precision: twice the reference implementation's own error in that dtype, measured on
    the CPU in tests/test_precision.py);
-4. `python -m bench.training_step` with training/configs/wan1.3b_stage1.json at one clip a step:
+4. `python -m training.measure_step` with training/configs/wan1.3b_stage1.json at one clip a step:
    stage 1's step time, tokens/s and peak memory on this GPU against the memory plan;
 5. `python -m bench.run --device cuda`: ours against the reference at 480x832x81 and the rest of the
    GPU suite, re-rendering bench/RESULTS.md.
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -33,7 +33,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from bench.results import machine_info, versions
+from bench.child import run_child
+from bench.results import machine_info, to_dict, versions
+from bench.study import write_section
 from runtime import Remover
 from runtime.errors import RemoverError, RemoverWarning
 from runtime.execution.attention import ATTENTION_CHOICES, select_attention
@@ -59,10 +61,9 @@ class Step:
 
 def run_command(name: str, command: list[str]) -> Step:
     """A subprocess step: passed when it exits 0; its last output line is the detail."""
-    start = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    result = run_child(command, cwd=REPO)
     tail = (result.stdout + result.stderr).strip().splitlines()
-    return Step(name, result.returncode == 0, tail[-1] if tail else "", time.perf_counter() - start)
+    return Step(name, result.returncode == 0, tail[-1] if tail else "", result.seconds)
 
 
 def self_check(device: torch.device) -> list[Step]:
@@ -127,9 +128,8 @@ def fixture_parity(device: torch.device, dtypes: tuple[str, ...], attentions: tu
 
 def write_results(steps: list[Step], device: torch.device, path: Path = RESULTS_MD) -> None:
     """Replace the gpu-check section of RESULTS.md (appended the first time)."""
-    machine = ", ".join(f"{key} {value}" for key, value in machine_info(device).items())
+    machine = ", ".join(f"{key} {value}" for key, value in to_dict(machine_info(device)).items())
     lines = [
-        BEGIN,
         "## GPU check (`make gpu-check`)",
         "",
         f"- date {date.today().isoformat()}; {machine}",
@@ -138,14 +138,8 @@ def write_results(steps: list[Step], device: torch.device, path: Path = RESULTS_
         "| step | result | detail | seconds |",
         "|---|---|---|---|",
         *(f"| {s.name} | {'pass' if s.passed else '**FAIL**'} | {s.detail} | {s.seconds:.1f} |" for s in steps),
-        END,
     ]
-    text = path.read_text()
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + "\n".join(lines) + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
-    path.write_text(text)
+    write_section(path, BEGIN, END, "\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,12 +151,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     device = torch.device("cuda")
     steps = [run_command("GPU-marked tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu"])]
+    # these tests run on CUDA when it is there and on the CPU (Triton's interpreter) when not: here, on CUDA
+    on_cuda = ["tests/test_kernels.py", "tests/test_backends.py", "tests/test_attention.py"]
+    steps.append(run_command("kernel and backend tests on CUDA", [sys.executable, "-m", "pytest", "-q", *on_cuda]))
     steps += self_check(device)
     attentions = tuple(a for a in ATTENTION_CHOICES if a != "auto")
     steps += fixture_parity(device, tuple(DTYPES), attentions, tuple(COMPILE_MODES))
-    training = [sys.executable, "-m", "bench.training_step", "--config", "training/configs/wan1.3b_stage1.json"]
+    training = [sys.executable, "-m", "training.measure_step", "--config", "training/configs/wan1.3b_stage1.json"]
     training += ["--set", "batch_size=1", "--steps", "30"]  # one clip a step: seconds, not minutes
-    steps.append(run_command("training step at the released size (bench.training_step)", training))
+    steps.append(run_command("training step at the released size (training.measure_step)", training))
     if not args.skip_bench:
         steps.append(
             run_command("bench.run --device cuda", [sys.executable, "-m", "bench.run", "--device", "cuda", "--report"])

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,9 @@ from typing import Any
 import torch
 
 from bench import results
-from bench.results import SIDES
+from bench.child import run_child
+from bench.results import SIDES, Meta, Run, Side
+from bench.study import RESULTS_DIR, log, save_json
 from bench.workloads import SUITES, WORKLOADS, default_weights_dir, ensure_random_checkpoint, write_pipeline_inputs
 from runtime.errors import RemoverError, exit_code
 from runtime.execution.attention import ATTENTION_CHOICES
@@ -37,7 +38,6 @@ from runtime.models.transformer import TransformerConfig
 from runtime.models.vae import VAEConfig
 from runtime.models.weights import locate_checkpoint
 
-RESULTS_DIR = Path(__file__).parent / "results"
 VAE_STAGES = ("encode", "decode")
 
 
@@ -110,13 +110,12 @@ def child_command(
     return command
 
 
-def run_child(command: list[str]) -> dict[str, Any]:
-    """Run one measurement process; its last stdout line is the JSON figures."""
-    process = subprocess.run(command, capture_output=True, text=True)
-    if process.returncode != 0:
-        tail = (process.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RemoverError(f"measurement failed ({' '.join(command[3:7])}): {tail}")
-    return json.loads(process.stdout.strip().splitlines()[-1])
+def measure_in_child(command: list[str]) -> Side:
+    """Run one measurement process; its last stdout line is the side's figures as JSON."""
+    child = run_child(command)
+    if child.returncode != 0:
+        raise RemoverError(f"measurement failed ({' '.join(command[3:7])}): {child.last_line()}")
+    return results.load(Side, json.loads(child.stdout.strip().splitlines()[-1]), "measurement")
 
 
 def model_configs(weights: Path) -> results.ModelConfigs:
@@ -128,26 +127,25 @@ def model_configs(weights: Path) -> results.ModelConfigs:
     return transformer, read_config(VAEConfig, paths.vae / "config.json", ignored=VAEConfig.IGNORED_KEYS)
 
 
-def progress_line(side: str, workload: str, frames: int, pipeline: bool, figures: dict[str, Any]) -> str:
+def progress_line(side: str, workload: str, frames: int, pipeline: bool, figures: Side) -> str:
     stages = ", ".join(
-        f"{name} {stage['seconds']:.1f}"
-        + (f" (cpu {stage['cpu_s']:.1f})" if "cpu_s" in stage else "")
-        + f" +{stage['above_loaded_mb']:.0f} MB"
-        for name, stage in figures["stages"].items()
+        f"{name} {stage.seconds:.1f}"
+        + (f" (cpu {stage.cpu_s:.1f})" if stage.cpu_s is not None else "")
+        + f" +{stage.above_loaded_mb:.0f} MB"
+        for name, stage in figures.stages.items()
     )
     unit = "frames" if pipeline else "latent frames"
-    peak = figures["peak_mem_mb"]
     return (
-        f"{side:>9} {workload} ({frames} {unit}): {figures['total_s']:.1f} s [{stages}], peak {peak:.0f} MB "
-        f"(stages: seconds, CPU seconds, peak above the loaded model)"
+        f"{side:>9} {workload} ({frames} {unit}): {figures.total_s:.1f} s [{stages}], peak "
+        f"{figures.peak_mem_mb:.0f} MB (stages: seconds, CPU seconds, peak above the loaded model)"
     )
 
 
-def run_suite(args: argparse.Namespace, names: tuple[str, ...], log=print) -> dict[str, Any]:
-    """Measure both sides on every workload of `names`; returns the run document."""
+def run_suite(args: argparse.Namespace, names: tuple[str, ...], log=print) -> Run:
+    """Measure both sides on every workload of `names`."""
     started = time.perf_counter()
     models = model_configs(args.weights)
-    entries: dict[str, Any] = {}
+    entries: dict[str, results.WorkloadResult] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for name in names:
             workload = WORKLOADS[name]
@@ -163,36 +161,35 @@ def run_suite(args: argparse.Namespace, names: tuple[str, ...], log=print) -> di
             # the VAE's stages each in a fresh process, so a stage's peak is its own
             stages = [None] if workload.kind == "pipeline" else args.stages or VAE_STAGES
             for frames in workload.frames:
-                rounds: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
+                rounds: dict[str, list[Side]] = {side: [] for side in SIDES}
                 for index in range(args.rounds):  # sides alternate, so a drifting load hits both alike
                     for side in SIDES if index % 2 == 0 else SIDES[::-1]:
-                        parts = [run_child(child_command(args, side, name, frames, inputs, stage)) for stage in stages]
+                        commands = [child_command(args, side, name, frames, inputs, stage) for stage in stages]
+                        parts = [measure_in_child(command) for command in commands]
                         rounds[side].append(results.merge_stages(parts))
                         log(progress_line(side, name, frames, inputs is not None, rounds[side][-1]))
                 sides = {side: results.combine_rounds(runs) for side, runs in rounds.items()}
                 points.append(results.point_entry(workload, sides["ours"], sides["reference"], models))
             entries[name] = results.workload_entry(workload, points)
     device = torch.device(args.device)
-    meta = {
-        "date": date.today().isoformat(),
-        "device": args.device,
-        "dtype": args.dtype,
-        "suite": list(names),
-        "quick": args.quick,
-        "warmup": args.warmup,
-        "repeats": args.repeats,
-        "rounds": args.rounds,
-        "threads": args.threads or torch.get_num_threads(),
-        "ours_options": ours_options(args),
-        "weights": str(args.weights) if args.weights != default_weights_dir() else "random, released shapes (seed 0)",
-        "machine": results.machine_info(device),
-        "versions": results.versions(),
-        "command": args.command,
-        "wall_s": time.perf_counter() - started,
-    }
-    run = results.assemble(meta, entries)
-    results.validate(run)
-    return run
+    meta = Meta(
+        date=date.today().isoformat(),
+        device=args.device,
+        dtype=args.dtype,
+        suite=list(names),
+        quick=args.quick,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        rounds=args.rounds,
+        threads=args.threads or torch.get_num_threads(),
+        ours_options=ours_options(args),
+        weights=str(args.weights) if args.weights != default_weights_dir() else "random, released shapes (seed 0)",
+        machine=results.machine_info(device),
+        versions=results.versions(),
+        command=args.command,
+        wall_s=time.perf_counter() - started,
+    )
+    return results.assemble(meta, entries)
 
 
 def default_json_path(args: argparse.Namespace) -> Path:
@@ -215,7 +212,7 @@ def measure(args: argparse.Namespace) -> None:
             dtype=DTYPES[args.dtype], inputs=args.inputs, stage=args.stage, warmup=args.warmup,
             repeats=args.repeats, options=ours_options(args),
         )  # fmt: skip
-        print(json.dumps(figures))
+        print(json.dumps(results.to_dict(figures)))
         return
     names = tuple(args.workloads) if args.workloads else SUITES[(args.device, args.quick)]
     if (args.frames or args.stages) and any(WORKLOADS[name].kind != "vae" for name in names):
@@ -226,11 +223,9 @@ def measure(args: argparse.Namespace) -> None:
         raise RemoverError("the full-size workloads need a GPU; choose others with --workloads")
     if args.weights is None:
         args.weights = ensure_random_checkpoint(default_weights_dir())
-    run = run_suite(args, names, log=lambda line: print(line, file=sys.stderr, flush=True))
-    path = args.json or default_json_path(args)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(run, indent=1) + "\n")
-    print(f"wrote {path}: ours {run['ours']['total_s']:.1f} s vs reference {run['reference']['total_s']:.1f} s")
+    run = run_suite(args, names, log=log)
+    path = save_json(args.json or default_json_path(args), run.to_dict())
+    print(f"wrote {path}: ours {run.ours.total_s:.1f} s vs reference {run.reference.total_s:.1f} s")
     if args.report:
         from bench.report import update_results
 

@@ -11,20 +11,19 @@ it runs, not how it scales. Results: bench/results/scaling-<device>.json, printe
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.footage import RESULTS_DIR, write_inputs
+from bench.child import run_child, runtime_cli
+from bench.footage import write_inputs
+from bench.study import RESULTS_DIR, log, markdown_table, save_json
 from bench.workloads import WEIGHTS_HELP, resolve_weights
 from runtime.errors import RemoverError, exit_code
 
@@ -34,11 +33,8 @@ SUMMARY = re.compile(r"wrote .* in (\S+) s: .*load (\S+) s")
 def run_on_ranks(ranks: int, arguments: list[Any]) -> dict[str, float]:
     """`runtime.run ARGUMENTS` under torchrun with `ranks` processes: its seconds without the model
     load, and the wall seconds of the whole process tree (start-up and loading included)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
-    command += ["-m", "runtime.run", *map(str, arguments), "--quiet", "--overwrite"]
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    wall = time.perf_counter() - start
+    command = runtime_cli(*arguments, "--overwrite", ranks=ranks)
+    result = run_child(command, env={**os.environ, "OMP_NUM_THREADS": "1"})
     found = SUMMARY.search(result.stdout)
     if result.returncode != 0 or found is None:
         lines = result.stderr.splitlines()
@@ -46,7 +42,7 @@ def run_on_ranks(ranks: int, arguments: list[Any]) -> dict[str, float]:
         said = errors[-1] if errors else " | ".join(lines[-8:]) or "no output"  # torchrun's own report
         raise RemoverError(f"{ranks} rank(s): the run failed (exit status {result.returncode}): {said}")
     total, load = map(float, found.groups())
-    return {"seconds": total - load, "wall_s": wall, "summary": result.stdout.strip()}
+    return {"seconds": total - load, "wall_s": result.seconds, "summary": result.stdout.strip()}
 
 
 def scaling_suite(
@@ -71,12 +67,15 @@ def scaling_suite(
 def table(run: dict[str, Any]) -> str:
     """The run as a Markdown table: seconds (without loading) and speed-up per rank count."""
     ranks = run["ranks"]
-    header = "| clip | " + " | ".join(f"{r} rank(s) s | speed-up" for r in ranks) + " |"
-    lines = [header, "|---|" + "---|---|" * len(ranks)]
-    for name, entry in run["clips"].items():
-        cells = [f"{entry[str(r)]['seconds']:.1f} | {entry[str(r)]['speedup']:.2f}x" for r in ranks]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    header = ["clip", *(cell for r in ranks for cell in (f"{r} rank(s) s", "speed-up"))]
+    rows = [
+        [
+            name,
+            *(cell for r in ranks for cell in (f"{entry[str(r)]['seconds']:.1f}", f"{entry[str(r)]['speedup']:.2f}x")),
+        ]
+        for name, entry in run["clips"].items()
+    ]
+    return "\n".join(markdown_table(header, rows))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,15 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         if gpus and max(args.ranks) > gpus:
             raise RemoverError(f"{max(args.ranks)} ranks need as many GPUs; this machine has {gpus}")
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-        log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
         with tempfile.TemporaryDirectory() as scratch:
             size = (args.height, args.width)
             clips = scaling_suite(Path(scratch), weights, args.ranks, args.lengths, size, args.window, log)
         run = {"date": date.today().isoformat(), "device": device, "weights": args.weights, "ranks": args.ranks}
         run |= {"size": [args.height, args.width], "window": args.window, "clips": clips}
-        path = args.json or RESULTS_DIR / f"scaling-{'gpu' if torch.cuda.is_available() else 'cpu'}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(run, indent=1) + "\n")
+        device_name = "gpu" if torch.cuda.is_available() else "cpu"
+        path = save_json(args.json or RESULTS_DIR / f"scaling-{device_name}.json", run)
         print(table(run))
         return f"wrote {path}"
 

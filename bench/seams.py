@@ -1,7 +1,7 @@
 """Seams and flicker of the long-clip windows: `python -m bench.seams [--json PATH]`.
 
 How the default blend mode and overlap were chosen. Every configuration runs the same clips through the
-streamed pipeline (runtime/stream.py) with the bundled demo model at its trained size (144x256),
+streamed pipeline (runtime/clips/stream.py) with the bundled demo model at its trained size (144x256),
 windows of 21 frames so that short clips have several, and is compared with one pass over the whole
 clip:
 
@@ -31,14 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.clips.plan import PlanOptions, make_plan
-from runtime.clips.stream import mask_box, run_plan
+from runtime.clips.plan import make_plan
+from runtime.clips.stream import LocalWindows, mask_box, run_plan
+from runtime.demo import DEMO_WEIGHTS
 from runtime.errors import exit_code
 from runtime.evaluate.temporal import boundary_transitions, seam_ratio, transition_change
 from runtime.io import read_clip, read_masks
+from runtime.options import PlanOptions, RunOptions
 from runtime.pipeline.preprocess import dilate, resize_frames, shrink_masks
 from runtime.pipeline.remover import Remover
-from runtime.run import DEMO_WEIGHTS
 from training.synthetic import HELD_OUT_SHAPES, render_clip
 
 HEIGHT, WIDTH, WINDOW = 144, 256, 21
@@ -93,8 +94,8 @@ def measure(remover: Remover, clip: TestClip, options: PlanOptions) -> dict[str,
     written: list[np.ndarray] = []
     start = time.perf_counter()
     timings = run_plan(
-        remover, plan, ((f, i) for i, f in enumerate(clip.frames)), iter(clip.masks),
-        lambda image, pts: written.append(image), progress=False,
+        plan, ((f, i) for i, f in enumerate(clip.frames)), iter(clip.masks),
+        lambda image, pts: written.append(image), LocalWindows(remover, RunOptions(progress=False)), progress=False,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     out = np.stack(written)

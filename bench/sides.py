@@ -24,7 +24,7 @@ import torch
 
 from bench.measure import NvmlMonitor, Span, StageRecorder, clock_and_memory
 from bench.reference import ReferencePipeline
-from bench.results import STAGE_ORDER
+from bench.results import STAGE_ORDER, Side, Stage
 from bench.workloads import MASK_DILATION, Workload, initial_noise
 from runtime.io import read_clip, read_masks, write_clip
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
@@ -134,30 +134,28 @@ def _median(spans: list[Span], attribute: str) -> float | None:
 
 def summarize(repeats: list[list[Span]], loaded_mb: float) -> dict[str, Any]:
     """Median wall (and, on the CPU, process CPU) seconds and the highest peak of every stage over the
-    timed repeats, also above the memory the loaded model held; the DiT calls one by one."""
-    stages: dict[str, dict[str, float]] = {}
+    timed repeats, also above the memory the loaded model held; the DiT calls one by one (`Side` fields)."""
+    stages: dict[str, Stage] = {}
     names = [name for name in STAGE_ORDER if any(s.name == name and s.depth == 0 for s in repeats[0])]
     for name in names:
         spans = [next(s for s in run if s.name == name and s.depth == 0) for run in repeats]
         peak = max(s.peak_mb for s in spans)
-        stages[name] = {"seconds": _median(spans, "seconds"), "peak_mb": peak, "above_loaded_mb": peak - loaded_mb}
-        if _median(spans, "cpu_seconds") is not None:
-            stages[name]["cpu_s"] = _median(spans, "cpu_seconds")
+        stages[name] = Stage(_median(spans, "seconds"), peak, peak - loaded_mb, _median(spans, "cpu_seconds"))
     totals = [sum(s.seconds for s in run if s.depth == 0) for run in repeats]
     summary: dict[str, Any] = {
         "stages": stages,
         "total_s": statistics.median(totals),
-        "peak_mem_mb": max(stage["peak_mb"] for stage in stages.values()),
+        "peak_mem_mb": max(stage.peak_mb for stage in stages.values()),
         "repeat_totals_s": totals,
     }
-    if all("cpu_s" in stage for stage in stages.values()):
+    if all(stage.cpu_s is not None for stage in stages.values()):
         summary["total_cpu_s"] = statistics.median(sum(s.cpu_seconds for s in run if s.depth == 0) for run in repeats)
     steps = [[s for s in run if s.name == DIT_STEP] for run in repeats]
     if steps[0]:
         per_step = [[run[i] for run in steps] for i in range(len(steps[0]))]
         summary["dit_steps_s"] = [_median(calls, "seconds") for calls in per_step]
         summary["dit_step_peak_mb"] = max(s.peak_mb for run in steps for s in run)
-        summary["sampler_s"] = stages["denoise"]["seconds"] - sum(summary["dit_steps_s"])
+        summary["sampler_s"] = stages["denoise"].seconds - sum(summary["dit_steps_s"])
         if "total_cpu_s" in summary:
             summary["dit_steps_cpu_s"] = [_median(calls, "cpu_seconds") for calls in per_step]
     return summary
@@ -176,8 +174,8 @@ def measure_side(
     warmup: int,
     repeats: int,
     options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Load one side, run `warmup` + `repeats` calls, and return its figures (JSON-ready). A "pipeline"
+) -> Side:
+    """Load one side, run `warmup` + `repeats` calls, and return its figures. A "pipeline"
     workload runs the whole job on `inputs`; a "vae" workload runs `stage` on `frames` latent frames.
     `options` go to our `Remover.from_pretrained` (default: its own defaults)."""
     clock, memory = clock_and_memory(device)
@@ -202,23 +200,21 @@ def measure_side(
                 spans = recorder.finish()
             if index >= warmup:
                 runs.append(spans)
-    result = {
-        "side": side,
-        "workload": workload.name,
-        "video_frames": frames if workload.kind == "pipeline" else 1 + 4 * (frames - 1),
-        "latent_frames": workload.latent_shape[0] if workload.kind == "pipeline" else frames,
-        "device": str(device),
-        "dtype": str(dtype).removeprefix("torch."),
-        "warmup": warmup,
-        "repeats": repeats,
-        "load_s": load_s,
-        "load_peak_mb": load_peak_mb,
-        "loaded_mb": loaded_mb,
-        "loadavg": [loadavg_before[0], os.getloadavg()[0]],
+    pipeline = workload.kind == "pipeline"
+    return Side(
+        side=side,
+        workload=workload.name,
+        video_frames=frames if pipeline else 1 + 4 * (frames - 1),
+        latent_frames=workload.latent_shape[0] if pipeline else frames,
+        device=str(device),
+        dtype=str(dtype).removeprefix("torch."),
+        warmup=warmup,
+        repeats=repeats,
+        load_s=load_s,
+        load_peak_mb=load_peak_mb,
+        loaded_mb=loaded_mb,
+        loadavg=[loadavg_before[0], os.getloadavg()[0]],
+        backends=model.backends if side == "ours" and pipeline else None,
+        nvml_peak_mb=monitor.peak_used_mb if device.type == "cuda" else None,
         **summarize(runs, loaded_mb),
-    }
-    if side == "ours" and workload.kind == "pipeline":
-        result["backends"] = model.backends
-    if device.type == "cuda":
-        result["nvml_peak_mb"] = monitor.peak_used_mb
-    return result
+    )

@@ -7,7 +7,6 @@ extra_info (saved with --benchmark-json). `--bench-save` also writes the run doc
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,9 @@ import torch
 
 from bench import thresholds
 from bench.conftest import bench_device, bench_quick
+from bench.results import to_dict
 from bench.run import default_json_path, parse_args, resolve, run_suite
+from bench.study import save_json
 from bench.workloads import SUITES, default_weights_dir, ensure_random_checkpoint
 
 
@@ -39,16 +40,15 @@ def test_suite_passes_its_gates(benchmark, bench_args, pytestconfig):
     names = SUITES[(bench_args.device, bench_args.quick)]
     run = benchmark.pedantic(run_suite, args=(bench_args, names), rounds=1, iterations=1)
     if pytestconfig.getoption("--bench-save"):
-        path = default_json_path(bench_args)
-        path.write_text(json.dumps(run, indent=1) + "\n")
+        save_json(default_json_path(bench_args), run.to_dict())
     outcomes = thresholds.evaluate(run)
     benchmark.extra_info.update(
         {
-            "ours_total_s": run["ours"]["total_s"],
-            "reference_total_s": run["reference"]["total_s"],
-            "ours_peak_mem_mb": run["ours"]["peak_mem_mb"],
-            "reference_peak_mem_mb": run["reference"]["peak_mem_mb"],
-            "ratios": run["ratios"],
+            "ours_total_s": run.ours.total_s,
+            "reference_total_s": run.reference.total_s,
+            "ours_peak_mem_mb": run.ours.peak_mem_mb,
+            "reference_peak_mem_mb": run.reference.peak_mem_mb,
+            "ratios": to_dict(run.ratios),
             "gates": [outcome.line() for outcome in outcomes],
         }
     )

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+
+from bench.results import Point, Run
 
 GIB_MB = 1024.0
 PAPER_SECONDS, PAPER_PEAK_GB = 24.0, 14.0  # RTX 4090, 480p x 81 frames, 6 steps (arXiv 2505.24873)
@@ -22,7 +23,7 @@ class Gate:
     measures: str
     limit: float
     reason: str
-    values: Callable[[dict[str, Any]], Iterator[tuple[str, float]]]  # run -> (subject, value) pairs
+    values: Callable[[Run], Iterator[tuple[str, float]]]  # run -> (subject, value) pairs
     gpu_only: bool = False
 
 
@@ -42,48 +43,51 @@ class Outcome:
         return f"{verdict}: {gate.name} [{self.subject}] {self.value:.3f} <= {gate.limit:g} ({gate.measures})"
 
 
-def _points(run: dict[str, Any], kind: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    for name, workload in run["workloads"].items():
-        if workload["kind"] == kind:
-            for point in workload["points"]:
-                yield f"{name}@{point['video_frames']}f", point
+def _points(run: Run, kind: str) -> Iterator[tuple[str, Point]]:
+    for name, workload in run.workloads.items():
+        if workload.kind == kind:
+            for point in workload.points:
+                yield f"{name}@{point.video_frames}f", point
 
 
-def _on_cpu(run: dict[str, Any]) -> bool:
-    return run["meta"]["device"] == "cpu"
+def _on_cpu(run: Run) -> bool:
+    return run.meta.device == "cpu"
 
 
-def _end_to_end(run: dict[str, Any]) -> Iterator[tuple[str, float]]:
+def _end_to_end(run: Run) -> Iterator[tuple[str, float]]:
     for subject, point in _points(run, "pipeline"):
-        yield subject, point["ratios"]["total_cpu_s" if _on_cpu(run) else "total_s"]
+        yield subject, point.ratios.total_cpu_s if _on_cpu(run) else point.ratios.total_s
 
 
-def _peak_memory(run: dict[str, Any]) -> Iterator[tuple[str, float]]:
+def _peak_memory(run: Run) -> Iterator[tuple[str, float]]:
     for subject, point in _points(run, "pipeline"):
-        yield subject, point["ratios"]["peak_mem_mb"]
+        yield subject, point.ratios.peak_mem_mb
 
 
-def _dit_step(run: dict[str, Any]) -> Iterator[tuple[str, float]]:
+def _dit_step(run: Run) -> Iterator[tuple[str, float]]:
     for subject, point in _points(run, "pipeline"):
-        yield subject, point["ratios"]["dit_step_cpu_s" if _on_cpu(run) else "dit_step_s"]
+        yield subject, point.ratios.dit_step_cpu_s if _on_cpu(run) else point.ratios.dit_step_s
 
 
-def _vae_decode_memory(run: dict[str, Any]) -> Iterator[tuple[str, float]]:
-    for name, workload in run["workloads"].items():
-        if workload["kind"] == "vae" and "decode" in workload["points"][-1]["ratios"]["stages"]:
-            longest = workload["points"][-1]
-            yield f"{name}@{longest['latent_frames']}lf", longest["ratios"]["stages"]["decode"]["above_loaded_mb"]
+def _vae_decode_memory(run: Run) -> Iterator[tuple[str, float]]:
+    for name, workload in run.workloads.items():
+        longest = workload.points[-1]
+        if workload.kind == "vae" and "decode" in longest.ratios.stages:
+            yield f"{name}@{longest.latent_frames}lf", longest.ratios.stages["decode"].above_loaded_mb
 
 
-def _paper_seconds(run: dict[str, Any]) -> Iterator[tuple[str, float]]:
-    for point in run["workloads"].get(PAPER_WORKLOAD, {}).get("points", []):
-        yield PAPER_WORKLOAD, point["ours"]["total_s"]
+def _paper_points(run: Run) -> list[Point]:
+    return run.workloads[PAPER_WORKLOAD].points if PAPER_WORKLOAD in run.workloads else []
 
 
-def _paper_memory(run: dict[str, Any]) -> Iterator[tuple[str, float]]:
-    for point in run["workloads"].get(PAPER_WORKLOAD, {}).get("points", []):
-        ours = point["ours"]
-        yield PAPER_WORKLOAD, max(ours["peak_mem_mb"], ours.get("nvml_peak_mb", 0.0)) / GIB_MB
+def _paper_seconds(run: Run) -> Iterator[tuple[str, float]]:
+    for point in _paper_points(run):
+        yield PAPER_WORKLOAD, point.ours.total_s
+
+
+def _paper_memory(run: Run) -> Iterator[tuple[str, float]]:
+    for point in _paper_points(run):
+        yield PAPER_WORKLOAD, max(point.ours.peak_mem_mb, point.ours.nvml_peak_mb or 0.0) / GIB_MB
 
 
 GATES = (
@@ -147,9 +151,9 @@ GATES = (
 )
 
 
-def evaluate(run: dict[str, Any]) -> list[Outcome]:
-    """Every applicable gate's outcome for a run document (GPU-only gates are skipped on a CPU run)."""
-    on_gpu = run["meta"]["device"].startswith("cuda")
+def evaluate(run: Run) -> list[Outcome]:
+    """Every applicable gate's outcome for a run (GPU-only gates are skipped on a CPU run)."""
+    on_gpu = run.meta.device.startswith("cuda")
     return [
         Outcome(gate, subject, value)
         for gate in GATES

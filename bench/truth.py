@@ -76,7 +76,7 @@ def make_truth_clip(
         mirrored = bool(rng.integers(0, 2))
         shift = int(rng.integers(-size[1] // 4, size[1] // 4 + 1))
         out = Path(out)
-        info = ClipInfo(out, "images", size[1], size[0], frames, FPS, None, 0, SRGB)
+        info = ClipInfo(background, "images", size[1], size[0], frames, FPS, None, 0, SRGB)  # what is written
         paths = TruthClip(out / "video", out / "mask", out / "truth", frames)
         out.mkdir(parents=True, exist_ok=True)
         cpu = torch.device("cpu")

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from runtime.io import write_clip
+from runtime.models.scheduler import RELEASED_SCHEDULER
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
 from runtime.models.vae import RELEASED_VAE, WanVAE
-from runtime.pipeline.samplers import RELEASED_SCHEDULER
 from training.synthetic import render_clip
 
 INPUT_SEED, NOISE_SEED, MASK_DILATION, FPS = 3, 42, 6, Fraction(16)
@@ -143,7 +143,7 @@ WEIGHTS_HELP = (
 
 def resolve_weights(choice: str) -> Path:
     """The checkpoint a benchmark's --weights names (see WEIGHTS_HELP)."""
-    from runtime.run import DEMO_WEIGHTS
+    from runtime.demo import DEMO_WEIGHTS
 
     if choice == "demo":
         return DEMO_WEIGHTS

@@ -4,7 +4,7 @@ Every graph wraps the one model definition in runtime/models and the one sampler
 runtime/stages; nothing here re-implements the model. Inputs and outputs are fp32 and each wrapper
 casts to the weights' dtype exactly where the PyTorch pipeline does, so the graphs compute what
 `Remover` computes in that dtype. Graph names, shapes and the cache order are described in
-runtime/bundle.py.
+runtime/engines/bundle.py.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from torch import Tensor, nn
 
 from runtime.engines.bundle import ENCODE_BATCH, NEXT_CHUNK_FRAMES
 from runtime.engines.graph_spec import GraphSpec, TensorSpec
+from runtime.models.scheduler import SchedulerConfig
 from runtime.models.transformer import RemoverTransformer, rope_cos_sin
 from runtime.models.vae import TemporalCache, WanVAE
-from runtime.pipeline.samplers import SchedulerConfig, make_sampler
+from runtime.pipeline.samplers import make_sampler
 from runtime.pipeline.stages import denoise_loop
 
 LATENT_FRAMES_AXIS = "latent_frames"

@@ -2,7 +2,7 @@
 
     python -m export.onnx --weights DIR --height 480 --width 832 --frames 81 --out BUNDLE [--dtype fp16]
 
-Each graph (runtime/bundle.py lists them) goes through `torch.export` once; the exported program
+Each graph (runtime/engines/bundle.py lists them) goes through `torch.export` once; the exported program
 is translated to ONNX (torch.onnx, opset 20; 22 for bf16, the first with bf16 convolutions) and,
 with --aoti, compiled into an AOTInductor package. Right after it is written every file is run on
 the sample inputs (onnxruntime on the CPU, the AOTInductor package through the runtime's loader)
@@ -32,6 +32,7 @@ from runtime.engines.graphs import open_graph
 from runtime.errors import RemoverError, exit_code
 from runtime.execution.attention import SDPA
 from runtime.execution.choices import DTYPES
+from runtime.io.outputs import claim_output, remove_stale_partials, temporary_name
 from runtime.models.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint
 from runtime.pipeline.preprocess import SIZE_MULTIPLE
 from runtime.pipeline.samplers import make_sampler
@@ -217,17 +218,18 @@ def build_bundle(
     manifest.artifacts = {kind: {"key": keys[kind], "files": {}, "checks": {}} for kind in kinds}
     manifest.artifacts["onnx"]["opset"] = OPSETS[precision]
 
-    staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)  # a leftover of an interrupted export of this bundle
-    for kind in kinds:
-        (staging / kind).mkdir(parents=True)
-    try:
-        for name in GRAPHS:
-            export_graph(graphs[name], manifest, staging, latent_shape[0], check, log)
-        manifest.write(staging)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with claim_output(out):  # another export of this bundle now is one error line, not a clash
+        remove_stale_partials(out)  # what an interrupted export of it left
+        staging = temporary_name(out)
+        for kind in kinds:
+            (staging / kind).mkdir(parents=True)
+        try:
+            for name in GRAPHS:
+                export_graph(graphs[name], manifest, staging, latent_shape[0], check, log)
+            manifest.write(staging)
+            staging.rename(out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 

@@ -21,7 +21,6 @@ MOVED = {
     "runtime.stream": "runtime.clips.stream",
     "runtime.job": "runtime.clips.job",
     "runtime.preview": "runtime.clips.preview",
-    "runtime.parallel": "runtime.distributed.parallel",
 }
 
 

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
-from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
-import torch
-
-from runtime.clips.job import MaskOptions, OutputOptions, fit_to_stages, open_job, remove_file
-from runtime.clips.plan import (
+from runtime import distributed
+from runtime.clips.request import Request, run_within_memory
+from runtime.demo import DEMO_CLIP, DEMO_MASK
+from runtime.errors import RemoverError, exit_code
+from runtime.execution.host_memory import bound_host_heap
+from runtime.options import (
+    ATTENTION_CHOICES,
     BLEND_MODES,
+    COMPILE_CHOICES,
     CROP_MODES,
     DEFAULT_CONTEXT,
     DEFAULT_DILATION,
@@ -27,20 +28,18 @@ from runtime.clips.plan import (
     DEFAULT_MIN_CROP,
     DEFAULT_OVERLAP,
     DEFAULT_WINDOW,
+    DTYPE_CHOICES,
+    ENGINE_RUNTIMES,
+    KERNEL_CHOICES,
+    MASK_CHANNELS,
+    SAMPLER_CHOICES,
+    MaskOptions,
+    ModelOptions,
+    OutputOptions,
     PlanOptions,
-    window_spans,
+    RunOptions,
 )
-from runtime.clips.preview import write_preview
-from runtime.clips.stream import run_shared_windows
-from runtime.distributed import parallel
-from runtime.errors import RemoverError, exit_code
-from runtime.execution.attention import ATTENTION_CHOICES
-from runtime.execution.choices import COMPILE_MODES, DTYPES, KERNEL_CHOICES, default_device
-from runtime.io import ClipInfo, check_output, open_clip
-from runtime.pipeline.remover import Remover
-
-DEMO_DIR = Path(__file__).parent / "demo"
-DEMO_CLIP, DEMO_MASK, DEMO_WEIGHTS = DEMO_DIR / "clip.mp4", DEMO_DIR / "mask.mp4", DEMO_DIR / "weights"
+from runtime.segment.cli import add_prompt_arguments, has_prompts, prompts_from_args, segment_options
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     io.add_argument("--lossless", action="store_true", help="write frames bit-exact (ffv1 in .mkv)")
     io.add_argument("--mask-threshold", type=int, help="mask level 0-255 above which a pixel is removed")
     io.add_argument("--invert-mask", action="store_true", help="remove where the mask is black")
-    io.add_argument("--mask-channel", choices=("auto", "luma", "alpha"), default="auto", help="default: auto")
+    io.add_argument("--mask-channel", choices=MASK_CHANNELS, default="auto", help="default: auto")
     io.add_argument(
         "--preview", metavar="FILE", help="write the input with the mask, crops and windows drawn; no model"
     )
@@ -115,6 +114,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     plan.add_argument("--width", type=int, help="working width, a multiple of 16")
     plan.add_argument(
+        "--upscale", action="store_true", help="run a clip smaller than 480p at 480p (default: at its own size)"
+    )
+    plan.add_argument(
         "--dilate",
         type=int,
         default=DEFAULT_DILATION,
@@ -144,15 +146,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     model.add_argument(
         "--backend",
-        choices=("onnxruntime", "tensorrt", "aoti"),
+        choices=ENGINE_RUNTIMES,
         help="what runs the --engine bundle (default: TensorRT, else AOTInductor on a GPU; ONNX Runtime, else "
         "AOTInductor on the CPU; the first the bundle was built for)",
     )
     model.add_argument("--steps", type=int, default=6, help="sampling steps (default 6)")
-    model.add_argument("--sampler", choices=("unipc", "euler"), default="unipc", help="default: unipc, as released")
+    model.add_argument("--sampler", choices=SAMPLER_CHOICES, default="unipc", help="default: unipc, as released")
     model.add_argument("--seed", type=int, default=42)
     model.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    model.add_argument("--dtype", choices=sorted(DTYPES), help="default: fp16 on GPU (see the README), fp32 on CPU")
+    model.add_argument("--dtype", choices=DTYPE_CHOICES, help="default: fp16 on GPU (see the README), fp32 on CPU")
     model.add_argument(
         "--kernels",
         choices=KERNEL_CHOICES,
@@ -165,57 +167,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     model.add_argument(
         "--compile",
-        choices=sorted(COMPILE_MODES),
+        choices=COMPILE_CHOICES,
         default="off",
         help="compile the denoising step's model call (off by default: not yet measured faster)",
     )
+    add_prompt_arguments(parser, for_removal=True)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
 
-def resolve_device(name: str | None) -> torch.device | None:
-    """A torch device from its name, checked to exist."""
-    if name is None:
-        return None
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise RemoverError(f"unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RemoverError("CUDA is not available on this machine; use --device cpu")
-    return device
+def model_options(args: argparse.Namespace) -> ModelOptions:
+    """The model the arguments name, checked."""
+    return ModelOptions(
+        weights=args.weights,
+        vae=args.vae,
+        engine=args.engine,
+        engine_runtime=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+        kernels=args.kernels,
+        attention=args.attention,
+        compile=args.compile,
+        sampler=args.sampler,
+    )
 
 
-def load_remover(
-    args: argparse.Namespace, device: torch.device | None, sequence_parallel: bool = False
-) -> tuple[Remover, str]:
-    """The model the arguments name (weights or an engine bundle) and a line saying what it is;
-    `sequence_parallel`: split over the torchrun group."""
-    if args.engine is not None:
-        if parallel.world_size() > 1:
-            raise RemoverError("--engine runs in one process; torchrun splits the PyTorch model (--weights) only")
-        options = {"--dtype": args.dtype, "--kernels": args.kernels, "--attention": args.attention}
-        given = [flag for flag, value in {**options, "--compile": args.compile != "off"}.items() if value]
-        if given:
-            raise RemoverError(f"{', '.join(given)}: not with --engine (the bundle fixes precision and backends)")
-        remover = Remover.from_bundle(
-            args.engine, args.backend, device, weights=args.weights, vae=args.vae, sampler=args.sampler
-        )
-        source = f"bundle {args.engine}"
-    else:
-        remover = Remover.from_pretrained(
-            args.weights or DEMO_WEIGHTS,
-            device,
-            args.dtype,
-            vae=args.vae,
-            sampler=args.sampler,
-            kernels=args.kernels,
-            attention=args.attention,
-            compile_mode=args.compile,
-            sequence_parallel=sequence_parallel,
-        )
-        source = f"weights {args.weights or DEMO_WEIGHTS}"
-    return remover, f"{source} on {remover.device} in {str(remover.dtype).removeprefix('torch.')}"
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """What the run does with the model, checked."""
+    return RunOptions(steps=args.steps, seed=args.seed, paste_back=not args.no_paste_back, progress=not args.quiet)
 
 
 def mask_options(args: argparse.Namespace) -> MaskOptions:
@@ -239,148 +218,57 @@ def plan_options(args: argparse.Namespace) -> PlanOptions:
         feather=args.feather,
         context=args.context,
         min_crop=args.min_crop,
+        upscale=args.upscale,
     )
     options.check()
     return options
 
 
-def say(line: str, to_stdout: bool = False) -> None:
-    """A line for the person running the command (stderr, so stdout keeps only the result)."""
-    print(line, file=sys.stdout if to_stdout else sys.stderr)
+def request_from(args: argparse.Namespace) -> Request:
+    """The run the arguments ask for, every option checked (the demo's files without --video)."""
+    demo, prompted = args.video is None, has_prompts(args)
+    if demo and (args.mask is not None or prompted):
+        raise RemoverError("--mask and the prompts need --video")
+    if prompted and args.mask is not None:
+        raise RemoverError("give --mask or prompts (--box, --point, --prompts), not both")
+    if not demo and args.mask is None and not prompted:
+        raise RemoverError("--video needs --mask, or prompts to segment it from (--box, --point, --prompts)")
+    if args.save_mask and not prompted:
+        raise RemoverError("--save-mask keeps the mask made from prompts: give --box, --point or --prompts")
+    video = DEMO_CLIP if demo else Path(args.video)
+    mask = DEMO_MASK if demo else Path(args.mask or "")
+    return Request(
+        video=video,
+        mask=mask,
+        out=Path(args.out) if args.out else Path(f"{video.stem}_removed.mp4"),
+        model=model_options(args),
+        run=run_options(args),
+        plan=plan_options(args),
+        masking=mask_options(args),
+        output=output_options(args),
+        dry_run=args.dry_run,
+        preview=Path(args.preview) if args.preview else None,
+        own_size=demo,
+        prompts=tuple(prompts_from_args(args)) if prompted else (),
+        segment=segment_options(args) if prompted else None,
+        save_mask=Path(args.save_mask) if args.save_mask else None,
+    )
 
 
-def clip_paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
-    """The video, mask and output the arguments name (the demo's without --video)."""
-    demo = args.video is None
-    if demo and args.mask is not None:
-        raise RemoverError("--mask needs --video")
-    if not demo and args.mask is None:
-        raise RemoverError("--video needs --mask")
-    video, mask = (DEMO_CLIP, DEMO_MASK) if demo else (Path(args.video), Path(args.mask))
-    return video, mask, Path(args.out) if args.out else Path(f"{video.stem}_removed.mp4")
-
-
-def clip_plan_options(args: argparse.Namespace, info: ClipInfo) -> PlanOptions:
-    """`plan_options`, with the demo clip run at its own size (the demo model's)."""
-    options = plan_options(args)
-    if args.video is None and args.height is None and args.width is None:
-        options = replace(options, height=info.height, width=info.width)
-    return options
-
-
-def run(args: argparse.Namespace, before_load: Callable[[PlanOptions, int], int] | None = None) -> str:
-    """Do the whole job; return the summary line. `before_load(options, frame_count)` runs once the
-    input has been checked, just before the model loads, on rank 0 of a torchrun group; it says how
-    the ranks share the clip (`runtime.distributed.parallel`)."""
-    video, mask, out = clip_paths(args)
-    output, masking = output_options(args), mask_options(args)
-    device = resolve_device(args.device)
-    progress = not args.quiet
-    info = open_clip(video).info  # bad input fails before the model loads (remove_file opens it again)
-    options = clip_plan_options(args, info)
-    if not (args.dry_run or args.preview):
-        check_output(out, info, **output.writer_arguments())
-    if args.preview and args.engine is None:  # the plan needs no model
-        return preview(video, mask, options, masking, args)
-
-    mode = before_load(options, info.frame_count) if before_load else None
-    share = parallel.WindowShare(0, parallel.world_size(), device) if mode == parallel.WINDOWS else None
-    start = time.perf_counter()
-    remover, loaded = load_remover(args, device, sequence_parallel=mode == parallel.SEQUENCE)
-    load_s = time.perf_counter() - start
-    say(loaded)
-    if args.preview:
-        return preview(video, mask, fit_to_stages(options, remover.stages), masking, args)
-    plan, timings = remove_file(
-        remover, video, mask, out, options, masking, output, steps=args.steps, seed=args.seed,
-        paste_back=not args.no_paste_back, progress=progress, dry_run=args.dry_run,
-        say=lambda line: say(line, args.dry_run), share=share,
-    )  # fmt: skip
-    if args.dry_run:
-        return f"dry run: {len(plan.model_windows)} window(s) would run; nothing written"
-    stages = {"read": timings.pop("read"), "load": load_s, **timings}
-    detail = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stages.items())
-    if share is not None:
-        detail += f"; windows shared by {share.world} ranks"
-    return f"wrote {out} ({plan.frame_count} frames) in {sum(stages.values()):.1f} s: {detail} ({remover.backends})"
-
-
-def preview(video: Path, mask: Path, options: PlanOptions, masking: MaskOptions, args: argparse.Namespace) -> str:
-    """--preview: the plan drawn on the input; no model runs."""
-    target, output = Path(args.preview), output_options(args)
-    reader = open_clip(video)
-    say(f"{video}: {reader.info.describe()}")
-    check_output(target, reader.info, **output.writer_arguments())
-    job = open_job(reader, mask, options, masking, paste_back=not args.no_paste_back, progress=not args.quiet)
-    for line in job.plan.describe():
-        say(line)
-    write_preview(job, target, output, not args.quiet)
-    return f"wrote the preview {target} ({job.plan.frame_count} frames)"
+def run(args: argparse.Namespace) -> str:
+    """Do the whole job the arguments ask for in this process; return the summary line."""
+    return run_within_memory(request_from(args))
 
 
 def main(argv: list[str] | None = None) -> int:
+    bound_host_heap()
     args = parse_args(argv)
     warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
-    if parallel.world_size() > 1:
-        return exit_code(lambda: run_in_group(args))
-    return exit_code(lambda: run_within_memory(args))
+    if distributed.world_size() > 1:  # torchrun: the group's code loads only now
+        from runtime.distributed.launch import run_in_group
 
-
-def run_within_memory(args: argparse.Namespace, before_load: Callable[[PlanOptions, int], int] | None = None) -> str:
-    """`run`, with running out of memory reported as what the user can change."""
-    try:
-        return run(args, before_load)
-    except torch.OutOfMemoryError as exc:
-        raise RemoverError("out of memory; try a smaller --height/--width or --window") from exc
-
-
-def run_in_group(args: argparse.Namespace) -> str:
-    """Under `torchrun`: rank 0 does the job as `run` does and tells the others when to load the model
-    (after its input checks), how to share the clip, and when to stop; the others load the same model
-    and compute their share of each window's denoising, or whole crossfaded windows of their own
-    (`runtime.distributed.parallel`). Only rank 0 prints, but for errors."""
-    device = parallel.local_device(resolve_device(args.device) or default_device())
-    args.device = str(device)
-    parallel.join(device)
-    if parallel.rank() != 0:
-        mode = parallel.wait_to_start(device)
-        if mode == parallel.SEQUENCE:
-            load_remover(args, device, sequence_parallel=True)[0].serve()
-        elif mode == parallel.WINDOWS:
-            compute_shared_windows(args, device)
-            parallel.wait_for_stop(device)
-        parallel.leave()
-        return ""
-
-    def start_the_others(options: PlanOptions, frame_count: int) -> int:
-        windows = len(window_spans(frame_count, options.window, options.overlap))
-        mode = parallel.choose_mode(options.blend, windows, args.dry_run)
-        parallel.tell(parallel.START, device, mode=mode)
-        return mode
-
-    try:
-        result = run_within_memory(args, before_load=start_the_others)
-    except parallel.GroupFailed:
-        raise  # the others are gone or stuck: nobody to tell
-    except BaseException:
-        parallel.stop_others(device, together=False)
-        raise
-    parallel.stop_others(device)
-    return result
-
-
-def compute_shared_windows(args: argparse.Namespace, device: torch.device) -> None:
-    """A rank other than 0 sharing crossfaded windows: open the same clip, make the same plan, and
-    compute this rank's windows for rank 0 (`runtime.clips.stream.run_shared_windows`)."""
-    video, mask, _ = clip_paths(args)
-    reader = open_clip(video)
-    options = clip_plan_options(args, reader.info)
-    remover, _ = load_remover(args, device)
-    paste_back = not args.no_paste_back
-    job = open_job(reader, mask, options, mask_options(args), paste_back=paste_back, progress=False)
-    share = parallel.WindowShare(parallel.rank(), parallel.world_size(), device)
-    frames, masks = job.frames(), job.mask_frames()
-    run_shared_windows(remover, job.plan, frames, masks, share, steps=args.steps, seed=args.seed, paste_back=paste_back)
+        return exit_code(lambda: run_in_group(request_from(args)))
+    return exit_code(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +26,9 @@ if not torch.cuda.is_available():
 SHARED = Path(os.environ.get("MINIMAX_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 FIXTURE = SHARED / "fixtures" / "reference-tiny"
 DATA = SHARED / "data"
+PIXEL_TOLERANCE = 2e-3  # fixture README: whole pipeline within 2e-3 max absolute error per pixel
+# a skip reason that means "no GPU here": such a test must carry the gpu mark (make gpu-check runs those)
+NO_GPU = re.compile(r"(needs?|requires?|without|no) (a |an )?(cuda|gpu|nvidia)|cuda is not available|has none", re.I)
 
 
 def _require(path: Path) -> Path:
@@ -104,11 +113,18 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    """A failing test's report names its seeds. A test that skips for want of a GPU without the gpu mark
+    fails: `make gpu-check` selects tests by that mark, so an unmarked one would never run where it could."""
     report = yield
     if report.failed and _seeds_taken:
         seeds = ", ".join(map(str, _seeds_taken))
         replay = f"{SEED_ENV}={_seeds_taken[-1]} pytest '{item.nodeid}'"
         report.sections.append(("seeds", f"this test took seed(s) {seeds}; replay: {replay}"))
+    if report.skipped and "gpu" not in item.keywords and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[-1])
+        if NO_GPU.search(reason):
+            report.outcome = "failed"
+            report.longrepr = f"skipped for want of a GPU ({reason}) without @pytest.mark.gpu: add the mark"
     return report
 
 
@@ -120,14 +136,67 @@ WITH_AOTI = os.environ.get(AOTI_ENV) != "0"
 NEEDS_AOTI = pytest.mark.skipif(not WITH_AOTI, reason=f"{AOTI_ENV}=0: the AOTInductor packages were not compiled")
 
 
-@pytest.fixture(scope="session")
-def tiny_bundle(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An fp32 engine bundle of the fixture checkpoint for its clip size (9 frames at 96x64), exported
-    once per session: ONNX graphs, and AOTInductor packages unless RUNTIME_TEST_AOTI=0."""
-    from export.onnx import build_bundle
+_BUILD_BUNDLE = """
+import sys
+from pathlib import Path
+from export.onnx import build_bundle
+build_bundle(Path(sys.argv[1]), Path(sys.argv[2]), height=64, width=96, frames=9, precision="fp32",
+             aoti=sys.argv[3] == "1", log=lambda _: None)
+"""
+_bundle_build: dict[str, object] = {}  # the background build of `tiny_bundle`: its folder and process
 
-    bundle = tmp_path_factory.mktemp("bundles") / "tiny"
-    build_bundle(
-        checkpoint, bundle, height=64, width=96, frames=9, precision="fp32", aoti=WITH_AOTI, log=lambda _: None
-    )
-    return bundle
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests that need the tiny bundle run last, so its background build overlaps the most work."""
+    items.sort(key=lambda item: "tiny_bundle" in getattr(item, "fixturenames", ()))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start building the tiny bundle in a child process as soon as a test that needs it is collected: its
+    AOTInductor packages compile for minutes, and the tests that run meanwhile leave a core to spare."""
+    if not any("tiny_bundle" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    folder = Path(tempfile.mkdtemp(prefix="tiny-bundle-"))
+    repo = Path(__file__).resolve().parents[1]
+    command = [
+        sys.executable,
+        "-c",
+        _BUILD_BUNDLE,
+        str(FIXTURE / "checkpoint"),
+        str(folder / "tiny"),
+        str(int(WITH_AOTI)),
+    ]
+    log = (folder / "build.log").open("w")
+    process = subprocess.Popen(command, cwd=repo, stdout=log, stderr=subprocess.STDOUT)
+    _bundle_build.update(folder=folder, process=process, log=log)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    process = _bundle_build.get("process")
+    if process is not None:
+        process.kill()
+        process.wait()
+        _bundle_build["log"].close()
+        shutil.rmtree(_bundle_build["folder"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(checkpoint: Path) -> Path:
+    """An fp32 engine bundle of the fixture checkpoint for its clip size (9 frames at 96x64): ONNX graphs,
+    and AOTInductor packages unless RUNTIME_TEST_AOTI=0; built once, in the background from collection on."""
+    process, folder = _bundle_build["process"], _bundle_build["folder"]
+    if process.wait() != 0:
+        pytest.fail(f"building the tiny bundle failed:\n{(folder / 'build.log').read_text()[-4000:]}")
+    return folder / "tiny"
+
+
+def run_main(main: Callable[[list[str]], int], args: list, capsys) -> tuple[int, str, str]:
+    """A CLI's `main(args + ["--quiet"])` in this process: its exit code, stdout and stderr."""
+    code = main([str(a) for a in args] + ["--quiet"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The lines of a CLI's stderr that report an error."""
+    return [line for line in stderr.splitlines() if line.startswith("error:")]

@@ -16,27 +16,27 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from runtime import Remover, run
-from runtime.distributed import parallel
+from runtime.distributed import group, messages, rank, sequence
 
 
 def remove_fixture_inputs(fixture: Path, checkpoint: str, out: Path) -> None:
     """Rank 0: the fixture's frames from its initial noise, unpasted, at its size, saved to `out`; the
     others serve."""
-    remover = Remover.from_pretrained(checkpoint, device="cpu", dtype="fp32", sequence_parallel=True)
-    if parallel.rank() != 0:
-        remover.serve()
-        parallel.leave()
+    remover = sequence.split(Remover.from_pretrained(checkpoint, device="cpu", dtype="fp32"))
+    if rank() != 0:
+        sequence.follow(remover)
+        group.leave()
         return
     frames = np.stack([np.asarray(Image.open(p)) for p in sorted((fixture / "inputs").glob("frame_*.png"))])
     masks = np.stack([np.asarray(Image.open(p).convert("L")) for p in sorted((fixture / "inputs").glob("mask_*.png"))])
     noise = load_file(str(fixture / "expected.safetensors"))["noise"]
     generated = remover(frames, masks, height=64, width=96, latents=noise, paste_back=False, progress=False)
-    parallel.stop_others(remover.device)
+    messages.stop_others(remover.device)
     np.save(out, generated)
 
 
 def die_on_first_window(remover: Remover) -> None:
-    parallel.receive(remover.device, remover.stages.vae_config.z_dim, remover.dtype)
+    messages.receive(remover.device, remover.stages.vae_config.z_dim, remover.dtype)
     os._exit(3)
 
 
@@ -45,6 +45,6 @@ if __name__ == "__main__":
     if mode == "api":
         remove_fixture_inputs(Path(arguments[0]), arguments[1], Path(arguments[2]))
     else:
-        if mode == "cli-rank-1-dies" and parallel.rank() == 1:
-            Remover.serve = die_on_first_window
+        if mode == "cli-rank-1-dies" and rank() == 1:
+            sequence.follow = die_on_first_window
         sys.exit(run.main(arguments))

@@ -120,6 +120,7 @@ def test_flash_attn_wrapper_passes_the_layout_through_and_drops_an_lse():
         torch.testing.assert_close(backend.run(q, k, v), attention(q, k, v, MATH))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flash-attn and fused SDPA numerics need a CUDA device")
 @pytest.mark.parametrize("num_conditions", [0, 6])
 def test_gpu_backends_agree_with_math(num_conditions):

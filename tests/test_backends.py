@@ -20,10 +20,10 @@ from runtime import Remover, RemoverError, backends, run
 from runtime.errors import RemoverWarning
 from runtime.execution.attention import ATTENTION_ENV, MATH, SDPA, AttentionBackend
 from runtime.execution.choices import CHECK_CACHE_ENV, KERNELS_ENV, resolve_kernels, verified_backends
+from runtime.models.scheduler import RELEASED_SCHEDULER
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer, TransformerConfig
 from runtime.models.vae import RELEASED_VAE, WanVAE
 from runtime.models.weights import save_checkpoint
-from runtime.pipeline.samplers import RELEASED_SCHEDULER
 
 CPU = torch.device("cpu")
 TOKENS_CONFIG = replace(

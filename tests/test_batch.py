@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import error_lines, run_main
 from media import encode_video, gradient_frames, patch_frames
 
 from runtime import batch
 from runtime.clips.job import remove_file
 from runtime.io import read_clip
-from runtime.run import load_remover, parse_args
+from runtime.loading import load_remover
+from runtime.options import ModelOptions
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = ["--height", "64", "--width", "96"]  # the clips' own size: the demo model runs them in about a second
@@ -51,13 +53,7 @@ def write_csv(path: Path, rows: list[str], header: str = "video,mask,output") ->
 
 
 def run_batch_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    code = batch.main([*args, "--quiet"])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
+    return run_main(batch.main, args, capsys)
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -111,15 +107,19 @@ def test_local_workers_finish_the_good_clips_report_the_corrupt_one_and_a_rerun_
 
     # the model's clips through remove_file in this process, with the options the manifest gave them: the
     # same frames (the outputs are lossless: an encoder's choices do not blur the comparison)
-    remover, _ = load_remover(parse_args([]), torch.device("cpu"))
+    remover = load_remover(ModelOptions(), torch.device("cpu"))
     clip_a, _, clip_b, clip_empty = batch.read_manifest(manifest, {"height": 64, "width": 96, "lossless": True})
-    assert (clip_a.seed, clip_b.seed, clip_a.encoding.lossless, clip_empty.encoding.lossless) == (42, 7, True, False)
+    assert (clip_a.run.seed, clip_b.run.seed, clip_a.encoding.lossless, clip_empty.encoding.lossless) == (
+        42,
+        7,
+        True,
+        False,
+    )
     for clip in (clip_a, clip_b):
         direct = clips / f"direct_{clip.output.name}"
         plan, _ = remove_file(
-            remover, clip.video, clip.mask, direct, clip.plan, clip.masking, clip.encoding,
-            steps=clip.steps, seed=clip.seed, paste_back=clip.paste_back, progress=False,
-        )  # fmt: skip
+            remover, clip.video, clip.mask, direct, clip.plan, clip.masking, clip.encoding, run=clip.run
+        )
         batched = read_clip(clip.output).frames
         assert batched.shape == (plan.frame_count, 64, 96, 3) == (5, 64, 96, 3)
         np.testing.assert_array_equal(batched, read_clip(direct).frames)
@@ -145,7 +145,8 @@ CRASHING_MAIN = """
 import ctypes, os, resource, sys
 from pathlib import Path
 
-import runtime.batch as batch
+import runtime.batch.cli as cli
+import runtime.batch.worker as worker
 
 
 def crash(video, out):
@@ -158,7 +159,7 @@ def crash(video, out):
         ctypes.string_at(0)
 
 
-real_remove_file = batch.remove_file
+real_remove_file = worker.remove_file
 
 
 def remove_file(remover, video, mask, out, *args, **kwargs):
@@ -166,15 +167,15 @@ def remove_file(remover, video, mask, out, *args, **kwargs):
     return real_remove_file(remover, video, mask, out, *args, **kwargs)
 
 
-class CrashingActor(batch._RayWorker):
+class CrashingActor(worker.RayWorker):
     def run(self, clip):
         crash(clip.video, clip.output)
         return super().run(clip)
 
 
-batch.remove_file, batch._RayWorker = remove_file, CrashingActor
+worker.remove_file, worker.RayWorker = remove_file, CrashingActor
 if __name__ == "__main__":
-    sys.exit(batch.main())
+    sys.exit(cli.main())
 """
 
 
@@ -305,6 +306,16 @@ BAD_MANIFESTS = {
     "not JSON": ("m.jsonl", "{video: a}\n", [], "m.jsonl, line 1: not JSON"),
     "bad default on the command line": ("m.csv", f"video,mask,output\n{GOOD}\n", ["--crf", "x"], "argument --crf"),
     "unknown format": ("m.txt", GOOD, [], "a manifest is .csv or JSON lines"),
+    "output is another row's input": (
+        "m.csv",
+        f"video,mask,output\n{GOOD}\nin/b.mp4,in/b_mask.mp4,in/../in/a.mp4\n",
+        [],
+        "line 3: output",
+    ),
+    "output is its own mask": ("m.csv", "video,mask,output\nin/a.mp4,in/a_mask.mp4,in/a_mask.mp4\n", [], "input"),
+    "steps out of range": ("m.csv", f"video,mask,output,steps\n{GOOD},0\n", [], "line 2: --steps must be a whole"),
+    "seed out of range": ("m.csv", f"video,mask,output,seed\n{GOOD},99999999999999999999\n", [], "line 2: --seed"),
+    "device on the command line": ("m.csv", f"video,mask,output\n{GOOD}\n", ["--device", "meta"], "--device meta"),
 }
 
 
@@ -317,3 +328,30 @@ def test_a_bad_manifest_is_one_error_line_and_exit_2(case, clips, capsys):
     assert len(error_lines(stderr)) == 1 and message in error_lines(stderr)[0], stderr
     assert stderr.strip() == error_lines(stderr)[0]  # nothing started: no worker, no model
     assert list((clips / "out").iterdir()) == []
+
+
+def test_a_csv_with_a_byte_order_mark_reads_as_without(clips):
+    """Spreadsheets save CSV as UTF-8 with a byte-order mark: the first column is still `video`."""
+    manifest = clips / "bom.csv"
+    manifest.write_text("\ufeffvideo,mask,output,seed\n" + GOOD + ",7\n", encoding="utf-8")
+    [clip] = batch.read_manifest(manifest)
+    assert (clip.video, clip.run.seed) == (clips / "in" / "a.mp4", 7)
+
+
+@pytest.mark.slow
+def test_two_batches_at_once_do_each_clip_once(clips):
+    """Two runs of one manifest started together (different seeds: different results): each clip is done by
+    one of them and skipped by the other (its output claimed, or written meanwhile); no result is replaced."""
+    rows = [f"in/{name}.mp4,in/{name}_mask.mp4,out/{name}{i}.mkv" for i in range(3) for name in ("a", "b")]
+    manifest = write_csv(clips / "manifest.csv", rows)
+    runs = []
+    for seed in (1, 2):
+        summary = clips / f"summary{seed}.json"
+        command = [sys.executable, "-m", "runtime.batch", str(manifest), "--seed", str(seed), "--json", str(summary)]
+        runs.append(subprocess.Popen([*command, "--quiet", *SIZE], cwd=REPO, stderr=subprocess.PIPE, text=True))
+    for run in runs:
+        _, stderr = run.communicate(timeout=600)
+        assert run.returncode == 0, stderr
+    statuses = [[c["status"] for c in json.loads((clips / f"summary{s}.json").read_text())["clips"]] for s in (1, 2)]
+    assert all(sorted(pair) == ["done", "skipped"] for pair in zip(*statuses)), statuses
+    assert sorted(p.name for p in (clips / "out").iterdir()) == sorted(row.split(",")[2][4:] for row in rows)

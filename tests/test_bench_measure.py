@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from bench.measure import HostMemory, Span, StageRecorder
+from bench.results import Side, load, to_dict
 from bench.sides import DIT_STEP, measure_side, summarize
 from bench.workloads import WORKLOADS, write_pipeline_inputs
 
@@ -116,10 +118,10 @@ def test_summary_takes_median_times_and_highest_peaks():
     ]
     summary = summarize(repeats, loaded_mb=100.0)
     stages = summary["stages"]
-    assert {name: stage["seconds"] for name, stage in stages.items()} == {"encode": 2.0, "denoise": 4.0, "decode": 2.0}
-    assert {name: stage["cpu_s"] for name, stage in stages.items()} == {"encode": 1.0, "denoise": 2.0, "decode": 1.0}
-    assert {name: stage["peak_mb"] for name, stage in stages.items()} == {"encode": 700, "denoise": 900, "decode": 450}
-    assert stages["encode"]["above_loaded_mb"] == 600.0
+    assert {name: stage.seconds for name, stage in stages.items()} == {"encode": 2.0, "denoise": 4.0, "decode": 2.0}
+    assert {name: stage.cpu_s for name, stage in stages.items()} == {"encode": 1.0, "denoise": 2.0, "decode": 1.0}
+    assert {name: stage.peak_mb for name, stage in stages.items()} == {"encode": 700, "denoise": 900, "decode": 450}
+    assert stages["encode"].above_loaded_mb == 600.0
     assert summary["repeat_totals_s"] == [6.0, 10.0, 19.0]
     assert summary["total_s"] == 10.0 and summary["total_cpu_s"] == 5.0 and summary["peak_mem_mb"] == 900.0
     assert summary["dit_steps_s"] == [1.2, 1.5] and summary["dit_steps_cpu_s"] == [0.6, 0.75]
@@ -139,15 +141,16 @@ def test_one_side_on_the_tiny_checkpoint(side, checkpoint, tmp_path):
         inputs=inputs, stage=None, warmup=0, repeats=2, options={"attention": "math"},
     )  # fmt: skip
     if side == "ours":  # our from_pretrained options reach the model, and the figures say what ran
-        assert figures["backends"] == "attention math, kernels torch"
+        assert figures.backends == "attention math, kernels torch"
     paste_back = ["paste_back"] if side == "ours" else []
-    assert list(figures["stages"]) == ["read", "preprocess", "encode", "denoise", "decode", *paste_back, "write"]
-    assert len(figures["dit_steps_s"]) == workload.steps and len(figures["repeat_totals_s"]) == 2
-    assert figures["total_s"] == statistics.median(figures["repeat_totals_s"])
-    assert 0 <= figures["sampler_s"] < figures["stages"]["denoise"]["seconds"]
-    assert 0 < sum(figures["dit_steps_cpu_s"]) <= figures["stages"]["denoise"]["cpu_s"] <= figures["total_cpu_s"]
-    assert figures["peak_mem_mb"] >= figures["loaded_mb"] > 0
-    assert (figures["video_frames"], figures["latent_frames"]) == (5, 2)
+    assert list(figures.stages) == ["read", "preprocess", "encode", "denoise", "decode", *paste_back, "write"]
+    assert len(figures.dit_steps_s) == workload.steps and len(figures.repeat_totals_s) == 2
+    assert figures.total_s == statistics.median(figures.repeat_totals_s)
+    assert 0 <= figures.sampler_s < figures.stages["denoise"].seconds
+    assert 0 < sum(figures.dit_steps_cpu_s) <= figures.stages["denoise"].cpu_s <= figures.total_cpu_s
+    assert figures.peak_mem_mb >= figures.loaded_mb > 0
+    assert (figures.video_frames, figures.latent_frames) == (5, 2)
+    assert load(Side, json.loads(json.dumps(to_dict(figures))), "child") == figures  # as the parent reads it
 
 
 @pytest.mark.slow

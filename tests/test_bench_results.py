@@ -1,13 +1,16 @@
-"""The benchmark's run document, gates and report on hand-made figures (no measurement runs here)."""
+"""The benchmark's run, gates and report on hand-made figures (no measurement runs here), and the saved runs
+re-rendered as bench/RESULTS.md shows them."""
 
 from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 
 import pytest
 
 from bench import report, results, thresholds
+from bench.results import Machine, Meta, ResultsError, Run, Side, Stage
 from bench.workloads import WORKLOADS
 from runtime.models.transformer import RELEASED_TRANSFORMER
 from runtime.models.vae import RELEASED_VAE
@@ -15,29 +18,18 @@ from runtime.models.vae import RELEASED_VAE
 MODELS = (RELEASED_TRANSFORMER, RELEASED_VAE)
 
 
-def side(seconds: dict[str, float], peaks: dict[str, float], loaded: float, steps: list[float] | None = None) -> dict:
-    """Figures as bench.sides reports them."""
-    figures = {
-        "load_s": 1.0,
-        "loaded_mb": loaded,
-        "loadavg": [1.0, 1.0],
-        "stages": {
-            name: {
-                "seconds": seconds[name],
-                "cpu_s": seconds[name],
-                "peak_mb": peaks[name],
-                "above_loaded_mb": peaks[name] - loaded,
-            }
-            for name in seconds
-        },  # fmt: skip
-        "total_s": sum(seconds.values()),
-        "total_cpu_s": sum(seconds.values()),
-        "repeat_totals_s": [sum(seconds.values())],
-        "peak_mem_mb": max(peaks.values()),
-    }
-    if steps is not None:
-        figures |= {"dit_steps_s": steps, "dit_steps_cpu_s": steps, "dit_step_peak_mb": peaks["denoise"]}
-    return figures
+def side(
+    seconds: dict[str, float], peaks: dict[str, float], loaded: float, steps: list[float] | None = None, frames=(5, 2)
+) -> Side:
+    """Figures as bench.sides reports them; `frames`: (video, latent)."""
+    return Side(
+        side="ours", workload="test", video_frames=frames[0], latent_frames=frames[1], device="cpu", dtype="float32",
+        warmup=0, repeats=1, load_s=1.0, load_peak_mb=loaded, loaded_mb=loaded, loadavg=[1.0, 1.0],
+        stages={name: Stage(seconds[name], peaks[name], peaks[name] - loaded, seconds[name]) for name in seconds},
+        total_s=sum(seconds.values()), total_cpu_s=sum(seconds.values()), repeat_totals_s=[sum(seconds.values())],
+        peak_mem_mb=max(peaks.values()), dit_steps_s=steps, dit_steps_cpu_s=steps,
+        dit_step_peak_mb=None if steps is None else peaks["denoise"],
+    )  # fmt: skip
 
 
 def pipeline_point(ours_denoise: float = 6.0, ours_peak: float = 900.0) -> dict:
@@ -54,64 +46,51 @@ def pipeline_point(ours_denoise: float = 6.0, ours_peak: float = 900.0) -> dict:
         {"read": 500, "preprocess": 500, "encode": 900, "denoise": 900, "decode": 1500, "write": 700},
         loaded=500.0, steps=[1.0] * 6,
     )  # fmt: skip
-    for figures in (ours, reference):
-        figures |= {"video_frames": 5, "latent_frames": 2}
     return results.point_entry(workload, ours, reference, MODELS)
 
 
 def vae_point(latent_frames: int, ours_decode_peak: float, reference_decode_peak: float) -> dict:
     workload = WORKLOADS["vae-240x416"]
-    points = []
-    for peak in (ours_decode_peak, reference_decode_peak):
-        figures = side({"encode": 3.0, "decode": 4.0}, {"encode": 400.0, "decode": peak}, loaded=300.0)
-        points.append(figures | {"video_frames": 1 + 4 * (latent_frames - 1), "latent_frames": latent_frames})
-    return results.point_entry(workload, points[0], points[1], MODELS)
+    frames = (1 + 4 * (latent_frames - 1), latent_frames)
+    ours, reference = (
+        side({"encode": 3.0, "decode": 4.0}, {"encode": 400.0, "decode": peak}, loaded=300.0, frames=frames)
+        for peak in (ours_decode_peak, reference_decode_peak)
+    )
+    return results.point_entry(workload, ours, reference, MODELS)
 
 
-def make_run(device: str = "cpu", pipeline: dict | None = None, vae_points: list[dict] | None = None) -> dict:
+def make_run(device: str = "cpu", pipeline=None, vae_points=None) -> Run:
     workloads = {
         "pipeline-64x112x5": results.workload_entry(WORKLOADS["pipeline-64x112x5"], [pipeline or pipeline_point()]),
         "vae-240x416": results.workload_entry(WORKLOADS["vae-240x416"], vae_points or [vae_point(1, 350, 400)]),
     }
-    meta = {
-        "date": "2026-11-22",
-        "device": device,
-        "dtype": "fp32",
-        "suite": list(workloads),
-        "quick": True,
-        "warmup": 0,
-        "repeats": 1,
-        "rounds": 1,
-        "threads": 1,
-        "weights": "random",
-        "machine": {"cpu": "test cpu", "cpu_cores": 2, "memory_gb": 8.0},
-        "versions": {"torch": "x"},
-        "command": "python -m bench.run --quick",
-        "wall_s": 60.0,
-    }
+    meta = Meta(
+        date="2026-11-22", device=device, dtype="fp32", suite=list(workloads), quick=True, warmup=0, repeats=1,
+        rounds=1, threads=1, weights="random", machine=Machine("test cpu", 2, 8.0, "Linux"), versions={"torch": "x"},
+        command="python -m bench.run --quick", wall_s=60.0,
+    )  # fmt: skip
     return results.assemble(meta, workloads)
 
 
 def test_ratios_are_ours_over_reference():
-    point = pipeline_point()
-    ratios = point["ratios"]
-    assert ratios["total_s"] == pytest.approx(14.0 / 17.0)
-    assert ratios["stages"]["encode"]["seconds"] == pytest.approx(0.5)
-    assert ratios["stages"]["decode"]["peak_mb"] == pytest.approx(800 / 1500)
-    assert ratios["stages"]["decode"]["above_loaded_mb"] == pytest.approx(300 / 1000)
-    assert ratios["dit_step_s"] == pytest.approx(1.0) and ratios["dit_step_cpu_s"] == pytest.approx(1.0)
-    assert ratios["total_cpu_s"] == pytest.approx(14.0 / 17.0)
-    assert "paste_back" not in ratios["stages"]  # the reference has no paste-back
+    ratios = pipeline_point().ratios
+    assert ratios.total_s == pytest.approx(14.0 / 17.0)
+    assert ratios.stages["encode"].seconds == pytest.approx(0.5)
+    assert ratios.stages["decode"].peak_mb == pytest.approx(800 / 1500)
+    assert ratios.stages["decode"].above_loaded_mb == pytest.approx(300 / 1000)
+    assert ratios.dit_step_s == pytest.approx(1.0) and ratios.dit_step_cpu_s == pytest.approx(1.0)
+    assert ratios.total_cpu_s == pytest.approx(14.0 / 17.0)
+    assert "paste_back" not in ratios.stages  # the reference has no paste-back
 
 
 def test_merged_stage_processes_add_up():
     encode = side({"encode": 3.0}, {"encode": 700.0}, loaded=300.0)
     decode = side({"decode": 5.0}, {"decode": 900.0}, loaded=310.0)
     merged = results.merge_stages([encode, decode])
-    assert list(merged["stages"]) == ["encode", "decode"]
-    assert merged["total_s"] == 8.0 and merged["total_cpu_s"] == 8.0 and merged["repeat_totals_s"] == [8.0]
-    assert merged["peak_mem_mb"] == 900.0 and merged["loaded_mb"] == 300.0
-    assert merged["stages"]["decode"]["above_loaded_mb"] == 590.0  # against its own process's loaded model
+    assert list(merged.stages) == ["encode", "decode"]
+    assert merged.total_s == 8.0 and merged.total_cpu_s == 8.0 and merged.repeat_totals_s == [8.0]
+    assert merged.peak_mem_mb == 900.0 and merged.loaded_mb == 300.0
+    assert merged.stages["decode"].above_loaded_mb == 590.0  # against its own process's loaded model
 
 
 def test_rounds_take_median_times_and_highest_peaks():
@@ -120,40 +99,65 @@ def test_rounds_take_median_times_and_highest_peaks():
         for seconds, peak, loaded in ((3.0, 700.0, 300.0), (9.0, 650.0, 290.0), (4.0, 720.0, 310.0))
     ]
     combined = results.combine_rounds(rounds)
-    assert combined["stages"]["encode"]["seconds"] == 4.0 and combined["stages"]["encode"]["cpu_s"] == 4.0
-    assert combined["stages"]["encode"]["peak_mb"] == 720.0 and combined["stages"]["encode"]["above_loaded_mb"] == 410.0
-    assert combined["total_s"] == 5.0 and combined["peak_mem_mb"] == 720.0 and combined["loaded_mb"] == 290.0
-    assert combined["rounds"] == 3 and len(combined["repeat_totals_s"]) == 3
+    assert combined.stages["encode"] == Stage(seconds=4.0, peak_mb=720.0, above_loaded_mb=410.0, cpu_s=4.0)
+    assert combined.total_s == 5.0 and combined.peak_mem_mb == 720.0 and combined.loaded_mb == 290.0
+    assert combined.rounds == 3 and len(combined.repeat_totals_s) == 3 and combined.loadavg == [1.0] * 6
 
 
-def test_headline_is_the_first_pipeline_and_the_document_is_valid():
+def test_headline_is_the_first_pipeline_and_the_run_survives_a_json_round_trip():
     run = make_run()
-    results.validate(json.loads(json.dumps(run)))  # survives a JSON round trip
-    assert run["headline"] == "pipeline-64x112x5"
-    assert run["ours"]["total_s"] == 14.0 and run["reference"]["total_s"] == 17.0
-    assert run["ours"]["peak_mem_mb"] == 900.0 and run["reference"]["peak_mem_mb"] == 1500.0
+    assert Run.from_dict(json.loads(json.dumps(run.to_dict()))) == run
+    assert run.headline == "pipeline-64x112x5"
+    assert run.ours.total_s == 14.0 and run.reference.total_s == 17.0
+    assert run.ours.peak_mem_mb == 900.0 and run.reference.peak_mem_mb == 1500.0
+    assert "nvml_peak_mb" not in run.to_dict()["ours"]  # what a CPU run does not measure is left out
 
 
 @pytest.mark.parametrize(
     "path",
-    [("ours", "total_s"), ("reference", "peak_mem_mb"), ("meta", "device"), ("ours", "stages", "decode", "seconds"),
-     ("workloads", "vae-240x416", "points", 0, "ratios", "total_s")],
+    [("ours", "total_s"), ("reference", "peak_mem_mb"), ("meta", "device"), ("meta", "machine", "cpu"),
+     ("ours", "stages", "decode", "seconds"), ("workloads", "vae-240x416", "points", 0, "ratios", "total_s"),
+     ("workloads", "vae-240x416", "points", 0, "cost", "decode", "flops")],
 )  # fmt: skip
-def test_validate_names_a_missing_field(path):
-    run = copy.deepcopy(make_run())
-    parent = run
+def test_loading_names_a_missing_field(path):
+    data = make_run().to_dict()
+    parent = data
     for key in path[:-1]:
         parent = parent[key]
     del parent[path[-1]]
-    with pytest.raises(results.SchemaError, match=repr(path[-1])):
-        results.validate(run)
+    with pytest.raises(ResultsError, match=f"missing {path[-1]!r}"):
+        Run.from_dict(data)
 
 
-def test_validate_rejects_a_wrong_type():
-    run = make_run()
-    run["ours"]["total_s"] = "fast"
-    with pytest.raises(results.SchemaError, match="total_s"):
-        results.validate(run)
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [(("ours", "total_s"), "fast", "run.ours.total_s: expected float, got 'fast'"),
+     (("meta", "quick"), 1, "run.meta.quick: expected bool, got 1"),
+     (("meta", "threads"), 1.0, "run.meta.threads: expected int, got 1.0"),
+     (("ours", "dit_steps_s"), [1.0, None], r"run.ours.dit_steps_s\[1\]: expected float, got None"),
+     (("ours", "stages", "encode"), [2.0], "run.ours.stages.encode: expected an object"),
+     (("workloads", "vae-240x416", "points"), [], "no measured points"),
+     (("ours", "speed"), 1.0, "run.ours: unknown key 'speed'")],
+)  # fmt: skip
+def test_loading_rejects_a_wrong_type_or_an_unknown_key(path, value, message):
+    data = make_run().to_dict()
+    parent = data
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    with pytest.raises(ResultsError, match=message):
+        Run.from_dict(data)
+
+
+def test_the_saved_runs_render_as_results_md_shows_them():
+    """bench/RESULTS.md's generated block is what `python -m bench.report` makes of bench/results/*.json."""
+    text = report.RESULTS_MD.read_text()
+    block = text[text.index(report.BEGIN) + len(report.BEGIN) + 1 : text.index(report.END) - 1]
+    runs = report.load_runs()
+    assert runs, "no saved runs in bench/results"
+    assert report.render(runs, {stem: f"results/{stem}.png" for stem in runs}) == block
+    for stem, run in runs.items():  # and the saved JSON is exactly what the dataclasses write
+        assert run.to_dict() == json.loads((report.RESULTS_DIR / f"{stem}.json").read_text())
 
 
 def outcomes_by_gate(run: dict) -> dict[str, list[thresholds.Outcome]]:
@@ -180,10 +184,7 @@ def test_gates_pass_and_fail_on_the_ratios():
 
 def one_stage_vae_point(stage: str, ours_peak: float, reference_peak: float) -> dict:
     """A point of `python -m bench.run --workloads vae-240x416 --frames 3 --stages <stage>`."""
-    sides = [
-        side({stage: 4.0}, {stage: peak}, loaded=300.0) | {"video_frames": 9, "latent_frames": 3}
-        for peak in (ours_peak, reference_peak)
-    ]
+    sides = [side({stage: 4.0}, {stage: peak}, loaded=300.0, frames=(9, 3)) for peak in (ours_peak, reference_peak)]
     return results.point_entry(WORKLOADS["vae-240x416"], *sides, MODELS)
 
 
@@ -208,9 +209,10 @@ def test_every_gate_has_a_reason_and_a_positive_limit():
 
 def test_paper_gates_apply_to_the_released_setting_on_a_gpu():
     run = make_run(device="cuda")
-    point = copy.deepcopy(run["workloads"]["pipeline-64x112x5"])
-    point["points"][0]["ours"] |= {"total_s": 20.0, "peak_mem_mb": 12 * 1024.0, "nvml_peak_mb": 15 * 1024.0}
-    run["workloads"][thresholds.PAPER_WORKLOAD] = point
+    workload = copy.deepcopy(run.workloads["pipeline-64x112x5"])
+    point = workload.points[0]
+    point.ours = replace(point.ours, total_s=20.0, peak_mem_mb=12 * 1024.0, nvml_peak_mb=15 * 1024.0)
+    run.workloads[thresholds.PAPER_WORKLOAD] = workload
     gates = outcomes_by_gate(run)
     assert gates["paper_end_to_end_seconds"][0].passed  # 20 s <= 24 s
     assert not gates["paper_peak_memory_gb"][0].passed  # NVML saw 15 GiB > 14
@@ -232,8 +234,8 @@ def test_report_has_the_paper_line_and_says_what_was_not_measured():
 
 def test_report_gpu_run_fills_the_gpu_table():
     run = make_run(device="cuda")
-    run["meta"]["machine"] |= {"gpu": "Test GPU", "gpu_memory_gb": 80.0, "driver": "1.0"}
-    run["workloads"][thresholds.PAPER_WORKLOAD] = copy.deepcopy(run["workloads"]["pipeline-64x112x5"])
+    run.meta.machine = replace(run.meta.machine, gpu="Test GPU", gpu_memory_gb=80.0, driver="1.0")
+    run.workloads[thresholds.PAPER_WORKLOAD] = copy.deepcopy(run.workloads["pipeline-64x112x5"])
     text = report.render({"cuda": run}, charts={})
     assert "not measured" not in text
     assert "| ours (Test GPU, fp32) | 14.0 s | 0.9 GiB | 0.82x | 0.60x |" in text
@@ -242,7 +244,7 @@ def test_report_gpu_run_fills_the_gpu_table():
 def test_update_keeps_other_sections_and_reads_only_runs(tmp_path):
     folder = tmp_path / "results"
     folder.mkdir()
-    (folder / "cpu-quick.json").write_text(json.dumps(make_run()))
+    (folder / "cpu-quick.json").write_text(json.dumps(make_run().to_dict()))
     (folder / "seams.json").write_text(json.dumps({"tennis": {"ratio": 1.0}}))  # another benchmark's results
     results_md = tmp_path / "RESULTS.md"
     results_md.write_text(f"{report.BEGIN}\nold tables\n{report.END}\n\n## Kernels\n\nsomeone else's table\n")

@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import error_lines, run_main
+from PIL import Image
 
-from runtime import run
+from runtime import Remover, run
 from runtime.io import read_clip
 from runtime.pipeline.preprocess import dilate
 
@@ -20,13 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    code = run.main([*args, "--quiet"])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
+    return run_main(run.main, args, capsys)
 
 
 @pytest.fixture
@@ -165,7 +161,7 @@ BAD_INPUTS = {
         lambda f, m, c, t: ["--video", f, "--mask", m, "--out", t / "no" / "x.mp4"],
         "does not exist",
     ),
-    "mask without video": (lambda f, m, c, t: ["--mask", m], "--mask needs --video"),
+    "mask without video": (lambda f, m, c, t: ["--mask", m], "--mask and the prompts need --video"),
     "bad device": (lambda f, m, c, t: ["--video", f, "--mask", m, "--device", "tpu"], "device"),
 }
 
@@ -215,7 +211,7 @@ def test_interrupt_exits_130_without_output(tennis, checkpoint, tmp_path, capsys
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run.Remover, "__call__", interrupted)
+    monkeypatch.setattr(Remover, "__call__", interrupted)
     code, _, stderr = run_cli(
         ["--video", str(frames), "--mask", str(masks), "--weights", str(checkpoint), "--out", str(tmp_path / "o.mp4")],
         capsys,
@@ -243,3 +239,58 @@ def test_a_checkpoint_with_a_nan_fails_and_writes_nothing(tennis, checkpoint, tm
     assert len(error_lines(stderr)) == 1
     assert "the sampler's latents hold NaN or infinite values" in error_lines(stderr)[0] and "--dtype" in stderr
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["broken", "frames", "masks"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--mask", "m.mp4", "--box", "1,1,5,5"], "give --mask or prompts"),
+        ([], "--video needs --mask, or prompts"),
+        (["--mask", "m.mp4", "--save-mask", "k.mkv"], "--save-mask keeps the mask made from prompts"),
+        (["--box", "1,1,5"], "--box"),
+    ],
+)
+def test_mask_or_prompts_is_one_error_line(extra, message, tmp_path, capsys):
+    code, stdout, stderr = run_cli(["--video", "clip.mp4", "--out", str(tmp_path / "o.mp4"), *extra], capsys)
+    assert code == 2 and stdout == "" and len(error_lines(stderr)) == 1 and message in error_lines(stderr)[0], stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_output_is_never_the_mask_whatever_its_spelling(tennis, checkpoint, tmp_path, capsys):
+    """--overwrite with --out naming the mask folder (by another spelling) or a file in it: one line, and
+    the masks are untouched."""
+    frames, masks = tennis
+    before = sorted(p.name for p in masks.iterdir())
+    for out in (masks.parent / "." / masks.name, masks / "mask_00000.png"):
+        args = ["--video", frames, "--mask", masks, "--weights", checkpoint, "--out", out, "--overwrite"]
+        code, stdout, stderr = run_cli([str(a) for a in args], capsys)
+        assert code == 2 and stdout == "" and len(error_lines(stderr)) == 1 and "input" in error_lines(stderr)[0]
+    assert sorted(p.name for p in masks.iterdir()) == before
+
+
+def test_an_empty_mask_writes_the_input_unchanged_without_the_model(tennis, tmp_path, capsys, monkeypatch):
+    """A mask that selects nothing: the frames are written unchanged (losslessly: the same pixels) and no
+    model is loaded."""
+    frames, _ = tennis
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded for an empty mask")
+
+    monkeypatch.setattr(Remover, "from_pretrained", no_model)
+    black = tmp_path / "black.png"
+    Image.new("L", (432, 240)).save(black)
+    out = tmp_path / "out.mkv"
+    code, stdout, stderr = run_cli(["--video", str(frames), "--mask", str(black), "--out", str(out)], capsys)
+    assert code == 0, stderr
+    assert "unchanged" in stdout and "the mask is empty" in stderr
+    np.testing.assert_array_equal(read_clip(out).frames, read_clip(frames).frames)
+
+
+def test_a_small_clip_is_not_upscaled_unless_asked(tennis, checkpoint, capsys):
+    """The 432x240 tennis clip runs at its own size (rounded down to multiples of 16), 480p with --upscale."""
+    frames, masks = tennis
+    args = ["--video", str(frames), "--mask", str(masks), "--weights", str(checkpoint), "--dry-run", "--crop", "off"]
+    code, stdout, _ = run_cli(args, capsys)
+    assert code == 0 and "-> 432x240 (scale 1.00)" in stdout and "not upscaled" in stdout, stdout
+    code, stdout, _ = run_cli([*args, "--upscale"], capsys)
+    assert code == 0 and "-> 864x480" in stdout, stdout

@@ -11,10 +11,10 @@ import torch
 from conftest import fixed_seed, relative_error
 
 from runtime import Remover, RemoverError
+from runtime.models.scheduler import RELEASED_SCHEDULER
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer, apply_rope
 from runtime.models.vae import RELEASED_VAE, WanVAE
 from runtime.models.weights import load_transformer, save_checkpoint
-from runtime.pipeline.samplers import RELEASED_SCHEDULER
 
 TOKENS_CONFIG = replace(
     RELEASED_TRANSFORMER, num_attention_heads=2, attention_head_dim=16, ffn_dim=48, num_layers=2, num_condition_tokens=6

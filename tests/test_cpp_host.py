@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.utils
-from conftest import NEEDS_AOTI
+from conftest import NEEDS_AOTI, PIXEL_TOLERANCE
 
 from runtime.pipeline.preprocess import prepare_masks, prepare_video
 from runtime.pipeline.remover import encoder_batch
@@ -19,7 +19,6 @@ from runtime.pipeline.remover import encoder_batch
 pytestmark = [pytest.mark.slow, NEEDS_AOTI]  # a C++ build and the session bundle's AOTInductor compiles
 
 SOURCE = Path(__file__).resolve().parents[1] / "export" / "cpp"
-PIXEL_TOLERANCE = 2e-3  # fixture README: whole pipeline within 2e-3 max absolute error per pixel
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import NEEDS_AOTI, WITH_AOTI, fixed_seed, relative_error
+from conftest import NEEDS_AOTI, PIXEL_TOLERANCE, WITH_AOTI, fixed_seed, relative_error
 
 from runtime import Remover, RemoverError
 from runtime.engines.bundle import GRAPHS, BundleStages, checkpoint_sha256, read_manifest
@@ -29,7 +29,6 @@ pytestmark = pytest.mark.slow  # every test here uses the session's exported bun
 
 BACKENDS = ["onnxruntime", pytest.param("aoti", marks=NEEDS_AOTI)]
 TOLERANCE = 1e-4  # fp32 graphs vs PyTorch / the fixture, relative L2 (the fixture README's bound)
-PIXEL_TOLERANCE = 2e-3  # fixture README: whole pipeline within 2e-3 max absolute error per pixel
 CPU = torch.device("cpu")
 
 

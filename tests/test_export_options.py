@@ -13,9 +13,9 @@ from conftest import fixed_seed, relative_error
 from export.graphs import dit_graphs
 from export.onnx import export_graph, export_program, write_onnx
 from runtime.engines.graphs import open_graph
+from runtime.models.scheduler import RELEASED_SCHEDULER
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
 from runtime.models.weights import load_transformer
-from runtime.pipeline.samplers import RELEASED_SCHEDULER
 
 pytestmark = pytest.mark.slow  # each export traces and translates the transformer (tens of seconds)
 

@@ -6,23 +6,23 @@ small working sizes."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import error_lines, run_main
 from media import PATCH, encode_video, patch_colour, patch_frames, stream_span
 from PIL import Image
 
-from runtime import run
-from runtime.clips.plan import PlanOptions, make_plan
+from bench.child import run_child, runtime_cli
+from runtime import Remover, run
+from runtime.clips.plan import make_plan
 from runtime.clips.stream import mask_box
 from runtime.evaluate.temporal import boundary_transitions, seam_ratios, transition_change
 from runtime.io import open_clip, read_clip, write_clip
+from runtime.options import PlanOptions
 from runtime.pipeline.preprocess import dilate
 from training.synthetic import HELD_OUT_SHAPES, render_clip
 
@@ -32,13 +32,7 @@ OBJECT = (slice(150, 190), slice(150, 190))  # a 40x40 object, far from the patc
 
 
 def cli(args: list, capsys) -> tuple[int, str, str]:
-    code = run.main([str(a) for a in args] + ["--quiet"])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def errors(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
+    return run_main(run.main, args, capsys)
 
 
 def moving_box_clip(folder: Path, frames: int, height: int, width: int) -> tuple[Path, Path]:
@@ -125,22 +119,10 @@ def test_a_clip_longer_than_a_window_keeps_every_frame_and_timestamp(checkpoint,
 
 
 def peak_rss_mb(args: list, cwd: Path) -> float:
-    """The CLI in a fresh process: its own peak resident set, in MB. VmHWM, not getrusage's ru_maxrss:
-    that one starts from the parent's resident set when the child is spawned (a vfork shares it)."""
-    code = (
-        "import re, sys\nfrom pathlib import Path\nfrom runtime.run import main\ncode = main(sys.argv[1:])\n"
-        "peak = re.search(r'VmHWM:\\s+(\\d+) kB', Path('/proc/self/status').read_text()).group(1)\n"
-        "print('peak', int(peak) / 1024, file=sys.stderr)\nsys.exit(code)"
-    )
-    # glibc raises its mmap threshold after large frees and then keeps freed frames in the heap, so the
-    # resident set would depend on allocation order; a fixed threshold measures what the program holds
-    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    result = subprocess.run(
-        [sys.executable, "-c", code, *map(str, args), "--quiet"],
-        cwd=cwd, env=environment, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    """The CLI in a fresh process (bench/child.py): its own peak resident set, in MB."""
+    result = run_child(runtime_cli(*args), timeout=900, cwd=cwd)  # the CLI bounds its own heap (bound_host_heap)
     assert result.returncode == 0, result.stderr
-    return float(result.stderr.strip().splitlines()[-1].split()[1])
+    return result.peak_rss_mb
 
 
 @pytest.mark.slow
@@ -204,7 +186,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(hd_clip, checkpoint, tmp_pat
     assert "tokens" in stdout and "estimate:" in stdout and "GB" in stdout
     assert list(tmp_path.iterdir()) == []
     code, stdout, stderr = cli([*args, "--dry-run", "--height", 16000, "--width", 16000, "--crop", "off"], capsys)
-    assert code == 2 and "this plan needs about" in errors(stderr)[0]  # as the run would be refused
+    assert code == 2 and "this plan needs about" in error_lines(stderr)[0]  # as the run would be refused
 
 
 def test_preview_draws_the_plan_without_running_the_model(hd_clip, tmp_path, capsys, monkeypatch):
@@ -213,8 +195,8 @@ def test_preview_draws_the_plan_without_running_the_model(hd_clip, tmp_path, cap
     def no_model(*args, **kwargs):
         raise AssertionError("the preview ran the model")
 
-    monkeypatch.setattr(run.Remover, "__call__", no_model)
-    monkeypatch.setattr(run.Remover, "from_pretrained", no_model)
+    monkeypatch.setattr(Remover, "__call__", no_model)
+    monkeypatch.setattr(Remover, "from_pretrained", no_model)
     preview = tmp_path / "preview.mp4"
     code, stdout, stderr = cli(["--video", video, "--mask", mask, "--preview", preview], capsys)
     assert code == 0, stderr
@@ -242,7 +224,7 @@ def test_an_existing_output_is_kept_unless_overwrite(checkpoint, tmp_path, capsy
     out.write_bytes(b"an earlier result")
     args = ["--video", video, "--mask", mask, "--weights", checkpoint, "--out", out, "--height", 32, "--width", 48]
     code, stdout, stderr = cli(args, capsys)
-    assert code == 2 and len(errors(stderr)) == 1 and "pass --overwrite" in errors(stderr)[0] and stdout == ""
+    assert code == 2 and len(error_lines(stderr)) == 1 and "pass --overwrite" in error_lines(stderr)[0] and stdout == ""
     assert out.read_bytes() == b"an earlier result"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "mask.mp4", "out.mp4"]
     code, _, stderr = cli([*args, "--overwrite"], capsys)
@@ -296,6 +278,6 @@ def test_bad_input_is_one_line_and_nothing_is_written(case, data_dir, checkpoint
     args = ["--video", frames, "--height", 64, "--width", 112, *make_args(frames, masks, tmp_path)]
     code, stdout, stderr = cli([*args, "--weights", checkpoint, "--out", out_dir / "out.mp4"], capsys)
     assert code == 2, stderr
-    assert len(errors(stderr)) == 1 and message in errors(stderr)[0], stderr
+    assert len(error_lines(stderr)) == 1 and message in error_lines(stderr)[0], stderr
     assert "Traceback" not in stderr and stdout == ""
     assert list(out_dir.iterdir()) == []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from fractions import Fraction
 from pathlib import Path
 
@@ -26,7 +28,10 @@ def test_reads_the_tennis_masks(data_dir):
     frames = open_clip(data_dir / "tennis" / "frames").info
     masks = list(open_masks(data_dir / "tennis" / "masks", frames))
     assert len(masks) == 70 and masks[0].shape == (240, 432) and masks[0].dtype == bool
-    assert 0.0 < np.mean(masks) < 0.5
+    # the masks are 0/255 PNGs: read independently with Pillow, the same pixels are set
+    files = sorted((data_dir / "tennis" / "masks").glob("*.png"))
+    expected = np.stack([np.asarray(Image.open(path).convert("L")) > 0 for path in files])
+    np.testing.assert_array_equal(np.stack(masks), expected)
 
 
 def test_a_still_mask_of_another_size_is_scaled_to_the_video(data_dir):
@@ -182,3 +187,66 @@ def test_unreadable_masks_are_clear_errors(tmp_path):
         open_masks(tmp_path / "bad.mp4", video(1, 8, 8))
     with pytest.raises(RemoverError, match="threshold 300"):
         open_masks(tmp_path / "bad.mp4", video(1, 8, 8), threshold=300)
+
+
+def write_png(path: Path, rows: np.ndarray, color_type: int, depth: int, palette: bytes | None = None) -> Path:
+    """A PNG written byte by byte (not through Pillow, which would not keep a short palette): `rows`
+    [H, W] or [H, W, C] already in the file's sample type (big-endian for 16 bits)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width = rows.shape[:2]
+    header = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
+    pixels = b"".join(b"\0" + row.tobytes() for row in rows)  # filter 0 on every row
+    body = chunk(b"IHDR", header) + (chunk(b"PLTE", palette) if palette is not None else b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body + chunk(b"IDAT", zlib.compress(pixels)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("label", [1, 200, 65535])
+@pytest.mark.parametrize("color_type", [0, 2, 6])  # gray, RGB, RGBA at 16 bits
+def test_a_16_bit_label_map_is_a_mask_at_any_nonzero_value(tmp_path, label, color_type):
+    channels = {0: 1, 2: 3, 6: 4}[color_type]
+    rows = np.zeros((6, 8, channels), ">u2")
+    if channels == 4:
+        rows[..., 3] = 65535  # opaque: the colour decides
+    rows[2:4, 3:6, 0] = label
+    write_png(tmp_path / "label.png", rows[..., 0] if channels == 1 else rows, color_type, 16)
+    mask = next(iter(open_masks(tmp_path / "label.png", video(1, 6, 8))))
+    expected = np.zeros((6, 8), bool)
+    expected[2:4, 3:6] = True
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_a_16_bit_threshold_is_in_8_bit_units(tmp_path):
+    rows = np.array([[0, 257 * 10, 257 * 10 + 1, 65535]], ">u2")
+    write_png(tmp_path / "label.png", rows, 0, 16)
+    mask = next(iter(open_masks(tmp_path / "label.png", video(1, 1, 4), threshold=10)))
+    np.testing.assert_array_equal(mask, [[False, False, True, True]])
+
+
+def test_palette_indices_without_palette_entries_are_masks(tmp_path):
+    indices = np.zeros((4, 6), np.uint8)
+    indices[1, 1], indices[2, 4], indices[3, 0] = 1, 5, 2
+    files = {
+        "short.png": bytes([0, 0, 0]),  # one entry: black for the background only
+        "labels.png": bytes([0, 0, 0, 128, 0, 0, 0, 0, 0]),  # index 2 is black: not a mask
+    }
+    expected = {"short.png": indices > 0, "labels.png": (indices == 1) | (indices == 5)}
+    for name, palette in files.items():
+        write_png(tmp_path / name, indices, 3, 8, palette)
+        mask = next(iter(open_masks(tmp_path / name, video(1, 4, 6))))
+        np.testing.assert_array_equal(mask, expected[name], err_msg=name)
+
+
+def test_a_float_tiff_mask_is_a_mask_at_any_value_above_zero(tmp_path):
+    values = np.zeros((4, 6), np.float32)
+    values[1, 1], values[2, 4], values[3, 0] = 0.5, 1e-6, 3.0
+    Image.fromarray(values).save(tmp_path / "mask.tif")
+    mask = next(iter(open_masks(tmp_path / "mask.tif", video(1, 4, 6))))
+    np.testing.assert_array_equal(mask, values > 0)
+    values[0, 0] = np.nan
+    Image.fromarray(values).save(tmp_path / "nan.tif")
+    with pytest.raises(RemoverError, match="holds NaN"):
+        next(iter(open_masks(tmp_path / "nan.tif", video(1, 4, 6))))

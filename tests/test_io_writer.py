@@ -246,7 +246,7 @@ def test_output_paths_are_checked_before_any_work(tmp_path):
     cases = [
         (tmp_path / "missing" / "out.mp4", {}, "does not exist"),
         (tmp_path / "out.gif", {}, "unknown output type '.gif'"),
-        (tmp_path / "clip.mp4", {}, "exists; pass --overwrite"),
+        (tmp_path / "clip.mp4", {"overwrite": True}, "the output .*clip.mp4 is the input"),
         (tmp_path / "out.webm", {"codec": "h264"}, "a .webm file cannot hold h264: use vp9, av1"),
         (tmp_path / "out.mp4", {"codec": "mpeg2"}, "unknown codec 'mpeg2'"),
         (tmp_path / "out.mp4", {"crf": 60}, "--crf 60 is outside 0 to 51 for h264"),

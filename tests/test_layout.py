@@ -51,6 +51,17 @@ def test_no_import_cycles_in_runtime():
             visit(name, [name])
 
 
+@pytest.mark.parametrize("entry", ["runtime.run", "runtime.batch", "runtime"])
+def test_single_process_entry_points_load_no_distributed_code(entry):
+    code = (
+        f"import sys, {entry}\n"
+        "bad = sorted(m for m in sys.modules if m.startswith('runtime.distributed.') or m == 'torch.distributed.run')\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
 def test_old_module_names_still_import_with_a_warning():
     code = "import warnings\nwarnings.simplefilter('error')\nimport runtime.plan\n"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

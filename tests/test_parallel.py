@@ -1,4 +1,4 @@
-"""One clip over several processes (runtime/parallel.py), on the CPU with gloo: `torchrun` starts
+"""One clip over several processes (runtime/distributed/), on the CPU with gloo: `torchrun` starts
 tests/parallel_entry.py, and the result is compared with the fixture's reference frames and with one
 process. Ulysses needs the rank count to divide the head count; the fixture's model has 2 heads, so
 3 ranks run pure ring attention, and a 6-head model covers Ulysses over 3 and ulysses 2 x ring 2."""
@@ -14,19 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import fixed_seed
+from conftest import PIXEL_TOLERANCE, fixed_seed
 from PIL import Image
 
 from runtime import Remover
-from runtime.distributed import parallel
+from runtime.distributed import sequence
+from runtime.models.scheduler import RELEASED_SCHEDULER
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
 from runtime.models.vae import RELEASED_VAE, WanVAE
 from runtime.models.weights import save_checkpoint
-from runtime.pipeline.samplers import RELEASED_SCHEDULER
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY = Path(__file__).with_name("parallel_entry.py")
-PIXEL_TOLERANCE = 2e-3  # fixture README: whole pipeline within 2e-3 max absolute error per pixel
 FP32_TOLERANCE = 1e-5  # the same computation split over ranks: fp32 rounding of other summation orders
 
 pytestmark = pytest.mark.slow
@@ -66,27 +65,27 @@ def six_heads(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_token_bounds_share_any_length():
-    assert parallel.token_bounds(10, 3) == [0, 3, 6, 10]
-    assert parallel.token_bounds(2, 3) == [0, 0, 1, 2]
+    assert sequence.token_bounds(10, 3) == [0, 3, 6, 10]
+    assert sequence.token_bounds(2, 3) == [0, 0, 1, 2]
 
 
 @pytest.mark.parametrize("chunk_bytes", [1 << 28, 4096], ids=["one chunk", "many chunks"])
 def test_blockwise_attention_and_its_log_sum_exp(chunk_bytes, monkeypatch):
     """The ring's block attention (fp32, queries in chunks of at most SCORE_CHUNK_BYTES of scores) is
     softmax attention, and merging two key blocks by log-sum-exp gives attention over both."""
-    monkeypatch.setattr(parallel, "SCORE_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(sequence, "SCORE_CHUNK_BYTES", chunk_bytes)
     torch.manual_seed(fixed_seed())
     q, k, v = torch.randn(2, 37, 3, 16), torch.randn(2, 41, 3, 16), torch.randn(2, 41, 3, 16)
     exact = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
-    out, lse = parallel._attention_with_lse(q, k, v)
+    out, lse = sequence.attention_with_lse(q, k, v)
     torch.testing.assert_close(out, exact)
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / 4.0
     torch.testing.assert_close(lse, scores.logsumexp(-1))
     (a, lse_a), (b, lse_b) = (
-        parallel._attention_with_lse(q, k[:, :30], v[:, :30]),
-        parallel._attention_with_lse(q, k[:, 30:], v[:, 30:]),
+        sequence.attention_with_lse(q, k[:, :30], v[:, :30]),
+        sequence.attention_with_lse(q, k[:, 30:], v[:, 30:]),
     )
-    merged = parallel.merge_blocks(a, lse_a, b, lse_b)
+    merged = sequence.merge_blocks(a, lse_a, b, lse_b)
     torch.testing.assert_close(merged[0], exact)
     torch.testing.assert_close(merged[1], lse)
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import PIXEL_TOLERANCE
 
 from runtime import Remover, RemoverError
 from runtime.pipeline.preprocess import dilate, output_size, padded_frame_count
 from runtime.pipeline.remover import EmptyMaskWarning
-
-PIXEL_TOLERANCE = 2e-3  # fixture README: whole pipeline within 2e-3 max absolute error per pixel
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +121,79 @@ def test_size_not_a_multiple_of_16_is_an_error(remover, fixture_inputs, height, 
 def test_wrong_latents_shape_is_an_error(remover, fixture_inputs):
     with pytest.raises(RemoverError, match="latents must have shape"):
         remover(*fixture_inputs, height=64, width=96, latents=torch.zeros(1, 16, 3, 4, 4), progress=False)
+
+
+def test_a_negative_stride_view_runs_as_its_copy(remover, fixture_inputs):
+    frames, masks = fixture_inputs[0][:2], fixture_inputs[1][:2]
+    flipped, flipped_masks = frames[:, ::-1], masks[:, :, ::-1]  # views with negative strides
+    options = {"height": 32, "width": 48, "paste_back": True, "progress": False}
+    out = remover(flipped, flipped_masks, **options)
+    np.testing.assert_array_equal(out, remover(flipped.copy(), flipped_masks.copy(), **options))
+
+
+def test_numpy_latents_and_the_largest_seed_work(remover, fixture_inputs):
+    frames, masks = fixture_inputs[0][:1], fixture_inputs[1][:1]
+    options = {"height": 32, "width": 48, "paste_back": False, "progress": False}
+    noise = np.random.default_rng(0).standard_normal((1, 16, 1, 4, 6))  # float64, as NumPy makes it
+    from_numpy = remover(frames, masks, latents=noise, **options)
+    from_torch = remover(frames, masks, latents=torch.from_numpy(noise).float(), **options)
+    np.testing.assert_array_equal(from_numpy, from_torch)
+    assert np.isfinite(remover(frames, masks, seed=2**63 - 1, **options)).all()
+    assert np.isfinite(remover(frames, masks, seed=np.uint64(7), **options)).all()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f, m: ([], m), "no frames"),
+        (lambda f, m: ([f[0], f[1][:100]], m[:2]), r"frames differ in shape: \[240, 432, 3\] first, \[100, 432, 3\]"),
+        (lambda f, m: (f, None), "masks must be an array or a list of images, got NoneType"),
+        (lambda f, m: (f, []), "no masks"),
+        (lambda f, m: (f, [m[0], m[1][:10]]), "masks differ in shape"),
+        (lambda f, m: (f, np.where(m > 0, np.nan, 0.0)), "masks hold NaN or infinite values"),
+        (lambda f, m: (f, m.astype(str)), "masks must be bool, integer or float"),
+    ],
+)
+def test_bad_python_input_is_a_clear_error(remover, fixture_inputs, change, message):
+    frames, masks = change(*fixture_inputs)
+    with pytest.raises(RemoverError, match=message):
+        remover(frames, masks, height=32, width=48, progress=False)
+
+
+@pytest.mark.parametrize("seed", [None, -1, 2**63, 2**64, 1.5, "42", True])
+def test_a_seed_the_cli_refuses_is_refused_the_same_way(remover, fixture_inputs, seed):
+    with pytest.raises(RemoverError, match=r"--seed must be a whole number from 0 to 9223372036854775807"):
+        remover(*fixture_inputs, height=32, width=48, seed=seed, progress=False)
+
+
+@pytest.mark.parametrize("steps", [0, -2, None])
+def test_steps_the_cli_refuses_are_refused_the_same_way(remover, fixture_inputs, steps):
+    with pytest.raises(RemoverError, match=r"--steps must be a whole number from 1 to 1000"):
+        remover(*fixture_inputs, height=32, width=48, num_inference_steps=steps, progress=False)
+
+
+def test_bad_latents_are_a_clear_error(remover, fixture_inputs):
+    frames, masks = fixture_inputs[0][:1], fixture_inputs[1][:1]
+    with pytest.raises(RemoverError, match="latents must be a tensor or a NumPy array, got list"):
+        remover(frames, masks, height=32, width=48, latents=[0.0], progress=False)
+    with pytest.raises(RemoverError, match="latents hold NaN"):
+        remover(frames, masks, height=32, width=48, latents=np.full((1, 16, 1, 4, 6), np.nan), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("meta", "device 'meta' cannot run the model"),
+        ("gpu", "unknown device 'gpu'"),
+        ("cuda:64", "no cuda:64|CUDA is not"),
+    ],
+)
+def test_a_device_that_cannot_run_is_a_clear_error_before_loading(checkpoint, device, message):
+    with pytest.raises(RemoverError, match=message):
+        Remover.from_pretrained(checkpoint, device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error(checkpoint):
+    with pytest.raises(RemoverError, match="CUDA is not available on this machine"):
+        Remover.from_pretrained(checkpoint, device="cuda")

@@ -7,7 +7,8 @@ import math
 import pytest
 
 from runtime import RemoverError
-from runtime.clips.plan import Box, PlanOptions, make_plan, pixel_unit, window_spans
+from runtime.clips.plan import Box, make_plan, pixel_unit, window_spans
+from runtime.options import PlanOptions
 from runtime.pipeline.preprocess import output_size
 
 
@@ -158,3 +159,46 @@ def test_the_plan_describes_itself():
     lines = plan.describe()
     assert lines[0].startswith("plan: 100 frames of 1920x1080 in 2 window(s) (continue, overlap 5); crop")
     assert "tokens" in lines[1] and "known" not in lines[1] and "5 known" in lines[2]
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        ((64, 112), (64, 112)),  # far below 480p: its own size, not 832x480 (scale 7.5)
+        ((144, 256), (144, 256)),  # the demo
+        ((200, 200), (192, 192)),  # sides rounded down to multiples of 16, never up
+        ((255, 400), (240, 400)),  # around the 256 minimum crop: the whole frame
+        ((256, 400), (256, 400)),
+        ((257, 400), (256, 400)),
+        ((479, 852), (464, 848)),  # one row short of 480p: still not upscaled
+        ((480, 852), (480, 832)),  # 480p and above: 480p, as before
+        ((481, 855), (480, 832)),
+        ((720, 1280), (480, 832)),
+        ((1080, 1920), (480, 832)),
+        ((1920, 1080), (832, 480)),  # portrait
+    ],
+)
+def test_the_whole_frame_is_never_upscaled_past_the_clip(frame, expected):
+    plan = make_plan(9, frame, [Box(0, 0, *frame)] * 9, PlanOptions())
+    assert plan.windows[0].size == expected
+    assert ("not upscaled to" in plan.describe()[0]) == (min(frame) < 480)  # the plan says so
+
+
+@pytest.mark.parametrize("frame", [(64, 112), (144, 256), (255, 400), (479, 852)])
+def test_a_small_mask_in_a_small_clip_stays_at_native_scale(frame):
+    box = Box(frame[0] // 3, frame[1] // 3, frame[0] // 2, frame[1] // 2)
+    window = make_plan(9, frame, [box] * 9, PlanOptions()).windows[0]
+    assert window.size[0] <= window.box.height and window.size[1] <= window.box.width  # no upscaling
+    assert window.dilation == 6  # the 480p pixels, as given: below 480p one pixel is one pixel
+
+
+def test_upscaling_a_small_clip_is_asked_for_by_upscale_or_a_size():
+    frame = (64, 112)
+    whole = [Box(0, 0, *frame)] * 9
+    plan = make_plan(9, frame, whole, PlanOptions())
+    assert "not upscaled to 832x480 (--upscale allows it)" in plan.describe()[0]
+    upscaled = make_plan(9, frame, whole, PlanOptions(upscale=True))
+    assert upscaled.windows[0].size == (480, 832) and "not upscaled" not in upscaled.describe()[0]
+    assert make_plan(9, frame, whole, PlanOptions(height=128)).windows[0].size == (128, 224)
+    big = make_plan(9, (1080, 1920), [Box(0, 0, 1080, 1920)] * 9, PlanOptions())
+    assert "not upscaled" not in big.describe()[0]

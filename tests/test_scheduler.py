@@ -10,7 +10,8 @@ import torch
 from conftest import fixed_seed, fresh_seed, relative_error
 
 from runtime.errors import RemoverError
-from runtime.pipeline.samplers import RELEASED_SCHEDULER, make_sampler, read_scheduler_config
+from runtime.models.scheduler import RELEASED_SCHEDULER, read_scheduler_config
+from runtime.pipeline.samplers import make_sampler
 
 
 def test_schedule_matches_reference_fixture(checkpoint, expected):

@@ -1,4 +1,4 @@
-"""The streamed run (runtime/stream.py) with deterministic stand-in stages: where generated pixels land,
+"""The streamed run (runtime/clips/stream.py) with deterministic stand-in stages: where generated pixels land,
 what each window is given, what is written when, and how much is held; and with the fixture's model:
 one window is the one-pass pipeline."""
 
@@ -12,12 +12,13 @@ import torch
 from torch import Tensor
 
 from runtime import Remover
-from runtime.clips.plan import PlanOptions, make_plan
-from runtime.clips.stream import mask_box, run_plan
+from runtime.clips.plan import make_plan
+from runtime.clips.stream import LocalWindows, mask_box, run_plan
+from runtime.models.scheduler import RELEASED_SCHEDULER
 from runtime.models.transformer import TransformerConfig
 from runtime.models.vae import VAEConfig
+from runtime.options import PlanOptions, RunOptions
 from runtime.pipeline.preprocess import dilate
-from runtime.pipeline.samplers import RELEASED_SCHEDULER
 from runtime.pipeline.stages import Stages
 
 
@@ -72,8 +73,9 @@ def clip(frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
 
 def run(remover, plan, frames, masks, **options):
     written = []
-    run_plan(remover, plan, ((f, 1000 + i) for i, f in enumerate(frames)), iter(masks),
-             lambda image, pts: written.append((image, pts)), progress=False, **options)  # fmt: skip
+    windows = LocalWindows(remover, RunOptions(progress=False, **options))
+    run_plan(plan, ((f, 1000 + i) for i, f in enumerate(frames)), iter(masks),
+             lambda image, pts: written.append((image, pts)), windows, progress=False)  # fmt: skip
     return np.stack([image for image, _ in written]), [pts for _, pts in written]
 
 
@@ -161,7 +163,8 @@ def test_frames_are_written_as_soon_as_final_and_nothing_more_is_held():
             yield frame, index
 
     lead = []
-    run_plan(stand_in_remover(), plan, source(), iter(masks), lambda image, pts: lead.append(len(read) - pts),
+    windows = LocalWindows(stand_in_remover(), RunOptions(progress=False))
+    run_plan(plan, source(), iter(masks), lambda image, pts: lead.append(len(read) - pts), windows,
              progress=False)  # fmt: skip
     assert len(lead) == 60 and max(lead) <= 13  # never more than one window read ahead of what was written
 

@@ -20,9 +20,9 @@ from PIL import Image
 
 from runtime.errors import RemoverError
 from runtime.io import open_clip, read_masks, write_clip
+from runtime.models.scheduler import RELEASED_SCHEDULER
 from runtime.models.vae import RELEASED_VAE, WanVAE
 from runtime.pipeline.remover import Remover
-from runtime.pipeline.samplers import RELEASED_SCHEDULER
 from runtime.pipeline.stages import TorchStages
 from training.baselines import telea, temporal_median
 from training.data import (

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.live_memory import LiveTensorBytes
 from runtime.errors import RemoverError
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
 from training.flow import flow_matching_loss
+from training.live_memory import LiveTensorBytes
 from training.plan import GIB, ClipShape, block_activation_bytes, memory_plan
 from training.stage1 import train_stage1
 from training.stage_config import Stage1Config
@@ -96,18 +96,20 @@ def measured_peak(config, clip: ClipShape, samples: int, scale: ScaleSettings, r
 
 
 @pytest.mark.parametrize(
-    "width, heads, ffn, layers, clip, samples, scale",
+    "width, heads, ffn, layers, clip, samples, scale, measured",
     [
-        (128, 2, 512, 2, (3, 32, 48), 2, ScaleSettings()),
-        (128, 4, 384, 3, (5, 24, 40), 1, ScaleSettings(precision="bf16", activation_checkpointing=-1)),
+        (128, 2, 512, 2, (3, 32, 48), 2, ScaleSettings(), 1.087),
+        (128, 4, 384, 3, (5, 24, 40), 1, ScaleSettings(precision="bf16", activation_checkpointing=-1), 1.182),
     ],
     ids=["fp32-whole-blocks", "bf16-checkpointed"],
 )
-def test_memory_plan_is_within_25_percent_of_the_measured_peak(
-    tmp_path, width, heads, ffn, layers, clip, samples, scale
+def test_memory_plan_is_above_the_measured_peak_by_what_was_measured(
+    tmp_path, width, heads, ffn, layers, clip, samples, scale, measured
 ):
-    """Two tiny configs on the CPU, activations dominating as at the released scale (measured: the
-    plan 9 % and 18 % above the peak)."""
+    """Two tiny configs on the CPU, activations dominating as at the released scale. The plan is above the
+    peak (never below: that would be an out-of-memory it did not foresee) by the margin measured when it
+    was written (8.7 % and 18.2 %: allocator-independent tensor bytes, so the same on every run), within
+    3 points, so a change in what the plan counts or in what training holds shows."""
     config = replace(
         RELEASED_TRANSFORMER,
         num_layers=layers,
@@ -120,7 +122,7 @@ def test_memory_plan_is_within_25_percent_of_the_measured_peak(
     shape = ClipShape(frames, height, width_latent, frames * (height // 2) * (width_latent // 2))
     plan = memory_plan(config, shape, samples, scale, gpus=1)
     peak = measured_peak(config, shape, samples, scale, tmp_path)
-    assert 0.75 * peak <= plan.tensors <= 1.25 * peak, (
+    assert peak <= plan.tensors and abs(plan.tensors / peak - measured) <= 0.03, (
         f"plan {plan.tensors / 2**20:.1f} MiB, peak {peak / 2**20:.1f} MiB"
     )
 

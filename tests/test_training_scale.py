@@ -15,10 +15,11 @@ import pytest
 import torch
 from conftest import fixed_seed
 
+from runtime.models.scheduler import RELEASED_SCHEDULER
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
 from runtime.models.vae import RELEASED_VAE, WanVAE
 from runtime.models.weights import load_transformer
-from runtime.pipeline.samplers import RELEASED_SCHEDULER, make_sampler
+from runtime.pipeline.samplers import make_sampler
 from training.flow import flow_matching_loss
 from training.stage2 import bad_noise
 from training.trainer import Distributed, LoopSettings, ScaleSettings, prepare_model, run_steps, save_model_folder

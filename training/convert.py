@@ -26,6 +26,7 @@ from torch import Tensor
 
 from runtime.errors import RemoverError, exit_code
 from runtime.models.config import ANY, config_from_dict
+from runtime.models.scheduler import RELEASED_SCHEDULER
 from runtime.models.transformer import RemoverTransformer, TransformerConfig
 from runtime.models.weights import (
     config_from_wan_tensors,
@@ -36,7 +37,6 @@ from runtime.models.weights import (
     wan_to_released_key,
     weight_files,
 )
-from runtime.pipeline.samplers import RELEASED_SCHEDULER
 
 # Keys of the text-to-video model the remover does not have (diffusers names, then original Wan names).
 DROPPED_KEYS = [

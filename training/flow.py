@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from runtime.models.scheduler import RELEASED_SCHEDULER
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer, TransformerConfig
 from runtime.models.vae import WanVAE
 from runtime.models.weights import load_transformer, load_vae, save_checkpoint
-from runtime.pipeline.samplers import RELEASED_SCHEDULER
 from training.data import ClipSpec, make_source
 from training.latents import (
     LatentSet,

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from runtime.demo import DEMO_CLIP, DEMO_MASK, DEMO_WEIGHTS
 from runtime.errors import exit_code
 from runtime.io import write_clip
 from runtime.models.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint, save_checkpoint
-from runtime.run import DEMO_CLIP, DEMO_MASK, DEMO_WEIGHTS
 from training.synthetic import render_clip
 
 DEMO_SEED, DEMO_FRAMES, DEMO_HEIGHT, DEMO_WIDTH, DEMO_FPS = 7, 21, 144, 256, Fraction(16)

@@ -34,9 +34,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from runtime.errors import RemoverError
+from runtime.models.scheduler import RELEASED_SCHEDULER
 from runtime.models.transformer import RemoverTransformer
 from runtime.pipeline.remover import Remover
-from runtime.pipeline.samplers import RELEASED_SCHEDULER, make_sampler
+from runtime.pipeline.samplers import make_sampler
 from training.flow import (
     CHECKPOINT_DIR,
     crop_size,

@@ -2,8 +2,8 @@
 `python -m runtime.batch`) does, for any length and resolution. `remove_file` is the whole of it:
 
     open the video and the mask (lazy) -> scan the masks once for their bounding boxes -> plan the
-    windows and crops (runtime/plan.py) -> check that the plan fits this machine -> stream the
-    windows into the output (runtime/stream.py), or draw the plan (runtime/preview.py)
+    windows and crops (runtime/clips/plan.py) -> check that the plan fits this machine -> stream the
+    windows into the output (runtime/clips/stream.py), or draw the plan (runtime/clips/preview.py)
 
 Nothing is written unless the whole run succeeds: the writer works under a temporary name.
 """
@@ -20,39 +20,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from runtime.clips.plan import Plan, PlanOptions, make_plan
-from runtime.clips.stream import host_bytes, mask_box, run_plan
-from runtime.distributed.parallel import WindowShare
+from runtime.clips.estimate import check_fits, describe_estimate, estimate
+from runtime.clips.plan import Plan, make_plan
+from runtime.clips.plan import working_size as plan_working_size
+from runtime.clips.stream import LocalWindows, WindowRunner, mask_box, run_plan
 from runtime.errors import RemoverError
-from runtime.execution.cost_model import RunEstimate, achievable_flops, estimate_run
-from runtime.io import ClipReader, MaskSource, check_output, open_clip, open_masks, open_writer
-from runtime.pipeline.preprocess import output_size, padded_frame_count, resize_frames, shrink_masks
+from runtime.io import ClipReader, MaskSource, check_output, copy_clip, open_clip, open_masks, open_writer
+from runtime.options import MaskOptions, OutputOptions, PlanOptions, RunOptions
+from runtime.pipeline.preprocess import resize_frames, shrink_masks
 from runtime.pipeline.remover import EmptyMaskWarning, Remover
 from runtime.pipeline.stages import Stages
-
-GB = 1e9
-
-
-@dataclass(frozen=True)
-class MaskOptions:
-    """How mask files become masks (see runtime/io/masks.py)."""
-
-    threshold: int | None = None
-    invert: bool = False
-    channel: str = "auto"
-
-
-@dataclass(frozen=True)
-class OutputOptions:
-    """How the result is encoded (see runtime/io/writer.py)."""
-
-    codec: str | None = None
-    crf: int | None = None
-    lossless: bool = False
-    overwrite: bool = False
-
-    def writer_arguments(self) -> dict:
-        return {"codec": self.codec, "crf": self.crf, "lossless": self.lossless, "overwrite": self.overwrite}
+from runtime.pipeline.timing import Timings
 
 
 @dataclass
@@ -118,7 +96,7 @@ def open_job(
     frame_size = (info.height, info.width)
     working_size = None
     if not paste_back:
-        working_size = output_size(*frame_size, options.height, options.width)
+        working_size = plan_working_size(frame_size, options)
         options = replace(options, crop="off", height=working_size[0], width=working_size[1])
         frame_size = working_size
     scan = tqdm(
@@ -128,97 +106,13 @@ def open_job(
     return Job(reader, masks, make_plan(info.frame_count, frame_size, boxes, options), working_size)
 
 
-def estimate(job: Job, remover: Remover, steps: int) -> RunEstimate:
-    """The cost model's figures for running `job.plan` on `remover`."""
-    factor = remover.stages.vae_config.temporal_factor
-    windows = [(padded_frame_count(w.frames, factor), *w.size) for w in job.plan.model_windows]
-    element_bytes = torch.finfo(remover.dtype).bits // 8
-    return estimate_run(
-        windows,
-        remover.stages.transformer_config,
-        remover.stages.vae_config,
-        steps,
-        element_bytes,
-        host_bytes(job.plan),
-    )
-
-
-def available_host_bytes() -> int | None:
-    """Memory the host can still give (MemAvailable on Linux), or None where that is unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def check_fits(job: Job, remover: Remover, figures: RunEstimate) -> None:
-    """A RemoverError, before any work, when the plan cannot fit the device or the host."""
-    plan, device = job.plan, remover.device
-    biggest = max(plan.model_windows, key=lambda w: w.size[0] * w.size[1] * w.frames, default=None)
-    if biggest is None:
-        return
-    shape = f"{biggest.frames} frames at {biggest.size[1]}x{biggest.size[0]}"
-    host_need = figures.host_bytes + (figures.device_bytes if device.type == "cpu" else 0)
-    host_free = available_host_bytes()
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        if figures.device_bytes > free:
-            raise RemoverError(
-                f"this plan needs about {figures.device_bytes / GB:.1f} GB of GPU memory for a window of {shape}, "
-                f"and {free / GB:.1f} GB are free: use a smaller --height/--width or --window"
-            )
-    if host_free is not None and host_need > host_free:
-        height, width = plan.frame_size
-        raise RemoverError(
-            f"this plan needs about {host_need / GB:.1f} GB of host memory (windows of {biggest.frames} frames of "
-            f"{width}x{height}, model work on {shape}) and {host_free / GB:.1f} GB are available: use a smaller "
-            "--window, or a smaller --height/--width"
-        )
-
-
-def run_job(
-    job: Job,
-    remover: Remover,
-    out: str | Path,
-    output: OutputOptions = OutputOptions(),
-    *,
-    steps: int = 6,
-    seed: int = 42,
-    progress: bool = True,
-    share: WindowShare | None = None,
-) -> dict[str, float]:
-    """Stream the plan into `out` (committed only when every frame is written), with the other ranks'
-    windows from them if `share`. Returns the seconds of each stage."""
+def run_job(job: Job, out: str | Path, output: OutputOptions, windows: WindowRunner, progress: bool = True) -> Timings:
+    """Stream the plan into `out` (committed only when every frame is written), each window made by
+    `windows` (`LocalWindows(remover, run)` in one process). Returns the seconds of each stage."""
     if not job.plan.model_windows:
         warnings.warn("the mask is empty: writing the input unchanged", EmptyMaskWarning, stacklevel=2)
-    with open_writer(out, job.video.info, **output.writer_arguments()) as writer:
-        return run_plan(
-            remover,
-            job.plan,
-            job.frames(),
-            job.mask_frames(),
-            writer.write,
-            steps=steps,
-            seed=seed,
-            paste_back=job.working_size is None,
-            progress=progress,
-            share=share,
-        )
-
-
-def describe_estimate(figures: RunEstimate, device: torch.device) -> str:
-    """The estimate line a run prints: FLOPs, a rough time on this device, and the memory figures."""
-    rate = achievable_flops(torch.cuda.get_device_name(device) if device.type == "cuda" else "", device.type)
-    seconds = figures.flops / rate
-    roughly = f"roughly {seconds:.0f} s" if seconds >= 1 else "under a second"
-    return (
-        f"estimate: {figures.flops / 1e12:.2f} TFLOP of model work, {roughly} here; "
-        f"peak memory about {figures.device_bytes / GB:.2f} GB on the device beyond the "
-        f"{figures.weight_bytes / GB:.2f} GB of weights, {figures.host_bytes / GB:.2f} GB of frames on the host"
-    )
+    with open_writer(out, job.video.info, **output.writer_arguments(), inputs=[job.masks.path]) as writer:
+        return run_plan(job.plan, job.frames(), job.mask_frames(), writer.write, windows, progress)
 
 
 def remove_file(
@@ -230,33 +124,58 @@ def remove_file(
     mask_options: MaskOptions = MaskOptions(),
     output: OutputOptions = OutputOptions(),
     *,
-    steps: int = 6,
-    seed: int = 42,
-    paste_back: bool = True,
-    progress: bool = True,
+    run: RunOptions = RunOptions(),
     dry_run: bool = False,
     say: Callable[[str], None] = lambda line: None,
-    share: WindowShare | None = None,
+    windows: WindowRunner | None = None,
+    **legacy: object,
 ) -> tuple[Plan, dict[str, float]]:
     """Remove the masked object from the clip file `video` into `out`, saying what it does (the clip,
     the plan, the estimate) through `say` before any work. Bad input, a plan that cannot fit and an
     output that exists (without `output.overwrite`) are RemoverErrors before any work. `dry_run`
-    stops after the checks and writes nothing. `share`: rank 0 of a torchrun group sharing the windows
-    (`runtime.distributed.parallel.WindowShare`). Returns the plan and the seconds of each stage."""
+    stops after the checks and writes nothing. `windows` makes each window (default: `remover`, here,
+    with `run`; runtime/distributed shares them over ranks). Returns the plan and the seconds of each
+    stage. (`steps`, `seed`, `paste_back` and `progress` as keywords still work, deprecated: use `run`.)"""
+    run = _legacy_run_options(run, legacy)
     start = time.perf_counter()
     reader = open_clip(video)
     say(f"{video}: {reader.info.describe()}")
     if not dry_run:
-        check_output(out, reader.info, **output.writer_arguments())
+        check_output(out, reader.info, **output.writer_arguments(), inputs=[mask])
     options = fit_to_stages(options or PlanOptions(), remover.stages)
-    job = open_job(reader, mask, options, mask_options, paste_back=paste_back, progress=progress)
+    job = open_job(reader, mask, options, mask_options, paste_back=run.paste_back, progress=run.progress)
     scan_s = time.perf_counter() - start
     for line in job.plan.describe():
         say(line)
-    figures = estimate(job, remover, steps)
+    figures = estimate(job.plan, remover, run.steps)
     say(describe_estimate(figures, remover.device))
-    check_fits(job, remover, figures)
+    check_fits(job.plan, remover.device, figures)
     if dry_run:
         return job.plan, {}
-    timings = run_job(job, remover, out, output, steps=steps, seed=seed, progress=progress, share=share)
+    if not job.plan.model_windows and run.paste_back:
+        return job.plan, {"read": scan_s, "copy": write_unchanged(video, mask, out, output, run.progress)}
+    timings = run_job(job, out, output, windows or LocalWindows(remover, run), run.progress)
     return job.plan, {"read": scan_s + timings.pop("read", 0.0), **timings}
+
+
+def write_unchanged(
+    video: str | Path, mask: str | Path, out: str | Path, output: OutputOptions, progress: bool = True
+) -> float:
+    """The clip whose mask is empty, written to `out` unchanged: its streams copied where the container
+    takes them (else losslessly), never re-encoded lossily and never through the model. Returns the
+    seconds it took."""
+    start = time.perf_counter()
+    warnings.warn("the mask is empty: writing the input unchanged", EmptyMaskWarning, stacklevel=3)
+    copy_clip(video, out, **output.writer_arguments(), inputs=[mask], progress=progress)
+    return time.perf_counter() - start
+
+
+def _legacy_run_options(run: RunOptions, legacy: dict[str, object]) -> RunOptions:
+    """`run` with the run options given the old way, as keywords (a DeprecationWarning says so)."""
+    unknown = set(legacy) - {"steps", "seed", "paste_back", "progress"}
+    if unknown:
+        raise TypeError(f"remove_file() got unexpected keyword arguments {sorted(unknown)}")
+    if legacy:
+        warnings.warn("remove_file(steps=, seed=, ...) is deprecated: pass run=RunOptions(...)", DeprecationWarning, 3)
+        run = replace(run, **legacy)
+    return run

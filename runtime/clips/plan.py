@@ -10,7 +10,9 @@ Each window processes one box of the native-resolution frames: with cropping, th
 boxes (dilated) plus a context margin, at native resolution when that fits the working-size budget
 and scaled down to fit when it does not; without it, the whole frame at the working size, as the
 one-pass pipeline does. Every window of a clip uses the same box size, so the scale (and the
-detail the model works at) never jumps between windows. Mask dilation and the paste-back feather
+detail the model works at) never jumps between windows. The whole-frame working size is 480p
+(`output_size`) but never above the clip's own resolution unless `upscale` (or a size) is given: the
+model would work on invented pixels at many times the cost. Mask dilation and the paste-back feather
 are given in pixels at 480p and scale up with larger frames: `pixel_unit` native pixels per 480p pixel.
 
 Boxes are half-open native pixel ranges (top, left, bottom, right) in display orientation.
@@ -23,86 +25,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from runtime.errors import RemoverError
+from runtime.options import PlanOptions
+from runtime.pipeline.box import Box
 from runtime.pipeline.preprocess import SIZE_MULTIPLE, output_size, padded_frame_count
 
-DEFAULT_WINDOW = 81  # the model's training length (21 latent frames)
-DEFAULT_OVERLAP = 5  # finished frames each window starts from (latents 0 and 1); see the README
-BLEND_MODES = ("continue", "crossfade")
-CROP_MODES = ("auto", "on", "off")
 REFERENCE_SHORT_SIDE = 480  # dilation and feather are given in pixels at this short side
-DEFAULT_DILATION = 6  # the released demos' setting at 480p
-DEFAULT_FEATHER = 3
-DEFAULT_CONTEXT = 0.25
-DEFAULT_MIN_CROP = 256
-
-
-@dataclass(frozen=True)
-class Box:
-    """A half-open pixel rectangle [top, bottom) x [left, right)."""
-
-    top: int
-    left: int
-    bottom: int
-    right: int
-
-    @property
-    def height(self) -> int:
-        return self.bottom - self.top
-
-    @property
-    def width(self) -> int:
-        return self.right - self.left
-
-    def union(self, other: Box | None) -> Box:
-        if other is None:
-            return self
-        return Box(
-            min(self.top, other.top),
-            min(self.left, other.left),
-            max(self.bottom, other.bottom),
-            max(self.right, other.right),
-        )
-
-    def grown(self, pixels: float) -> Box:
-        """This box with `pixels` more on every side (not clamped)."""
-        grow = math.ceil(pixels)
-        return Box(self.top - grow, self.left - grow, self.bottom + grow, self.right + grow)
-
-    def __str__(self) -> str:
-        return f"{self.width}x{self.height}+{self.left}+{self.top}"
-
-
-@dataclass(frozen=True)
-class PlanOptions:
-    """How a clip is split and cropped (the CLI's --window ... --min-crop)."""
-
-    window: int = DEFAULT_WINDOW  # frames per window; 0: the whole clip in one pass
-    overlap: int = DEFAULT_OVERLAP
-    blend: str = "continue"  # or "crossfade"
-    crop: str = "auto"  # "on", "off"
-    height: int | None = None  # working-size budget; default 480p keeping the aspect ratio
-    width: int | None = None
-    dilation: int = DEFAULT_DILATION  # pixels at 480p
-    feather: int = DEFAULT_FEATHER  # pixels at 480p
-    context: float = DEFAULT_CONTEXT  # crop margin around the dilated mask box, times its longer side
-    min_crop: int = DEFAULT_MIN_CROP  # shortest crop side the model sees, in working pixels
-    fixed_window: bool = False  # every window exactly `window` frames (an engine bundle with static shapes)
-
-    def check(self) -> None:
-        """A RemoverError for options that cannot make a plan."""
-        if self.window < 0 or self.overlap < 0:
-            raise RemoverError(f"--window and --overlap must be >= 0, got {self.window} and {self.overlap}")
-        if self.window and self.overlap >= self.window:
-            raise RemoverError(f"--overlap ({self.overlap}) must be smaller than --window ({self.window})")
-        if self.blend not in BLEND_MODES:
-            raise RemoverError(f"unknown blend mode {self.blend!r}; choose one of {BLEND_MODES}")
-        if self.crop not in CROP_MODES:
-            raise RemoverError(f"unknown crop mode {self.crop!r}; choose one of {CROP_MODES}")
-        if self.dilation < 0 or self.feather < 0 or self.context < 0 or self.min_crop < SIZE_MULTIPLE:
-            raise RemoverError(
-                f"--dilate, --feather and --context must be >= 0 and --min-crop >= {SIZE_MULTIPLE}, got "
-                f"{self.dilation}, {self.feather}, {self.context} and {self.min_crop}"
-            )
 
 
 @dataclass(frozen=True)
@@ -142,6 +69,7 @@ class Plan:
     windows: tuple[Window, ...]
     options: PlanOptions
     cropped: bool
+    not_upscaled: tuple[int, int] | None = None  # the 480p size a smaller clip was not upscaled to
 
     @property
     def model_windows(self) -> tuple[Window, ...]:
@@ -161,6 +89,11 @@ class Plan:
             f"plan: {self.frame_count} frames of {width}x{height} in {len(self.windows)} window(s) ({mode}); "
             f"{crop}; {len(busy)} window(s) to generate, {len(self.windows) - len(busy)} without mask"
         ]
+        if self.not_upscaled is not None:
+            lines[0] += (
+                f"; at the clip's own resolution, not upscaled to {self.not_upscaled[1]}x{self.not_upscaled[0]} "
+                "(--upscale allows it)"
+            )
         for w in self.windows:
             frames = f"window {w.index + 1}: frames {w.start}-{w.stop - 1}"
             if w.box is None:
@@ -223,6 +156,17 @@ def _round_down(value: float, multiple: int = SIZE_MULTIPLE) -> int:
     return max(multiple, math.floor(value / multiple) * multiple)
 
 
+def working_size(frame_size: tuple[int, int], options: PlanOptions) -> tuple[int, int]:
+    """The whole-frame working size (height, width): --height/--width as given, else 480p keeping the
+    aspect ratio (`output_size`), except that a clip smaller than that runs at its own resolution
+    (sides rounded down to multiples of 16) unless `options.upscale`."""
+    size = output_size(*frame_size, options.height, options.width)
+    asked = options.upscale or options.height is not None or options.width is not None
+    if asked or (size[0] <= frame_size[0] and size[1] <= frame_size[1]):
+        return size
+    return _round_down(frame_size[0]), _round_down(frame_size[1])
+
+
 def crop_size(
     needed: tuple[int, int], frame_size: tuple[int, int], budget: int
 ) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -255,7 +199,8 @@ def make_plan(
         raise RemoverError(
             f"the engine bundle runs exactly {options.window} frames per window and the clip has {frame_count}"
         )
-    whole_size = output_size(*frame_size, options.height, options.width)
+    whole_size = working_size(frame_size, options)
+    default_size = output_size(*frame_size, options.height, options.width)
     budget = whole_size[0] * whole_size[1]
     unit = pixel_unit(frame_size)
     spans = window_spans(frame_count, options.window, options.overlap, options.fixed_window)
@@ -278,7 +223,8 @@ def make_plan(
         dilation = round(options.dilation * unit * scale)
         feather = min(max(1, round(options.feather * unit * scale)), max(1, dilation))
         windows.append(Window(index, start, stop, skip, box, size, dilation, feather))
-    return Plan(frame_count, frame_size, tuple(windows), options, cropped)
+    not_upscaled = default_size if default_size != whole_size else None
+    return Plan(frame_count, frame_size, tuple(windows), options, cropped, not_upscaled)
 
 
 def _crop_boxes(

@@ -12,10 +12,9 @@ bounding box is kept), the next window's overlap, and one window's generation at
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -25,9 +24,10 @@ from runtime.clips.plan import Box, Plan, Window
 from runtime.errors import RemoverError
 from runtime.pipeline.composite import composite_window, to_uint8
 from runtime.pipeline.preprocess import CHUNK_PIXELS, dilate, resize_frames, shrink_masks
+from runtime.pipeline.timing import Timings
 
 if TYPE_CHECKING:
-    from runtime.distributed.parallel import WindowShare
+    from runtime.options import RunOptions
     from runtime.pipeline.remover import Remover
 
 ENCODER_QUEUE_FRAMES = 50  # x264 at its default preset: a 40-frame lookahead, B-frames and frame threads
@@ -45,7 +45,7 @@ def mask_box(mask: np.ndarray) -> Box | None:
 
 
 @dataclass
-class _Slot:
+class Slot:
     """One buffered frame: the input, its mask's bounding box and pixels there, its timestamp, and its
     composited result once a window has made it."""
 
@@ -74,19 +74,19 @@ class _Slot:
         return out
 
 
-def _slot(image: np.ndarray, mask: np.ndarray, pts: int | None) -> _Slot:
+def make_slot(image: np.ndarray, mask: np.ndarray, pts: int | None) -> Slot:
     box = mask_box(mask)
     pixels = None if box is None else mask[box.top : box.bottom, box.left : box.right].copy()
-    return _Slot(image, box, pixels, pts)
+    return Slot(image, box, pixels, pts)
 
 
-def _next_slot(inputs: Iterator[tuple[tuple[np.ndarray, int | None], np.ndarray]], read: int, total: int) -> _Slot:
+def next_slot(inputs: Iterator[tuple[tuple[np.ndarray, int | None], np.ndarray]], read: int, total: int) -> Slot:
     """The next frame and mask as a slot; a clip that ends early is a RemoverError."""
     try:
         (image, pts), mask = next(inputs)
     except StopIteration:
         raise RemoverError(f"the video ended after {read} of its {total} frames") from None
-    return _slot(image, mask, pts)
+    return make_slot(image, mask, pts)
 
 
 def host_bytes(plan: Plan) -> int:
@@ -105,114 +105,75 @@ def host_bytes(plan: Plan) -> int:
     return native + working + 6 * CHUNK_PIXELS * 3 * 4 + encoder
 
 
+class WindowRunner(Protocol):
+    """Makes a window's finished frames: those after its `known` ones, composited into the native frames
+    (uint8 [H, W, 3] each). `LocalWindows` computes them here; runtime/distributed gives runners that
+    take some windows from other processes."""
+
+    def __call__(self, window: Window, buffer: dict[int, Slot], timings: Timings) -> list[np.ndarray]: ...
+
+
+@dataclass
+class LocalWindows:
+    """Every window computed in this process by `remover`, window k's noise drawn from run.seed + k."""
+
+    remover: Remover
+    run: RunOptions
+
+    def __call__(self, window: Window, buffer: dict[int, Slot], timings: Timings) -> list[np.ndarray]:
+        return compute_window(self.remover, window, buffer, self.run, timings)
+
+
 def run_plan(
-    remover: Remover,
     plan: Plan,
     frames: Iterable[tuple[np.ndarray, int | None]],
     masks: Iterable[np.ndarray],
     sink: Sink,
-    *,
-    steps: int = 6,
-    seed: int = 42,
-    paste_back: bool = True,
+    windows: WindowRunner,
     progress: bool = True,
-    share: WindowShare | None = None,
-) -> dict[str, float]:
+) -> Timings:
     """Run every window of `plan` over `frames` ((uint8 [H, W, 3], pts) in order) and `masks` (bool
-    [H, W], one per frame), handing each finished frame to `sink` in order. Window k's noise is drawn
-    from seed + k, so a clip of one window is exactly the one-pass pipeline's result. Without
-    `paste_back` the generation replaces the whole window (the plan must be whole-frame). With
-    `share` (rank 0 of a group, crossfaded windows) the other ranks' windows come from them
-    (`run_shared_windows`). Returns the seconds spent in each stage, summed over the windows."""
-    owners = window_owners(plan, share.world if share else 1)
-    timings: dict[str, float] = {}
+    [H, W], one per frame), handing each finished frame to `sink` in order; `windows` makes each window's
+    frames (`LocalWindows(remover, run)` in one process). With LocalWindows a clip of one window is
+    exactly the one-pass pipeline's result. Returns the seconds spent in each stage, summed over the
+    windows."""
+    timings = Timings()
     inputs: Iterator[tuple[tuple[np.ndarray, int | None], np.ndarray]] = zip(frames, masks)
-    buffer: dict[int, _Slot] = {}
+    buffer: dict[int, Slot] = {}
     read = 0
     written = 0
     bar = tqdm(total=plan.frame_count, desc="frames", unit="frame", disable=not progress)
     try:
         for index, window in enumerate(plan.windows):
             bar.set_postfix_str(f"window {index + 1}/{len(plan.windows)}")
-            start = time.perf_counter()
-            while read < window.stop:
-                buffer[read] = _next_slot(inputs, read, plan.frame_count)
-                read += 1
-            timings["read"] = timings.get("read", 0.0) + time.perf_counter() - start
+            with timings.stage("read"):
+                while read < window.stop:
+                    buffer[read] = next_slot(inputs, read, plan.frame_count)
+                    read += 1
 
-            if owners[index] == 0:
-                outputs = _run_window(remover, window, buffer, steps, seed + index, paste_back, progress, timings)
-            else:
-                start = time.perf_counter()
-                outputs = share.receive(owners[index], window.frames - window.known, (*plan.frame_size, 3))
-                timings["other ranks"] = timings.get("other ranks", 0.0) + time.perf_counter() - start
-            start = time.perf_counter()
-            shared = plan.windows[index - 1].stop - window.start if index else 0  # frames the last window made too
-            for offset, output in enumerate(outputs):
-                slot = buffer[window.start + window.known + offset]
-                fade = window.known == 0 and offset < shared
-                slot.output = _crossfade(slot.output, output, offset, shared) if fade else output
-            timings["composite"] = timings.get("composite", 0.0) + time.perf_counter() - start
+            outputs = windows(window, buffer, timings)
+            with timings.stage("composite"):
+                shared = plan.windows[index - 1].stop - window.start if index else 0  # frames the last window made too
+                for offset, output in enumerate(outputs):
+                    slot = buffer[window.start + window.known + offset]
+                    fade = window.known == 0 and offset < shared
+                    slot.output = _crossfade(slot.output, output, offset, shared) if fade else output
 
             final = plan.windows[index + 1].start if index + 1 < len(plan.windows) else plan.frame_count
             if plan.options.blend == "continue":
                 final = window.stop
-            start = time.perf_counter()
-            while written < final:
-                slot = buffer[written]
-                sink(slot.output, slot.pts)
-                written += 1
-                bar.update()
-            keep_from = plan.windows[index + 1].start if index + 1 < len(plan.windows) else read
-            for done in [i for i in buffer if i < keep_from]:
-                del buffer[done]
-            timings["write"] = timings.get("write", 0.0) + time.perf_counter() - start
+            with timings.stage("write"):
+                while written < final:
+                    slot = buffer[written]
+                    sink(slot.output, slot.pts)
+                    written += 1
+                    bar.update()
+                keep_from = plan.windows[index + 1].start if index + 1 < len(plan.windows) else read
+                for done in [i for i in buffer if i < keep_from]:
+                    del buffer[done]
     finally:
         bar.close()
     return timings
-
-
-def window_owners(plan: Plan, ranks: int) -> list[int]:
-    """The rank that computes each window: the windows with a mask in turn, those without on rank 0
-    (they copy their input)."""
-    owners, turn = [], 0
-    for window in plan.windows:
-        owners.append(0 if window.box is None else turn % ranks)
-        turn += window.box is not None
-    return owners
-
-
-def run_shared_windows(
-    remover: Remover,
-    plan: Plan,
-    frames: Iterable[tuple[np.ndarray, int | None]],
-    masks: Iterable[np.ndarray],
-    share: WindowShare,
-    *,
-    steps: int = 6,
-    seed: int = 42,
-    paste_back: bool = True,
-) -> None:
-    """A rank other than 0 of a group sharing crossfaded windows: read the clip, compute this rank's
-    windows as `run_plan` would, and send each one's finished frames to rank 0. Holds one window of
-    frames at a time."""
-    if plan.options.blend != "crossfade":
-        raise RemoverError("only crossfaded windows can be computed apart")
-    owners = window_owners(plan, share.world)
-    mine = [window for window, owner in zip(plan.windows, owners) if owner == share.rank]
-    inputs = zip(frames, masks)
-    buffer: dict[int, _Slot] = {}
-    read = 0
-    for turn, window in enumerate(mine):
-        while read < window.stop:
-            slot = _next_slot(inputs, read, plan.frame_count)
-            if read >= window.start:  # frames before it are other ranks' (later windows start later)
-                buffer[read] = slot
-            read += 1
-        share.send(_run_window(remover, window, buffer, steps, seed + window.index, paste_back, False, {}))
-        keep_from = mine[turn + 1].start if turn + 1 < len(mine) else read
-        for done in [i for i in buffer if i < keep_from]:
-            del buffer[done]
 
 
 def _crossfade(previous: np.ndarray, current: np.ndarray, offset: int, overlap: int) -> np.ndarray:
@@ -222,50 +183,39 @@ def _crossfade(previous: np.ndarray, current: np.ndarray, offset: int, overlap: 
     return blended.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def _run_window(
-    remover: Remover,
-    window: Window,
-    buffer: dict[int, _Slot],
-    steps: int,
-    seed: int,
-    paste_back: bool,
-    progress: bool,
-    timings: dict[str, float],
+def compute_window(
+    remover: Remover, window: Window, buffer: dict[int, Slot], run: RunOptions, timings: Timings
 ) -> list[np.ndarray]:
     """The composited frames after the window's known ones (the inputs when nothing is masked)."""
     slots = [buffer[i] for i in range(window.start, window.stop)]
     new = slots[window.known :]
     if window.box is None:
         return [slot.image for slot in new]
-    start = time.perf_counter()
     box, device = window.box, remover.device
     region = (slice(box.top, box.bottom), slice(box.left, box.right))
-    images = np.stack([(s.output if i < window.known else s.image)[region] for i, s in enumerate(slots)])
-    masks = np.stack(
-        [s.mask_in(box) if i >= window.known else np.zeros(images.shape[1:3], bool) for i, s in enumerate(slots)]
-    )
-    images = resize_frames(images, window.size, device)
-    masks = shrink_masks(masks, window.size, device)
-    timings["preprocess"] = timings.get("preprocess", 0.0) + time.perf_counter() - start
+    with timings.stage("preprocess"):
+        images = np.stack([(s.output if i < window.known else s.image)[region] for i, s in enumerate(slots)])
+        masks = np.stack(
+            [s.mask_in(box) if i >= window.known else np.zeros(images.shape[1:3], bool) for i, s in enumerate(slots)]
+        )
+        images = resize_frames(images, window.size, device)
+        masks = shrink_masks(masks, window.size, device)
 
     generated = remover(
         images,
         masks,
         height=window.size[0],
         width=window.size[1],
-        num_inference_steps=steps,
+        num_inference_steps=run.steps,
         mask_dilation=window.dilation,
-        seed=seed,
+        seed=run.seed + window.index,
         paste_back=False,
-        progress=progress,
+        progress=run.progress,
     )
-    for stage, seconds in remover.timings.items():
-        timings[stage] = timings.get(stage, 0.0) + seconds
+    timings.merge(remover.timings)
     generated = generated[window.known :]
-    if not paste_back:
+    if not run.paste_back:
         return list(to_uint8(generated))
-    start = time.perf_counter()
-    dilated = dilate(torch.from_numpy(masks[window.known :]).to(device), window.dilation)
-    outputs = composite_window([s.image for s in new], generated, dilated, box, window.feather)
-    timings["composite"] = timings.get("composite", 0.0) + time.perf_counter() - start
-    return outputs
+    with timings.stage("composite"):
+        dilated = dilate(torch.from_numpy(masks[window.known :]).to(device), window.dilation)
+        return composite_window([s.image for s in new], generated, dilated, box, window.feather)

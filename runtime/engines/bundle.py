@@ -36,10 +36,10 @@ from runtime.engines.graph_spec import GraphSpec, TensorSpec
 from runtime.engines.graphs import BACKENDS, Graph, open_graph
 from runtime.errors import RemoverError
 from runtime.models.config import config_from_dict
+from runtime.models.scheduler import SchedulerConfig
 from runtime.models.transformer import TransformerConfig
 from runtime.models.vae import VAEConfig
 from runtime.models.weights import CheckpointPaths, weight_files
-from runtime.pipeline.samplers import SchedulerConfig
 from runtime.pipeline.stages import Stages
 
 FORMAT = "minimax-remover-bundle"
@@ -54,7 +54,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 ORT_SCORES_LIMIT_BYTES = 4 * 1024**3
 FUSED_ATTENTION_OPS = {"Attention", "MultiHeadAttention", "GroupQueryAttention"}
 
-# How the runtime turns frames and masks into the graphs' inputs (runtime/preprocess.py) and the
+# How the runtime turns frames and masks into the graphs' inputs (runtime/pipeline/preprocess.py) and the
 # decoder's output back into pixels; recorded so that other hosts can reproduce it.
 INPUT_NORMALIZATION = {
     "video": "RGB uint8 -> x / 127.5 - 1, then bilinear resize to (height, width), align_corners=False, no antialias",

@@ -1,5 +1,5 @@
 """The inputs and outputs of an exported graph: what a bundle's manifest records for each graph and
-what every backend checks its graph files against (runtime/bundle.py, runtime/engines.py, export/)."""
+what every backend checks its graph files against (runtime/engines/bundle.py, runtime/engines/graphs.py, export/)."""
 
 from __future__ import annotations
 

@@ -14,8 +14,12 @@ import sys
 import warnings
 from pathlib import Path
 
-from runtime.clips.job import MaskOptions
-from runtime.clips.plan import (
+from runtime.errors import RemoverError, RemoverWarning, exit_code
+from runtime.evaluate.evaluation import Evaluation, evaluate_clip
+from runtime.evaluate.lpips import load_lpips
+from runtime.evaluate.manifest import ManifestClip, aggregate, describe_aggregate, evaluate_manifest
+from runtime.evaluate.report import check_targets, plot, write_csv, write_json
+from runtime.options import (
     BLEND_MODES,
     CROP_MODES,
     DEFAULT_CONTEXT,
@@ -23,13 +27,9 @@ from runtime.clips.plan import (
     DEFAULT_MIN_CROP,
     DEFAULT_OVERLAP,
     DEFAULT_WINDOW,
+    MaskOptions,
     PlanOptions,
 )
-from runtime.errors import RemoverError, RemoverWarning, exit_code
-from runtime.evaluate.evaluation import Evaluation, evaluate_clip
-from runtime.evaluate.lpips import load_lpips
-from runtime.evaluate.manifest import ManifestClip, aggregate, describe_aggregate, evaluate_manifest
-from runtime.evaluate.report import check_targets, plot, write_csv, write_json
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

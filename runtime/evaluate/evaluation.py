@@ -34,14 +34,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from runtime.clips.job import MaskOptions
-from runtime.clips.plan import DEFAULT_DILATION, Plan, PlanOptions, Window, make_plan
+from runtime.clips.plan import Plan, Window, make_plan
 from runtime.clips.stream import mask_box
 from runtime.errors import RemoverError
 from runtime.evaluate.lpips import Lpips
 from runtime.evaluate.metrics import RegionFigures, ssim_map
 from runtime.evaluate.temporal import FlowWarp, seam_ratio, transition_change
 from runtime.io import ClipReader, MaskSource, open_clip, open_masks
+from runtime.options import DEFAULT_DILATION, MaskOptions, PlanOptions
 from runtime.pipeline.preprocess import resize, resize_frames, shrink_masks
 
 MIN_SIDE = 11  # the SSIM window

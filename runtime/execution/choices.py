@@ -1,6 +1,6 @@
 """What runs the model, each choice made and validated once here: the device and dtype, the
 transformer's fused kernels (Triton or the PyTorch references), the attention backend
-(runtime/attention.py) and the compile mode.
+(runtime/execution/attention.py) and the compile mode.
 
 On CUDA the fast choices are never trusted blindly: `verified_backends` runs a one-block model of the
 loaded model's shape with the chosen kernels and attention against the references (PyTorch kernels,
@@ -38,6 +38,24 @@ CHECK_CACHE_ENV = "RUNTIME_SELF_CHECK_CACHE"  # the verdicts file; default ~/.ca
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to run on, checked to exist here: "cpu", "cuda" or "cuda:N" (None: the GPU if there
+    is one). Another kind ("meta", "mps", ...) or a GPU this machine lacks is a RemoverError."""
+    if device is None:
+        return default_device()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise RemoverError(f"unknown device {device!r}: use cpu or cuda") from None
+    if device.type not in ("cpu", "cuda"):
+        raise RemoverError(f"device {device.type!r} cannot run the model: use cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RemoverError("CUDA is not available on this machine: use the cpu device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RemoverError(f"there is no {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

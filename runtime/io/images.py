@@ -1,5 +1,6 @@
 """Image files through Pillow: folders in natural order, sizes from the header alone, and pixels as
-8-bit arrays whatever the file's depth (16-bit PNG and TIFF are scaled, not clipped)."""
+8-bit arrays whatever the file's depth (16-bit PNG and TIFF are scaled, not clipped). Masks read the
+values at the file's own depth (`read_levels`), so a label 1 of 65535 is not lost to the scaling."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -50,10 +52,14 @@ class ImageHeader:
 def image_header(path: Path) -> ImageHeader:
     """The header of one image file, read without decoding the pixels."""
     with _open(path) as image:
-        # the decoder's raw mode (a tile's 4th field, alone or first of a tuple) says 16 bits ("RGB;16B")
-        rawmodes = [str(tile[3][0] if isinstance(tile[3], tuple) else tile[3]) for tile in image.tile]
-        wide = image.mode in WIDE_GRAY_MODES or any(";16" in rawmode for rawmode in rawmodes)
-        return ImageHeader(image.width, image.height, 16 if wide else 8, _has_alpha(image))
+        return ImageHeader(image.width, image.height, 16 if _is_wide(image) else 8, _has_alpha(image))
+
+
+def _is_wide(image: Image.Image) -> bool:
+    """More than 8 bits per channel in the file: a wide gray mode, or a decoder raw mode like "RGB;16B"
+    (a tile's 4th field, alone or first of a tuple), which Pillow cuts to the high byte."""
+    rawmodes = [str(tile[3][0] if isinstance(tile[3], tuple) else tile[3]) for tile in image.tile]
+    return image.mode in WIDE_GRAY_MODES or any(";16" in rawmode for rawmode in rawmodes)
 
 
 def probe_images(files: list[Path], where: Path) -> ImageHeader:
@@ -84,3 +90,49 @@ def read_image(path: Path) -> np.ndarray:
             return np.asarray(image.convert("RGBA" if _has_alpha(image) else "RGB"))
     except OSError as exc:  # a header that opens over pixels that do not decode
         raise RemoverError(f"cannot read image {path}: {exc}") from None
+
+
+def read_levels(path: Path) -> tuple[np.ndarray, int]:
+    """The pixel values at the file's own depth, for masks, where any nonzero value counts: uint8 or
+    uint16 [H, W, 3], or [H, W, 4] with alpha, and the full-scale value (255 or 65535). 16-bit colour
+    (which Pillow cuts to its high byte) is decoded by FFmpeg. A palette image's indices past the end of
+    its palette (which Pillow reads as black) read as full scale, except index 0 (a label map's background).
+    A float image (32-bit TIFF) is taken as 0 to 1, any value above 0 reading as at least 1 of 65535."""
+    try:
+        with _open(path) as image:
+            if image.mode in WIDE_GRAY_MODES:
+                gray = np.asarray(image).clip(0, 65535).astype(np.uint16)
+                return np.repeat(gray[..., None], 3, axis=-1), 65535
+            if image.mode == "P":
+                return _palette_levels(image), 255
+            if image.mode == "F":
+                return _float_levels(np.asarray(image), path), 65535
+            if not _is_wide(image):
+                return np.asarray(image.convert("RGBA" if _has_alpha(image) else "RGB")), 255
+            alpha = _has_alpha(image)
+        with av.open(str(path)) as container:
+            frame = next(container.decode(video=0))
+            return frame.to_ndarray(format="rgba64le" if alpha else "rgb48le"), 65535
+    except (OSError, StopIteration) as exc:  # a header that opens over pixels that do not decode
+        raise RemoverError(f"cannot read image {path}: {exc}") from None
+
+
+def _palette_levels(image: Image.Image) -> np.ndarray:
+    """RGB(A) of a palette image through its own palette, with indices it lacks at 255 (0 stays 0)."""
+    palette = np.asarray(image.getpalette() or [], np.uint8).reshape(-1, 3)[:256]
+    table = np.full((256, 3), 255, np.uint8)
+    table[0] = 0
+    table[: len(palette)] = palette
+    colours = table[np.asarray(image)]
+    if not _has_alpha(image):
+        return colours
+    return np.concatenate([colours, np.asarray(image.convert("RGBA"))[..., 3:]], axis=-1)
+
+
+def _float_levels(values: np.ndarray, path: Path) -> np.ndarray:
+    """Gray float pixels (0 to 1; larger values count as full) as uint16 RGB, rounded up so that no
+    value above 0 becomes 0; NaN or infinite values are an error."""
+    if not np.isfinite(values).all():
+        raise RemoverError(f"the mask {path} holds NaN or infinite values")
+    levels = np.ceil(np.clip(values, 0.0, 1.0) * 65535).astype(np.uint16)
+    return np.repeat(levels[..., None], 3, axis=-1)

@@ -14,11 +14,13 @@
 
 Pixels become masks by `value > threshold`, on the alpha channel where an image has a non-trivial
 one, else on the largest colour channel (`channel` forces "alpha" or "luma"). Default thresholds:
-images 0 (any nonzero pixel, as the released pipeline), videos and JPEG images 127 (lossy coding
-leaves noise in black). `invert` flips the result. A mask of another size with the video's aspect
-ratio is scaled to it: down-scaling keeps every covered pixel (an output pixel is set when any mask
-pixel in its footprint is), up-scaling takes the nearest. A mask the size of a 90/270-degree rotated
-video's stored frames (drawn before rotation) is rotated to match, with a warning.
+images 0 (any nonzero pixel at any bit depth, as the released pipeline: a 16-bit label map's 1 of
+65535 counts; a palette image's index with no palette entry counts), videos and JPEG images 127
+(lossy coding leaves noise in black). Thresholds are in 8-bit units (x 257 for 16-bit images).
+`invert` flips the result. A mask of another size with the video's aspect ratio is scaled to it:
+down-scaling keeps every covered pixel (an output pixel is set when any mask pixel in its footprint
+is), up-scaling takes the nearest. A mask the size of a 90/270-degree rotated video's stored frames
+(drawn before rotation) is rotated to match, with a warning.
 
 Every check (frame count, sizes, the box file) happens in `open_masks`, before any decoding work.
 """
@@ -35,13 +37,13 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import RemoverError, RemoverWarning
-from runtime.io.images import IMAGE_SUFFIXES, JPEG_SUFFIXES, image_files, probe_images, read_image
+from runtime.io.images import IMAGE_SUFFIXES, JPEG_SUFFIXES, image_files, probe_images, read_levels
 from runtime.io.reader import ClipInfo, open_clip, orient
-from runtime.pipeline.preprocess import ASPECT_TOLERANCE
 
 CHANNELS = ("auto", "alpha", "luma")
 LOSSY_THRESHOLD = 127  # videos and JPEG images: lossy coding leaves faint noise in black areas
 LUMA_WEIGHTS = np.array([299, 587, 114], dtype=np.uint32)  # BT.601 luma, as Pillow's "L" mode
+ASPECT_TOLERANCE = 0.01  # a mask of another size is accepted when its aspect ratio matches this well
 
 
 class MaskSource:
@@ -57,10 +59,10 @@ class MaskSource:
         return self._masks()
 
 
-def _channel_values(pixels: np.ndarray, channel: str) -> np.ndarray:
-    """uint8 [H, W] to threshold from RGB or RGBA pixels [H, W, 3 or 4]."""
+def _channel_values(pixels: np.ndarray, channel: str, full: int = 255) -> np.ndarray:
+    """[H, W] to threshold from RGB or RGBA pixels [H, W, 3 or 4] whose full scale is `full`."""
     has_alpha = pixels.shape[-1] == 4
-    if channel == "alpha" or (channel == "auto" and has_alpha and pixels[..., 3].min() < 255):
+    if channel == "alpha" or (channel == "auto" and has_alpha and pixels[..., 3].min() < full):
         return pixels[..., 3]
     if channel == "luma":
         return ((pixels[..., :3] * LUMA_WEIGHTS).sum(axis=-1) + 500) // 1000
@@ -105,10 +107,24 @@ def _fit(mask_size: tuple[int, int], video: ClipInfo, what: str) -> Callable[[np
 
 
 def _to_mask(
-    pixels: np.ndarray, threshold: int, channel: str, invert: bool, fit: Callable[[np.ndarray], np.ndarray]
+    pixels: np.ndarray,
+    threshold: int,
+    channel: str,
+    invert: bool,
+    fit: Callable[[np.ndarray], np.ndarray],
+    full: int = 255,
 ) -> np.ndarray:
-    """One mask from RGB(A) pixels: threshold the channel, invert, fit to the video."""
-    return fit((_channel_values(pixels, channel) > threshold) != invert)
+    """One mask from RGB(A) pixels of full scale `full`: threshold the channel (`threshold` in 8-bit
+    units), invert, fit to the video."""
+    return fit((_channel_values(pixels, channel, full) > threshold * (full // 255)) != invert)
+
+
+def _image_mask(
+    file: Path, threshold: int, channel: str, invert: bool, fit: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """The mask of one image file, read at its own bit depth."""
+    levels, full = read_levels(file)
+    return _to_mask(levels, threshold, channel, invert, fit, full)
 
 
 def _video_masks(path: Path, video: ClipInfo, threshold: int | None, invert: bool, channel: str) -> MaskSource:
@@ -144,7 +160,7 @@ def _image_masks(
     if path.is_file():  # one image for every frame: made once, shared read-only
 
         def same_mask() -> Iterator[np.ndarray]:
-            mask = _to_mask(read_image(path), limit(path), channel, invert, fit)
+            mask = _image_mask(path, limit(path), channel, invert, fit)
             mask.flags.writeable = False
             return (mask for _ in range(video.frame_count))
 
@@ -153,7 +169,7 @@ def _image_masks(
         raise RemoverError(f"the mask folder {path} has {len(files)} images, the video {video.frame_count} frames")
 
     def masks() -> Iterator[np.ndarray]:
-        return (_to_mask(read_image(file), limit(file), channel, invert, fit) for file in files)
+        return (_image_mask(file, limit(file), channel, invert, fit) for file in files)
 
     return MaskSource(path, video.frame_count, masks)
 

@@ -46,7 +46,7 @@ class ClipInfo:
     frames upright. `time_base` is None for images, whose frames have no timestamps."""
 
     path: Path
-    kind: str  # "video", "images" (a folder) or "image"
+    kind: str  # "video", "images" (a folder), "image", or "memory" (frames from an array: no file)
     width: int
     height: int
     frame_count: int

@@ -1,9 +1,11 @@
 """Writing clips frame by frame as they are finished: a video file (.mp4, .mov, .mkv, .webm), a folder
 of PNGs (a path without a suffix), or one image file (a one-frame clip).
 
-`check_output` makes every check before any work; `open_writer` returns a `ClipWriter` that writes
-under a temporary name beside the target and renames it onto the target when it is committed (a
-clean exit from its `with` block); an error or Ctrl-C removes everything it wrote.
+`check_output` makes every check before any work (the output is not an input, its temporary name can
+be created, what dead runs left of it is removed); `open_writer` returns a `ClipWriter` that writes
+under a temporary name beside the target and puts it in place when it is committed (a clean exit
+from its `with` block), never over an output that appeared meanwhile unless overwriting; an error,
+Ctrl-C or a full disk removes everything it wrote (runtime.io.outputs).
 
 Video outputs, from the source's `ClipInfo`:
 - colour: RGB -> YUV with the source's matrix and range, tagged with the source's matrix, range,
@@ -25,11 +27,11 @@ Video outputs, from the source's `ClipInfo`:
 
 from __future__ import annotations
 
-import os
+import errno
 import re
-import shutil
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -42,6 +44,16 @@ from PIL import Image
 from runtime.errors import RemoverError, RemoverWarning
 from runtime.io.color import SRGB, from_rgb, output_color, tag
 from runtime.io.images import IMAGE_SUFFIXES, JPEG_SUFFIXES
+from runtime.io.outputs import (
+    claim_output,
+    probe_writable,
+    publish,
+    release_dead_claim,
+    remove_path,
+    remove_stale_partials,
+    temporary_name,
+)
+from runtime.io.paths import check_not_input
 from runtime.io.reader import ClipInfo, StreamInfo
 
 
@@ -156,13 +168,24 @@ def _check_target(path: Path, kind: str, overwrite: bool) -> None:
         raise RemoverError(f"output folder {path} holds other files than numbered PNG frames; not replacing it")
 
 
-def _plan(
-    path: Path, source: ClipInfo, overwrite: bool, codec: str | None, crf: int | None, lossless: bool
-) -> tuple[str, Encoding | None]:
+@dataclass(frozen=True)
+class _Options:
+    """The writer arguments of `check_output` and `open_writer`."""
+
+    overwrite: bool = False
+    codec: str | None = None
+    crf: int | None = None
+    lossless: bool = False
+    inputs: tuple[Path, ...] = ()
+
+
+def _plan(path: Path, source: ClipInfo, options: _Options) -> tuple[str, Encoding | None]:
     """(kind, video encoding or None) for writing `source`'s frames to `path`, after every check."""
+    overwrite, codec, crf, lossless = options.overwrite, options.codec, options.crf, options.lossless
     if not path.parent.is_dir():
         raise RemoverError(f"output folder {path.parent} does not exist")
     kind = _output_kind(path)
+    check_not_input(path, (*options.inputs, *([source.path] if source.kind != "memory" else [])))
     _check_target(path, kind, overwrite)
     if kind == "video":
         return kind, _video_encoding(path.suffix.lower(), codec, crf, lossless)
@@ -185,39 +208,51 @@ def check_output(
     codec: str | None = None,
     crf: int | None = None,
     lossless: bool = False,
+    inputs: Iterable[str | Path] = (),
 ) -> None:
     """Fail before any work if `source`'s frames could not be written to `path` with these options: a
-    missing parent folder, an unknown suffix, an existing output without `overwrite`, a folder holding
-    other files, one image for several frames, a codec the container cannot hold, a crf out of range."""
-    _plan(Path(path), source, overwrite, codec, crf, lossless)
-
-
-def _temporary_name(path: Path, purpose: str = "partial", pid: int | None = None) -> Path:
-    """A hidden sibling of `path` (same suffix, so the muxer is still chosen by it), named for the
-    process writing it."""
-    return path.with_name(f".{path.stem}.{purpose}-{pid or os.getpid()}{path.suffix}")
+    missing parent folder, an unknown suffix, `path` being (or inside, or holding) `source.path` or one
+    of `inputs` (the mask) whatever its spelling, an existing output without `overwrite`, a folder
+    holding other files, one image for several frames, a codec the container cannot hold, a crf out of
+    range, a folder where the output cannot be created (its temporary name is made and removed).
+    What writers of `path` that died left beside it is removed."""
+    path = Path(path)
+    options = _Options(overwrite, codec, crf, lossless, tuple(Path(p) for p in inputs))
+    kind, _ = _plan(path, source, options)
+    remove_stale_partials(path)
+    probe_writable(path, folder=kind == "folder")
 
 
 def remove_partial_output(path: str | Path, pid: int) -> None:
-    """Remove what a writer in process `pid`, killed before it finished, left of the output `path`."""
-    _remove(_temporary_name(Path(path), pid=pid))
+    """Remove what a writer in process `pid`, killed before it finished, left of the output `path`:
+    its temporary output and its claim."""
+    remove_path(temporary_name(Path(path), pid=pid))
+    release_dead_claim(path, pid)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+def _write_error(target: Path, exc: OSError) -> RemoverError:
+    """The one line for a write that failed: a full disk says so."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return RemoverError(f"no space left on the device writing {target}; nothing was kept")
+    return RemoverError(f"cannot write {target}: {exc.strerror or exc}; nothing was kept")
 
 
 class ClipWriter(ABC):
     """Takes finished frames one at a time (`write`) under a temporary name; `commit` renames the result
     onto the target, `abort` removes it. As a context manager: commit on a clean exit, abort on any
-    exception (Ctrl-C included)."""
+    exception (Ctrl-C included). The target is claimed (`claim_output`) from the start to the end."""
 
-    def __init__(self, target: Path, temporary: Path) -> None:
+    def __init__(self, target: Path, overwrite: bool) -> None:
         self.target = target
-        self._temporary = temporary
+        self._overwrite = overwrite
+        self._temporary = temporary_name(target)
+        self._claim = claim_output(target)
+        self._claim.__enter__()
+        try:
+            self._open()
+        except BaseException:
+            self.abort()
+            raise
         self._shape: tuple[int, ...] | None = None
         self.frames_written = 0
 
@@ -228,30 +263,44 @@ class ClipWriter(ABC):
         if self._shape is not None and image.shape != self._shape:
             raise ValueError(f"frame {self.frames_written} is {list(image.shape)}, the first was {list(self._shape)}")
         self._shape = image.shape
-        self._write(np.ascontiguousarray(image), pts)
+        try:
+            self._write(np.ascontiguousarray(image), pts)
+        except OSError as exc:  # a full disk, a folder gone: nothing half-written stays
+            self.abort()
+            raise _write_error(self.target, exc) from None
         self.frames_written += 1
 
     def commit(self) -> None:
-        """Finish the file(s) and put them in place of the target (replacing it: checked when opened)."""
+        """Finish the file(s) and put them in place of the target: replacing an existing one only
+        with `overwrite`, never one that appeared while writing (another run's) otherwise."""
         try:
             if not self.frames_written:
                 raise RemoverError(f"no frames to write to {self.target}")
             self._finish()
-            if self.target.is_dir():  # an empty folder, or one of frames with overwrite
-                replaced = _temporary_name(self.target, "replaced")
-                self.target.rename(replaced)
-                self._temporary.rename(self.target)
-                shutil.rmtree(replaced)
-            else:
-                os.replace(self._temporary, self.target)
+            publish(self._temporary, self.target, self._overwrite)
+            self._release()
+        except OSError as exc:
+            self.abort()
+            raise _write_error(self.target, exc) from None
         except BaseException:
             self.abort()
             raise
 
     def abort(self) -> None:
-        """Remove everything written."""
-        self._close()
-        _remove(self._temporary)
+        """Remove everything written, also when closing the files fails (a full disk fails again on close)."""
+        try:
+            self._close()
+        except Exception:  # noqa: BLE001 - the files go either way
+            pass
+        finally:
+            remove_path(self._temporary)
+            self._release()
+
+    def _release(self) -> None:
+        """End the claim on the target (once)."""
+        claim, self._claim = self._claim, None
+        if claim is not None:
+            claim.__exit__(None, None, None)
 
     def __enter__(self) -> ClipWriter:
         return self
@@ -261,6 +310,9 @@ class ClipWriter(ABC):
             self.commit()
         else:
             self.abort()
+
+    def _open(self) -> None:  # noqa: B027 (nothing to make by default)
+        """Make the temporary output (once the target is claimed)."""
 
     @abstractmethod
     def _write(self, image: np.ndarray, pts: int | None) -> None:
@@ -276,8 +328,10 @@ class ClipWriter(ABC):
 class _FolderWriter(ClipWriter):
     """PNG files 00000.png, 00001.png, ... in a new folder."""
 
-    def __init__(self, target: Path) -> None:
-        super().__init__(target, _temporary_name(target))
+    def __init__(self, target: Path, overwrite: bool) -> None:
+        super().__init__(target, overwrite)
+
+    def _open(self) -> None:
         self._temporary.mkdir()
 
     def _write(self, image: np.ndarray, pts: int | None) -> None:
@@ -287,8 +341,8 @@ class _FolderWriter(ClipWriter):
 class _ImageWriter(ClipWriter):
     """One image file (PNG, JPEG at quality 95, ...)."""
 
-    def __init__(self, target: Path, lossless: bool) -> None:
-        super().__init__(target, _temporary_name(target))
+    def __init__(self, target: Path, overwrite: bool, lossless: bool) -> None:
+        super().__init__(target, overwrite)
         suffix = target.suffix.lower()
         self._options = {"lossless": True} if lossless and suffix == ".webp" else IMAGE_SAVE_OPTIONS.get(suffix, {})
 
@@ -302,17 +356,20 @@ class _VideoWriter(ClipWriter):
     """A video file: the encoder starts at the first frame (its size), the source's other streams follow
     the frames' timestamps."""
 
-    def __init__(self, target: Path, source: ClipInfo, encoding: Encoding) -> None:
-        super().__init__(target, _temporary_name(target))
+    def __init__(self, target: Path, overwrite: bool, source: ClipInfo, encoding: Encoding) -> None:
         self._source = source
         self._encoding = encoding
         self._time_base = source.time_base or 1 / source.fps
         self._frame_ticks = max(1, round(1 / (source.fps * self._time_base)))
         self._last_pts: int | None = None
-        self._container: OutputContainer = av.open(str(self._temporary), "w")
+        self._container: OutputContainer | None = None
         self._stream: av.VideoStream | None = None
         self._color = source.color  # what the frames are encoded and tagged with, set with the stream
         self._others: _OtherStreams | None = None
+        super().__init__(target, overwrite)
+
+    def _open(self) -> None:
+        self._container = av.open(str(self._temporary), "w")
 
     def _start(self, height: int, width: int) -> None:
         encoding = self._encoding
@@ -363,7 +420,8 @@ class _VideoWriter(ClipWriter):
     def _close(self) -> None:
         if self._others is not None:
             self._others.close()
-        self._container.close()
+        if self._container is not None:
+            self._container.close()
 
 
 class _OtherStreams:
@@ -450,25 +508,32 @@ def open_writer(
     codec: str | None = None,
     crf: int | None = None,
     lossless: bool = False,
+    inputs: Iterable[str | Path] = (),
 ) -> ClipWriter:
     """A writer of `source`'s processed frames to `path` (see the module's docstring), checked as
-    `check_output` does."""
+    `check_output` does (`inputs`: the other files the run reads, the mask)."""
     path = Path(path)
-    kind, encoding = _plan(path, source, overwrite, codec, crf, lossless)
-    if kind == "video":
-        return _VideoWriter(path, source, encoding)
+    kind, encoding = _plan(path, source, _Options(overwrite, codec, crf, lossless, tuple(Path(p) for p in inputs)))
+    remove_stale_partials(path)
+    try:
+        if kind == "video":
+            return _VideoWriter(path, overwrite, source, encoding)
+        if kind == "folder":
+            writer: ClipWriter = _FolderWriter(path, overwrite)
+        else:
+            writer = _ImageWriter(path, overwrite, lossless)
+    except OSError as exc:
+        raise RemoverError(f"cannot write {path}: {exc.strerror or exc}") from None
     for stream in source.streams:
         _warn(stream, f"dropped: {'a folder of PNGs' if kind == 'folder' else 'an image file'} holds only frames")
-    if kind == "folder":
-        return _FolderWriter(path)
-    return _ImageWriter(path, lossless)
+    return writer
 
 
 def write_clip(path: str | Path, frames: np.ndarray, fps: Fraction) -> None:
     """Write uint8 frames [F, H, W, 3] (from memory: sRGB, no timestamps) to a video, a folder of PNGs
     or, for one frame, an image file."""
     count, height, width = frames.shape[:3]
-    source = ClipInfo(Path(path), "images", width, height, count, Fraction(fps), None, 0, SRGB)
+    source = ClipInfo(Path(path), "memory", width, height, count, Fraction(fps), None, 0, SRGB)
     with open_writer(path, source) as writer:
         for frame in frames:
             writer.write(frame)

@@ -12,6 +12,8 @@ from runtime.errors import RemoverError
 ConfigT = TypeVar("ConfigT")
 ANY = object()  # in an `ignored` map: the key may have any value
 
+SIZE_MULTIPLE = 16  # frame sides the models take: the VAE's 8x, then the transformer's 2x2 patches
+
 
 def config_from_dict(cls: type[ConfigT], raw: dict[str, Any], *, ignored: dict[str, Any], source: str) -> ConfigT:
     """Build `cls` from a diffusers-style config dict.

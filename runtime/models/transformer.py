@@ -7,14 +7,14 @@ Modulation, norms and RoPE run in fp32 whatever the weights' dtype, as in the re
 The elementwise steps around the matmuls (RMSNorm + RoPE + condition K/V, LayerNorm + modulation,
 gated residuals) go through a `KernelOps` table: the plain PyTorch references in kernels/ (the
 default) or the fused Triton kernels; attention goes through a selected backend
-(runtime/attention.py). `RemoverTransformer.use_backends` switches both for every block.
+(runtime/execution/attention.py). `RemoverTransformer.use_backends` switches both for every block.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -28,10 +28,18 @@ from runtime.errors import RemoverError
 from runtime.execution.attention import SDPA, AttentionBackend, attention
 from runtime.models.config import ANY
 
-if TYPE_CHECKING:
-    from runtime.distributed.parallel import SequenceParallel
-
 ROPE_THETA = 10000.0
+
+
+class SequenceSplit(Protocol):
+    """How a model shares one sequence with other processes (runtime/distributed/parallel.py has the
+    torchrun one): this process's share of the tokens, attention across the shares, the whole output."""
+
+    def shard(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]: ...
+
+    def gather(self, x: Tensor) -> Tensor: ...
+
+    def attention(self, backend: AttentionBackend) -> AttentionBackend: ...
 
 
 @dataclass(frozen=True)
@@ -279,7 +287,7 @@ class RemoverTransformer(nn.Module):
         self._condition_kv_cache: list[tuple[Tensor, Tensor]] = []
         self.kernels: KernelOps = TORCH_KERNELS
         self.attention_backend: AttentionBackend = SDPA
-        self.parallel: SequenceParallel | None = None  # the group of ranks that shares the tokens, if any
+        self.sequence_split: SequenceSplit | None = None  # the processes that share the tokens, if any
         # training: the first `checkpointed_blocks` blocks (all if -1) keep only their input for the
         # backward pass and recompute the rest there (activation checkpointing); 0 stores everything
         self.checkpointed_blocks = 0
@@ -293,11 +301,11 @@ class RemoverTransformer(nn.Module):
             block.kernels = block.attn1.kernels = self.kernels
             block.attn1.attention_backend = self.attention_backend
 
-    def split_over(self, parallel: SequenceParallel) -> None:
-        """Run as this rank's part of `parallel`: its share of the tokens, attention across the ranks
-        (with the current backend), the whole output on every rank."""
-        self.parallel = parallel
-        self.use_backends(attention=parallel.attention(self.attention_backend))
+    def split_over(self, split: SequenceSplit) -> None:
+        """Run as this process's part of `split`: its share of the tokens, attention across the shares
+        (with the current backend), the whole output in every process."""
+        self.sequence_split = split
+        self.use_backends(attention=split.attention(self.attention_backend))
 
     def condition_tokens(self, condition: Tensor) -> Tensor:
         """The condition tokens [B, n, D] of conditions [B] (0 or 1)."""
@@ -361,8 +369,8 @@ class RemoverTransformer(nn.Module):
         # 1. Patch embedding and rotary tables; tokens are frame-major [B, L, D]
         x = self.patch_embedding(latents).flatten(2).transpose(1, 2)
         rope = self.rope(grid, latents.device)
-        if self.parallel is not None:  # this rank's share of the tokens
-            x, rope = self.parallel.shard(x, rope)
+        if self.sequence_split is not None:  # this process's share of the tokens
+            x, rope = self.sequence_split.shard(x, rope)
 
         # 2. Timestep embedding and per-block modulation; condition tokens' keys and values
         temb, modulation = self.condition_embedder(timestep)
@@ -379,8 +387,8 @@ class RemoverTransformer(nn.Module):
         # 4. Output norm, modulation and projection
         shift, scale = (self.scale_shift_table.float() + temb.float()[:, None]).chunk(2, dim=1)
         x = self.proj_out(self.kernels.modulated_layer_norm(x, shift, scale, self.config.eps))
-        if self.parallel is not None:
-            x = self.parallel.gather(x)
+        if self.sequence_split is not None:
+            x = self.sequence_split.gather(x)
 
         # 5. Unpatchify [B, L, pt*ph*pw*C] -> [B, C, T, H, W]
         x = x.reshape(batch, *grid, pt, ph, pw, self.config.out_channels)

@@ -25,9 +25,9 @@ from torch import Tensor, nn
 
 from runtime.errors import RemoverError
 from runtime.models.config import ANY, read_config, write_config
+from runtime.models.scheduler import RELEASED_SCHEDULER, SchedulerConfig, read_scheduler_config
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer, TransformerConfig
 from runtime.models.vae import VAEConfig, WanVAE
-from runtime.pipeline.samplers import RELEASED_SCHEDULER, SchedulerConfig, read_scheduler_config
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 WAN_PREFIX = "model.diffusion_model."

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from runtime.clips.plan import Box
+from runtime.pipeline.box import Box
 from runtime.pipeline.preprocess import chunk_frames, dilate
 
 FEATHER_PX = 3  # width of the blend ramp, in mask pixels, capped by the dilation (the one-pass API)

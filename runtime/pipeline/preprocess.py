@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from runtime.errors import RemoverError
+from runtime.io.masks import ASPECT_TOLERANCE
+from runtime.models.config import SIZE_MULTIPLE
 
-SIZE_MULTIPLE = 16  # VAE 8x, then 2x2 patches
 DEFAULT_SHORT_SIDE = 480
 LONG_SIDE_MULTIPLE = 32  # 16:9 -> 832x480, the Wan2.1 480p size
-ASPECT_TOLERANCE = 0.01  # a mask of another size is accepted when its aspect ratio matches this well
 CHUNK_PIXELS = 8 * 480 * 832  # pixels converted at once (38 MB of fp32 RGB), bounding full-resolution floats
 
 
@@ -29,15 +29,37 @@ def chunk_frames(height: int, width: int) -> int:
     return max(1, CHUNK_PIXELS // (height * width))
 
 
+def _stacked(items: Sequence | None, what: str, convert: str) -> np.ndarray:
+    """A list of PIL images or arrays as one array; an empty list, None or different sizes are errors."""
+    if items is None or isinstance(items, (str, bytes)):
+        raise RemoverError(f"{what} must be an array or a list of images, got {type(items).__name__}")
+    arrays = [np.asarray(item.convert(convert) if hasattr(item, "convert") else item) for item in items]
+    if not arrays:
+        raise RemoverError(f"no {what}")
+    shapes = {array.shape for array in arrays}
+    if len(shapes) > 1:
+        odd = next(i for i, array in enumerate(arrays) if array.shape != arrays[0].shape)
+        raise RemoverError(
+            f"{what} differ in shape: {list(arrays[0].shape)} first, {list(arrays[odd].shape)} at {odd}; "
+            "give one size for every frame"
+        )
+    return np.stack(arrays)
+
+
+def _with_positive_strides(array: np.ndarray) -> np.ndarray:
+    """A view with negative strides (`frames[:, ::-1]`, a flip) copied, since torch cannot take it."""
+    return array.copy() if any(stride < 0 for stride in array.strides) else array
+
+
 def as_frames(frames: np.ndarray | Sequence) -> np.ndarray:
-    """Frames as a uint8 array [F, H, W, 3]; a list of PIL images or arrays is stacked."""
+    """Frames as a uint8 array [F, H, W, 3]; a list of PIL images or arrays of one size is stacked."""
     if not isinstance(frames, np.ndarray):
-        frames = np.stack([np.asarray(f.convert("RGB") if hasattr(f, "convert") else f) for f in frames])
+        frames = _stacked(frames, "frames", "RGB")
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise RemoverError(f"frames must be uint8 [F, H, W, 3], got {frames.dtype} {list(frames.shape)}")
     if len(frames) == 0:
         raise RemoverError("no frames")
-    return frames
+    return _with_positive_strides(frames)
 
 
 def as_masks(masks: np.ndarray | Sequence, frames: np.ndarray) -> np.ndarray:
@@ -47,7 +69,11 @@ def as_masks(masks: np.ndarray | Sequence, frames: np.ndarray) -> np.ndarray:
     aspect ratio is the same (it is resized, as the released pipeline resizes masks on their own).
     """
     if not isinstance(masks, np.ndarray):
-        masks = np.stack([np.asarray(m.convert("L") if hasattr(m, "convert") else m) for m in masks])
+        masks = _stacked(masks, "masks", "L")
+    if masks.dtype.kind not in "biuf":
+        raise RemoverError(f"masks must be bool, integer or float arrays, got {masks.dtype}")
+    if masks.dtype.kind == "f" and not np.isfinite(masks).all():
+        raise RemoverError("masks hold NaN or infinite values: give 0 for keep and nonzero (1) for remove")
     if masks.ndim == 2:
         masks = np.broadcast_to(masks, (len(frames), *masks.shape))
     if masks.ndim != 3:

@@ -9,10 +9,10 @@ The three heavy stages run on PyTorch modules (`from_pretrained`) or on an expor
 
 from __future__ import annotations
 
-import time
+import numbers
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -20,19 +20,20 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from runtime.distributed import parallel
 from runtime.errors import RemoverError
 from runtime.execution.attention import select_attention
 from runtime.execution.choices import (
     COMPILE_MODES,
     DTYPES,
     check_compile_mode,
-    default_device,
+    resolve_device,
     resolve_dtype,
     resolve_kernels,
     verified_backends,
 )
+from runtime.models.scheduler import SchedulerConfig
 from runtime.models.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint
+from runtime.options import RunOptions
 from runtime.pipeline import composite
 from runtime.pipeline.preprocess import (
     as_frames,
@@ -44,12 +45,18 @@ from runtime.pipeline.preprocess import (
     prepare_video,
     resize,
 )
-from runtime.pipeline.samplers import SchedulerConfig, make_sampler
+from runtime.pipeline.samplers import make_sampler
 from runtime.pipeline.stages import Stages, TorchStages, denoise_loop
+from runtime.pipeline.timing import Timings
 
 
 class EmptyMaskWarning(UserWarning):
     """The mask selects nothing, so the input is returned unchanged."""
+
+
+def _as_int(value: object) -> object:
+    """A NumPy integer as a Python int (RunOptions takes ints); anything else as it is, to be refused there."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
 
 
 def encoder_batch(video: Tensor, mask: Tensor) -> Tensor:
@@ -72,15 +79,13 @@ class Remover:
         dtype: torch.dtype,
         sampler: str = "unipc",
         compile_mode: str = "off",
-        ranks: parallel.SequenceParallel | None = None,
     ) -> None:
         self.stages = stages
         self.scheduler = scheduler
         self.device = device
         self.dtype = dtype
         self.sampler = sampler
-        self.timings: dict[str, float] = {}  # seconds per stage of the last call
-        self.ranks = ranks  # the torchrun group the transformer is split over, if any
+        self.timings = Timings()  # seconds per stage of the last call
         check_compile_mode(compile_mode, device)
         self.compile_mode = compile_mode
         self._velocity = self._model_velocity
@@ -108,19 +113,16 @@ class Remover:
         kernels: str | None = None,
         attention: str | None = None,
         compile_mode: str = "off",
-        sequence_parallel: bool = False,
     ) -> Remover:
         """Load a released checkpoint folder, or a single-file repack with `vae` naming the VAE's folder.
 
         `kernels` ("auto", "triton", "torch"; default $RUNTIME_KERNELS or "auto") and `attention`
         ("auto", "flash-attn", "sdpa", "math"; default $RUNTIME_ATTENTION or "auto") choose what runs
         the transformer; `compile_mode` ("off", "inductor", "cuda-graphs") compiles its per-step call.
-
-        `sequence_parallel` (under `torchrun`, every rank loading the model): split the transformer over
-        the ranks (`runtime.distributed.parallel`); rank 0 calls the Remover, the others call `serve()`. Without it
-        each process runs its own model (as data-parallel training does).
+        Under torchrun, each process loads its own model; `runtime.distributed.sequence.split` splits one
+        over the ranks.
         """
-        device = torch.device(device) if device is not None else default_device()
+        device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         paths = locate_checkpoint(path, vae)
         scheduler = load_scheduler_config(paths.scheduler)
@@ -139,11 +141,6 @@ class Remover:
         if device.type == "cuda":  # the fast paths, checked against the references on this GPU first
             kernel_ops, attention_backend = verified_backends(kernel_ops, attention_backend, config, device, dtype)
         transformer.use_backends(kernel_ops, attention_backend)
-        ranks = None
-        if sequence_parallel and parallel.world_size() > 1:
-            parallel.check_supported(compile_mode)
-            ranks = parallel.SequenceParallel(device, config.num_attention_heads)
-            transformer.split_over(ranks)
         return cls(
             TorchStages(transformer, load_vae(paths.vae, device, dtype)),
             scheduler,
@@ -151,7 +148,6 @@ class Remover:
             dtype=dtype,
             sampler=sampler,
             compile_mode=compile_mode,
-            ranks=ranks,
         )
 
     @classmethod
@@ -176,7 +172,7 @@ class Remover:
         """
         from runtime.engines.bundle import BundleStages, checkpoint_sha256, choose_backend
 
-        device = torch.device(device) if device is not None else default_device()
+        device = resolve_device(device)
         backend = backend or choose_backend(Path(path), device)
         expected = checkpoint_sha256(locate_checkpoint(weights, vae)) if weights is not None else None
         stages = BundleStages.load(Path(path), backend, device, expected_checkpoint=expected)
@@ -185,16 +181,9 @@ class Remover:
         make_sampler(sampler, manifest.scheduler, 1)  # fail early on a bad sampler name
         return cls(stages, manifest.scheduler, device=device, dtype=DTYPES[manifest.precision], sampler=sampler)
 
-    @contextmanager
-    def _stage(self, name: str) -> Iterator[None]:
-        """Time a stage (synchronizing the GPU so the time is the stage's own)."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+    def _stage(self, name: str) -> AbstractContextManager[None]:
+        """Time a stage of the current call (synchronizing the GPU so the time is the stage's own)."""
+        return self.timings.stage(name, self.device)
 
     @torch.inference_mode()
     def __call__(
@@ -207,7 +196,7 @@ class Remover:
         num_inference_steps: int = 6,
         mask_dilation: int = 6,
         seed: int = 42,
-        latents: Tensor | None = None,
+        latents: Tensor | np.ndarray | None = None,
         paste_back: bool = True,
         guidance_scale: float | None = None,
         progress: bool = True,
@@ -218,14 +207,18 @@ class Remover:
         frames, nonzero = remove. Returns float32 [F, H, W, 3] in [0, 1]: with `paste_back` the
         input size, with the generated pixels composited in through the dilated mask (everything
         outside it is the input, bit-exact); without it, the raw generation at (height, width),
-        as the released pipeline returns it. `latents` replaces the seeded initial noise.
+        as the released pipeline returns it. `seed` (0 to 2**63 - 1) and `num_inference_steps` are
+        checked as the CLI checks them (`runtime.options.RunOptions`); `latents` (a tensor or a NumPy
+        array) replaces the seeded initial noise.
         `guidance_scale` (models with condition tokens only) mixes the remove and regenerate
         predictions, v = v_neg + g (v_pos - v_neg); without it the model is sampled with "remove".
         """
-        self.timings = {}
+        self.timings = Timings()
         with self._stage("preprocess"):
             frames = as_frames(frames)
             masks = as_masks(masks, frames)
+            RunOptions(steps=_as_int(num_inference_steps), seed=_as_int(seed))  # refused as the CLI refuses them
+            seed, num_inference_steps = int(seed), int(num_inference_steps)
             if mask_dilation < 0:
                 raise RemoverError(f"mask dilation must be >= 0, got {mask_dilation}")
             if height is None and width is None and self.stages.default_size is not None:
@@ -285,21 +278,12 @@ class Remover:
         for the remove (0) and regenerate (1) tokens: v = v_neg + g (v_pos - v_neg)."""
         if guidance_scale is not None and not self.stages.transformer_config.num_condition_tokens:
             raise RemoverError("guidance_scale needs a model with condition tokens")
-        if self.ranks is not None and self.ranks.rank == 0:  # the other ranks compute their share of the same steps
-            parallel.tell(parallel.DENOISE, self.device, parallel.DenoiseJob(noise, context, num_steps, guidance_scale))
         if guidance_scale is None:
             unrolled = self.stages.unrolled_sampler(self.sampler, num_steps)
             if unrolled is not None:
                 return unrolled(noise, context)
         sampler = make_sampler(self.sampler, self.scheduler, num_steps)
         return denoise_loop(lambda x, t: self._velocity(x, t, guidance_scale), sampler, noise, context, progress)
-
-    def serve(self) -> None:
-        """Ranks other than 0 of a group: compute this rank's share of each window rank 0 denoises,
-        until it says STOP."""
-        z_dim = self.stages.vae_config.z_dim
-        while (job := parallel.receive(self.device, z_dim, self.dtype)) is not None:
-            self.denoise(job.noise, job.context, job.num_steps, guidance_scale=job.guidance_scale)
 
     def _model_velocity(self, model_input: Tensor, timestep: Tensor, guidance_scale: float | None) -> Tensor:
         """One step's velocity (the function `compile_mode` compiles): the model on noisy | context
@@ -336,7 +320,9 @@ class Remover:
                 "weights are broken; try another --dtype (fp32 is the safest) or check the weights"
             )
 
-    def _initial_noise(self, frame_count: int, size: tuple[int, int], seed: int, latents: Tensor | None) -> Tensor:
+    def _initial_noise(
+        self, frame_count: int, size: tuple[int, int], seed: int, latents: Tensor | np.ndarray | None
+    ) -> Tensor:
         """Standard normal latents from a CPU generator (same noise on every device), or `latents`."""
         z = self.stages.vae_config
         shape = (
@@ -348,8 +334,14 @@ class Remover:
         )
         if latents is None:
             return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        if isinstance(latents, np.ndarray):
+            latents = torch.from_numpy(np.array(latents, dtype=np.float32))  # a copy: any strides, any float type
+        if not isinstance(latents, Tensor):
+            raise RemoverError(f"latents must be a tensor or a NumPy array, got {type(latents).__name__}")
         if tuple(latents.shape) != shape:
             raise RemoverError(f"latents must have shape {list(shape)} for this input, got {list(latents.shape)}")
+        if not torch.isfinite(latents).all():
+            raise RemoverError("latents hold NaN or infinite values")
         return latents.to(self.device, torch.float32)
 
     def _unchanged(self, frames: np.ndarray, size: tuple[int, int], paste_back: bool) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""bench.training_step on the CPU: the harness runs stage 1's step on a random model and reports
+"""training.measure_step on the CPU: the harness runs stage 1's step on a random model and reports
 consistent figures (no speed is claimed from this machine)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ TINY = {
 def bench(tmp_path: Path, processes: int, *options: str) -> subprocess.CompletedProcess:
     (tmp_path / "config.json").write_text(json.dumps(TINY))
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    command = [*(launcher if processes > 1 else [sys.executable]), "-m", "bench.training_step"]
+    command = [*(launcher if processes > 1 else [sys.executable]), "-m", "training.measure_step"]
     command += ["--config", str(tmp_path / "config.json"), "--out", str(tmp_path / "result.json"), *options]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -1,15 +1,15 @@
 """Training speed and memory at a stage-1 config's size, on any number of GPUs:
 
-    python -m bench.training_step --config training/configs/wan1.3b_stage1.json [--set key=value] [--steps 200]
-    torchrun --nproc_per_node 8 -m bench.training_step --config ...
+    python -m training.measure_step --config training/configs/wan1.3b_stage1.json [--set key=value] [--steps 200]
+    torchrun --nproc_per_node 8 -m training.measure_step --config ...
 
 Stage 1's step as `training.stage1` runs it (flow matching, AdamW, the config's precision, activation
 checkpointing, parallelism and micro-batches, through `training.trainer.run_steps`), on a randomly
 initialized model of the config's shape (its `init` is ignored: no base weights are needed) and random
 latents of its clip size (no data or VAE). Stage 2 adds its bad-noise pass to this. Reports the median
 step time after `--skip` warm-up steps, tokens and clips per second over all GPUs, each GPU's peak
-memory (torch.cuda.max_memory_allocated; on the CPU the live-tensor peak of bench.live_memory) and the
-memory plan's prediction for it. Results: bench/results/training-step-<device>.json, and a Markdown row
+memory (torch.cuda.max_memory_allocated; on the CPU the live-tensor peak of training.live_memory) and the
+memory plan's prediction for it. Results: training/results/step-<device>.json, and a Markdown row
 for training/RESULTS.md.
 """
 
@@ -27,11 +27,10 @@ from pathlib import Path
 import torch
 import torch.distributed as torch_dist
 
-from bench.footage import RESULTS_DIR
-from bench.live_memory import LiveTensorBytes
 from runtime.errors import RemoverError, exit_code
 from runtime.models.transformer import RemoverTransformer
 from training.flow import flow_matching_loss
+from training.live_memory import LiveTensorBytes
 from training.plan import GIB, check_memory, parameter_counts, stage_shape
 from training.stage_config import Stage1Config
 from training.trainer import (
@@ -43,6 +42,8 @@ from training.trainer import (
     setup_distributed,
     teardown_distributed,
 )
+
+RESULTS_DIR = Path(__file__).parent / "results"
 
 
 def measure(config: Stage1Config, steps: int, skip: int) -> dict:
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     parser.add_argument("--steps", type=int, default=200, help="steps to run (default 200)")
     parser.add_argument("--skip", type=int, default=5, help="warm-up steps left out of the timing (default 5)")
-    parser.add_argument("--out", type=Path, help="result JSON (default bench/results/training-step-<device>.json)")
+    parser.add_argument("--out", type=Path, help="result JSON (default training/results/step-<device>.json)")
     args = parser.parse_args(argv)
 
     def command() -> str | None:
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         if not result:
             return None
         device = "cuda" if result["device"] != "cpu" else "cpu"
-        out = args.out or RESULTS_DIR / f"training-step-{device}.json"
+        out = args.out or RESULTS_DIR / f"step-{device}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         return f"wrote {out}\n{markdown_row(result)}"  # the row last: make gpu-check quotes it
