@@ -30,7 +30,8 @@ setup(
         # opencv: the Telea baseline the training tests evaluate against; EXPORT: the export tests run the bundles
         # accelerate, matplotlib: the tests load the benchmark's reference (diffusers' from_pretrained) and
         # render its report's chart; ray: the batch runner's tests start a local Ray instance; APP and
-        # playwright: the web app's tests drive it in Debian's Chromium (make test installs it)
+        # playwright: the web app's tests drive it in Debian's Chromium (make test installs it);
+        # scikit-image: the independent SSIM that runtime.evaluate's is checked against (tests only)
         "test": [
             "pytest",
             "ruff",
@@ -41,10 +42,14 @@ setup(
             "opencv-python-headless",
             "ray",
             "huggingface_hub",
+            "scikit-image",
             *EXPORT,
             *APP,
             "playwright",
         ],
+        # python -m runtime.evaluate: OpenCV's optical flow and Gaussian filter, matplotlib's --plot.
+        # LPIPS also needs `pip install --no-deps lpips` (its heads; its torchvision would pull another torch)
+        "evaluate": ["opencv-python-headless", "matplotlib"],
         "export": EXPORT,
         # python -m runtime.app: the web app
         "app": APP,

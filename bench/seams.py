@@ -10,7 +10,8 @@ clip:
   and a static background), else the raw change (the real clips of ../shared/data). The VAE makes a
   latent of every 4 frames, so the change peaks every 4th frame whatever the windows do: each boundary
   transition is compared with the transitions elsewhere at the same place in that 4-frame cycle (the
-  windows start at multiples of 4). "boundary / elsewhere" above 1 means the boundaries flicker more;
+  windows start at multiples of 4). "boundary / elsewhere" above 1 means the boundaries flicker more
+  (runtime/evaluate/temporal.py measures it, as `python -m runtime.evaluate` reports it: "seam ratio");
 - quality inside the mask against the true background (synthetic clips, PSNR in dB);
 - cost: frames the model processes per clip frame, and the model's seconds.
 
@@ -30,10 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.clips.plan import Plan, make_plan
+from runtime.clips.plan import make_plan
 from runtime.clips.stream import LocalWindows, mask_box, run_plan
 from runtime.demo import DEMO_WEIGHTS
 from runtime.errors import exit_code
+from runtime.evaluate.temporal import boundary_transitions, seam_ratio, transition_change
 from runtime.io import read_clip, read_masks
 from runtime.options import PlanOptions, RunOptions
 from runtime.pipeline.preprocess import dilate, resize_frames, shrink_masks
@@ -86,25 +88,6 @@ def real_clips(data: Path) -> list[TestClip]:
     return clips
 
 
-def boundary_transitions(plan: Plan) -> set[int]:
-    """t such that frames t and t + 1 come from different windows' work (or a crossfade between them)."""
-    found = set()
-    for previous, window in zip(plan.windows[:-1], plan.windows[1:]):
-        if window.known:
-            found.add(window.start + window.known - 1)
-        else:
-            found.update(range(window.start - 1, previous.stop))
-    return found
-
-
-def seam_ratios(change: np.ndarray, seams: list[int], cycle: int) -> np.ndarray:
-    """Each boundary transition's change over the mean change of the other transitions at the same place
-    of the VAE's `cycle`-frame latent cycle (1: no seam). `change` [F - 1] per transition."""
-    rest = [t for t in range(len(change)) if t not in seams]
-    same_phase = [np.nanmean(change[[u for u in rest if u % cycle == t % cycle]]) for t in seams]
-    return change[seams] / np.array(same_phase)
-
-
 def measure(remover: Remover, clip: TestClip, options: PlanOptions) -> dict[str, float]:
     count = len(clip.frames)
     plan = make_plan(count, clip.frames.shape[1:3], [mask_box(m) for m in clip.masks], options)
@@ -115,16 +98,17 @@ def measure(remover: Remover, clip: TestClip, options: PlanOptions) -> dict[str,
         lambda image, pts: written.append(image), LocalWindows(remover, RunOptions(progress=False)), progress=False,
     )  # fmt: skip
     seconds = time.perf_counter() - start
-    out = np.stack(written).astype(np.float32)
+    out = np.stack(written)
     region = dilate(torch.from_numpy(clip.masks), 2).numpy()
-    pair = region[:-1] | region[1:]
-    change = np.abs(np.diff(out, axis=0))
-    if clip.truth is not None:
-        change = np.abs(np.diff(out, axis=0) - np.diff(clip.truth.astype(np.float32), axis=0))
-    per_transition = np.array([change[t][pair[t]].mean() if pair[t].any() else np.nan for t in range(count - 1)])
-    seams = sorted(boundary_transitions(plan))
+    truth = clip.truth if clip.truth is not None else [None] * count
+    per_transition = np.array(
+        [
+            transition_change(out[t], out[t + 1], region[t] | region[t + 1], truth[t], truth[t + 1])
+            for t in range(count - 1)
+        ]
+    )
+    seams = sorted(boundary_transitions(plan.windows))
     rest = [t for t in range(count - 1) if t not in seams]
-    factor = remover.stages.vae_config.temporal_factor
     result = {
         "windows": len(plan.windows),
         "frames_processed_per_frame": sum(w.frames for w in plan.model_windows) / count,
@@ -134,9 +118,9 @@ def measure(remover: Remover, clip: TestClip, options: PlanOptions) -> dict[str,
     }
     if seams:
         result["temporal_error_boundary"] = float(np.nanmean(per_transition[seams]))
-        result["boundary_over_rest"] = float(np.nanmean(seam_ratios(per_transition, seams, factor)))
+        result["boundary_over_rest"] = seam_ratio(per_transition, plan.windows)
     if clip.truth is not None:
-        error = out[clip.masks] - clip.truth[clip.masks].astype(np.float32)
+        error = out[clip.masks].astype(np.float32) - clip.truth[clip.masks].astype(np.float32)
         result["psnr_inside_db"] = float(10 * np.log10(255.0**2 / np.mean(error**2)))
     return result
 
@@ -153,7 +137,7 @@ def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
             "|---|---|---|---|---|---|---|",
         ]
         for name, r in rows.items():
-            ratio = f"{r['boundary_over_rest']:.2f}" if "boundary_over_rest" in r else "-"
+            ratio = f"{r['boundary_over_rest']:.2f}" if r.get("boundary_over_rest") is not None else "-"
             boundary = f"{r['temporal_error_boundary']:.2f}" if "temporal_error_boundary" in r else "-"
             psnr = f"{r['psnr_inside_db']:.2f}" if "psnr_inside_db" in r else "-"
             lines.append(
