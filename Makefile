@@ -13,6 +13,8 @@ $(STAMP): setup.py
 	# replace our torch (so no deps); without its CUDA extension (only its hole filling uses it)
 	$(PY) -m pip install -q "setuptools>=70.1"
 	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --no-deps --no-build-isolation sam2
+	# lpips (runtime.evaluate's LPIPS heads): its declared torchvision would replace our torch too
+	$(PY) -m pip install -q --no-deps lpips
 	touch $(STAMP)
 
 .PHONY: demo test lint
