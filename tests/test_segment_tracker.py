@@ -169,7 +169,9 @@ def test_segment_file_union_ids_preview_round_trip(clip: Path, tmp_path: Path) -
     assert tinted.shape == original.shape
     union = np.stack([known_mask(square_a(f)) | known_mask(square_b(f)) for f in range(FRAMES)])
     away = ~ndimage.binary_dilation(union, iterations=3)  # lossy coding blurs a little around the edges
-    assert np.abs(tinted - original)[away].max() <= 8
+    # the tint is only on the masks: away from them the preview is the clip up to the encoder's noise (a few
+    # pixels reach 11 levels from run to run, as frame threads split the encode differently)
+    assert np.abs(tinted - original)[away].mean() < 1 and np.percentile(np.abs(tinted - original)[away], 99.9) <= 8
     assert np.abs(tinted - original)[union].mean() > 40
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ids", "mask.mp4", "preview.mp4"]
 

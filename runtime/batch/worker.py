@@ -29,8 +29,8 @@ class Attempt:
     seconds: float
     error: str | None = None
     retry: bool = False  # worth another try (a RemoverError is the input's fault: the same again)
-    taken: str | None = None  # not tried: another run wrote (or is writing) the output
     warnings: tuple[str, ...] = ()
+    taken: str | None = None  # not tried: another run wrote (or is writing) the output
 
 
 @dataclass(frozen=True)
