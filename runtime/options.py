@@ -157,6 +157,10 @@ class MaskOptions:
             _whole("--mask-threshold", self.threshold, 0, 255)
         _choice("--mask-channel", self.channel, MASK_CHANNELS)
 
+    def reader_arguments(self) -> dict:
+        """The keyword arguments of runtime.io's open_masks."""
+        return {"threshold": self.threshold, "invert": self.invert, "channel": self.channel}
+
 
 @dataclass(frozen=True)
 class OutputOptions:

@@ -135,8 +135,7 @@ def _remove(request: Request, info: ClipInfo, place: Place | None) -> str:
 
 def _mask_is_empty(request: Request, info: ClipInfo) -> bool:
     """Whether no frame's mask selects anything (the model is then not loaded at all)."""
-    masking = request.masking
-    masks = open_masks(request.mask, info, threshold=masking.threshold, invert=masking.invert, channel=masking.channel)
+    masks = open_masks(request.mask, info, **request.masking.reader_arguments())
     return not any(mask.any() for mask in masks)
 
 

@@ -27,7 +27,6 @@ Every check (frame count, sizes, the box file) happens in `open_masks`, before a
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ import numpy as np
 
 from runtime.errors import RemoverError, RemoverWarning
 from runtime.io.images import IMAGE_SUFFIXES, JPEG_SUFFIXES, image_files, probe_images, read_levels
+from runtime.io.jsonfile import read_json
 from runtime.io.reader import ClipInfo, open_clip, orient
 
 CHANNELS = ("auto", "alpha", "luma")
@@ -180,12 +180,7 @@ def _is_number(value: object) -> bool:
 
 def _read_boxes(path: Path, video: ClipInfo) -> dict[int, list[tuple[int, int, int, int]]]:
     """frame -> boxes as pixel slices (top, bottom, left, right), checked against the video."""
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RemoverError(f"cannot read the box file {path}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise RemoverError(f"{path} is not JSON: {exc.msg} at line {exc.lineno}") from None
+    document = read_json(path, "the box file")
     frames = document.get("frames") if isinstance(document, dict) else None
     if not isinstance(frames, dict):
         raise RemoverError(f'{path}: expected {{"frames": {{"<frame>": [[x0, y0, x1, y1], ...], ...}}}}')

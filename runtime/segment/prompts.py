@@ -20,7 +20,6 @@ and needs a box or a point somewhere. `check_prompts` then checks them against t
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from runtime.errors import RemoverError
+from runtime.io.jsonfile import read_json
 from runtime.io.reader import ClipInfo
 
 KINDS = ("box", "point", "negative")
@@ -93,12 +93,7 @@ def _number_list(value: object) -> tuple[float, ...] | None:
 
 
 def _file_prompts(path: Path) -> list[Prompt]:
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RemoverError(f"cannot read the prompts file {path}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise RemoverError(f"{path} is not JSON: {exc.msg} at line {exc.lineno}") from None
+    document = read_json(path, "the prompts file")
     objects = document.get("objects") if isinstance(document, dict) else None
     if not isinstance(objects, list) or not objects:
         raise RemoverError(f'{path}: expected {{"objects": [{{"id": 1, "prompts": [{{"frame": 0, "box": [...]}}]}}]}}')
