@@ -3,9 +3,12 @@ the temporary name (checked before any work, nothing left behind)."""
 
 from __future__ import annotations
 
+import os
+import threading
 import warnings
 from dataclasses import replace
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -282,3 +285,36 @@ def test_every_codec_writes(tmp_path, suffix, codec, decoded_by):
     back = read_clip(tmp_path / f"out{suffix}").frames
     assert back.shape == frames.shape and psnr(back, frames) > 30
     assert stream_codecs(tmp_path / f"out{suffix}") == [("video", decoded_by)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SVT-AV1 raises the priority of root's threads only")
+def test_av1_leaves_no_thread_at_real_time_priority(tmp_path):
+    """SVT-AV1, run as root, moves the thread that opens it and every thread it starts to SCHED_FIFO 99;
+    the writer puts them back, and leaves a thread that was real-time before as it was."""
+    frames = gradient_frames(3, 64, 96)
+    info = open_clip(encode_video(tmp_path / "in.mp4", frames)).info
+
+    def real_time() -> set[int]:
+        tasks = Path(f"/proc/{os.getpid()}/task").iterdir()
+        return {int(t.name) for t in tasks if os.sched_getscheduler(int(t.name)) in (os.SCHED_FIFO, os.SCHED_RR)}
+
+    host_thread_ready, stop = threading.Event(), threading.Event()
+
+    def host_real_time_thread() -> None:  # a host program's own real-time thread
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
+        host_thread_ready.set()
+        stop.wait()
+
+    host = threading.Thread(target=host_real_time_thread)
+    host.start()
+    host_thread_ready.wait()
+    try:
+        assert len(real_time()) == 1
+        with open_writer(tmp_path / "out.mkv", info, codec="av1") as writer:
+            for frame in frames:
+                writer.write(frame)
+                assert real_time() == {host.native_id}
+        assert real_time() == {host.native_id}
+    finally:
+        stop.set()
+        host.join()

@@ -28,10 +28,12 @@ Video outputs, from the source's `ClipInfo`:
 from __future__ import annotations
 
 import errno
+import os
 import re
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -352,6 +354,39 @@ class _ImageWriter(ClipWriter):
         Image.fromarray(image).save(self._temporary, **self._options)
 
 
+REAL_TIME = (os.SCHED_FIFO, os.SCHED_RR)
+
+
+def _real_time_threads() -> set[int]:
+    """The ids of this process's threads that run at a real-time scheduling policy."""
+    found = set()
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        try:
+            if os.sched_getscheduler(int(task.name)) in REAL_TIME:
+                found.add(int(task.name))
+        except (ProcessLookupError, ValueError):  # a thread that ended meanwhile
+            continue
+    return found
+
+
+@contextmanager
+def _scheduling_kept() -> Iterator[None]:
+    """No thread of this process left at a real-time priority by the encoder: SVT-AV1 (libsvtav1), run as
+    root, moves the thread that opens it, and with it every thread it starts, to SCHED_FIFO 99 for good,
+    which on a busy machine starves everything else of its cores. Threads that were real-time before
+    (a host program's) are left alone; the others go back to this thread's policy from before."""
+    policy, parameters = os.sched_getscheduler(0), os.sched_getparam(0)
+    before = _real_time_threads()
+    try:
+        yield
+    finally:
+        for thread in _real_time_threads() - before:
+            try:
+                os.sched_setscheduler(thread, policy, parameters)
+            except ProcessLookupError:
+                continue
+
+
 class _VideoWriter(ClipWriter):
     """A video file: the encoder starts at the first frame (its size), the source's other streams follow
     the frames' timestamps."""
@@ -406,12 +441,19 @@ class _VideoWriter(ClipWriter):
         frame = from_rgb(image, self._color, self._stream.pix_fmt)
         frame.pts = self._last_pts = self._timestamp(pts)
         frame.time_base = self._time_base
-        self._container.mux(self._stream.encode(frame))
+        self._container.mux(self._encode(frame))
         if self._others is not None:
             self._others.advance(frame.pts * self._time_base)
 
+    def _encode(self, frame: av.VideoFrame | None) -> list[av.Packet]:
+        """The encoder's packets for `frame` (None: flush it); SVT-AV1's threads kept off real-time priority."""
+        if self._encoding.encoder != "libsvtav1":
+            return self._stream.encode(frame)
+        with _scheduling_kept():
+            return self._stream.encode(frame)
+
     def _finish(self) -> None:
-        self._container.mux(self._stream.encode())
+        self._container.mux(self._encode(None))
         if self._others is not None:
             self._others.advance(None)
             self._others.close()
