@@ -34,6 +34,7 @@ setup(
         # scikit-image: the independent SSIM that runtime.evaluate's is checked against (tests only)
         "test": [
             "pytest",
+            "pytest-xdist",  # make test: a worker a core
             "ruff",
             "diffusers==0.33.1",
             "accelerate",
@@ -66,5 +67,5 @@ setup(
         # resolves hub ids (runtime/hub.py); scipy fills holes in and grows the masks
         "segment": ["hydra-core", "iopath", "huggingface_hub", "scipy"],
     },
-    entry_points={"console_scripts": ["minimax-remover=runtime.run:main"]},
+    entry_points={"console_scripts": ["minimax-remover=runtime.run:command"]},
 )

@@ -261,7 +261,8 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    bound_host_heap()
+    """The command line in this process: `argv` to options, the job, its exit status (2 and one line for
+    bad input)."""
     args = parse_args(argv)
     warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
     if distributed.world_size() > 1:  # torchrun: the group's code loads only now
@@ -271,5 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     return exit_code(lambda: run(args))
 
 
+def command() -> int:
+    """`python -m runtime.run` and `minimax-remover`: this process's heap bounded (bound_host_heap, which
+    a caller that imports `main` keeps out of its own process), then `main()`."""
+    bound_host_heap()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())

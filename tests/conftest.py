@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,12 @@ from safetensors.torch import load_file
 # the whole session, when there is no GPU (the kernel tests then run on the CPU). Nothing else reads it.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Under pytest-xdist (`make test` starts a worker a core) each worker, and what its tests start, computes on
+# one thread, so that the workers share the cores instead of contending for each of them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 SHARED = Path(os.environ.get("MINIMAX_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 FIXTURE = SHARED / "fixtures" / "reference-tiny"
@@ -136,58 +143,123 @@ WITH_AOTI = os.environ.get(AOTI_ENV) != "0"
 NEEDS_AOTI = pytest.mark.skipif(not WITH_AOTI, reason=f"{AOTI_ENV}=0: the AOTInductor packages were not compiled")
 
 
+# The bundle is built once per run, in a child process, by whichever test process collects a test that
+# needs it first (under pytest-xdist every worker collects them all). Its folder is chosen by the run's
+# first process (the xdist controller, or pytest alone) and reaches the workers in BUNDLE_ENV; the child
+# writes `status` there when it ends ("ok", or its error), and the process that started it writes `pid`.
+BUNDLE_ENV = "RUNTIME_TEST_BUNDLE_DIR"
+BUNDLE_TIMEOUT_S = 1800
+WORKER_NICENESS = 10
 _BUILD_BUNDLE = """
-import sys
+import sys, traceback
 from pathlib import Path
-from export.onnx import build_bundle
-build_bundle(Path(sys.argv[1]), Path(sys.argv[2]), height=64, width=96, frames=9, precision="fp32",
-             aoti=sys.argv[3] == "1", log=lambda _: None)
+folder = Path(sys.argv[2])
+status = "failed before it could say why"
+try:
+    from export.onnx import build_bundle
+    build_bundle(Path(sys.argv[1]), folder / "tiny", height=64, width=96, frames=9, precision="fp32",
+                 aoti=sys.argv[3] == "1", log=lambda _: None)
+    status = "ok"
+except BaseException:
+    status = traceback.format_exc()
+    raise
+finally:
+    (folder / "status.part").write_text(status)
+    (folder / "status.part").rename(folder / "status")
 """
-_bundle_build: dict[str, object] = {}  # the background build of `tiny_bundle`: its folder and process
+_bundle_build: dict[str, object] = {}  # the build this process started: its child process and log
+_OWNS_BUNDLE_FOLDER = pytest.StashKey[bool]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if BUNDLE_ENV not in os.environ:  # the run's first process; xdist workers inherit the variable
+        os.environ[BUNDLE_ENV] = tempfile.mkdtemp(prefix="tiny-bundle-")
+        config.stash[_OWNS_BUNDLE_FOLDER] = True
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if config.stash.get(_OWNS_BUNDLE_FOLDER, False):
+        shutil.rmtree(os.environ.pop(BUNDLE_ENV), ignore_errors=True)
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The tests that need the tiny bundle run last, so its background build overlaps the most work."""
-    items.sort(key=lambda item: "tiny_bundle" in getattr(item, "fixturenames", ()))
+    """Files with a slow test first, so that the workers of `make test` (a file each at a time) end together;
+    the tests that need the tiny bundle last, so that its background build overlaps the most work."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: ("tiny_bundle" in getattr(item, "fixturenames", ()), item.path not in slow_files))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start building the tiny bundle in a child process as soon as a test that needs it is collected: its
-    AOTInductor packages compile for minutes, and the tests that run meanwhile leave a core to spare."""
+    """Start building the tiny bundle in a child process as soon as a test that needs it is collected, unless
+    another test process of this run has: its AOTInductor packages compile for minutes, beside the tests."""
     if not any("tiny_bundle" in getattr(item, "fixturenames", ()) for item in session.items):
         return
-    folder = Path(tempfile.mkdtemp(prefix="tiny-bundle-"))
-    repo = Path(__file__).resolve().parents[1]
-    command = [
-        sys.executable,
-        "-c",
-        _BUILD_BUNDLE,
-        str(FIXTURE / "checkpoint"),
-        str(folder / "tiny"),
-        str(int(WITH_AOTI)),
-    ]
+    _start_bundle_build(Path(os.environ[BUNDLE_ENV]))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # the workers, and what their tests start, yield to the build: at equal priority it had a third of the
+        # two cores, and a worker sat 150 s waiting for it with the bundle's tests
+        os.nice(WORKER_NICENESS)
+
+
+def _start_bundle_build(folder: Path) -> None:
+    """The build's child process, unless another process of this run has started it."""
+    try:
+        (folder / "claimed").mkdir()  # atomic: one process of the run wins
+    except FileExistsError:
+        return
+    command = [sys.executable, "-c", _BUILD_BUNDLE, str(FIXTURE / "checkpoint"), str(folder), str(int(WITH_AOTI))]
     log = (folder / "build.log").open("w")
+    repo = Path(__file__).resolve().parents[1]
     process = subprocess.Popen(command, cwd=repo, stdout=log, stderr=subprocess.STDOUT)
-    _bundle_build.update(folder=folder, process=process, log=log)
+    (folder / "pid").write_text(str(process.pid))
+    _bundle_build.update(process=process, log=log)
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The build outlives this process's tests (another worker may still need it), unless the run stops."""
     process = _bundle_build.get("process")
-    if process is not None:
+    if process is None:
+        return
+    stopping = exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop or session.shouldfail
+    if stopping:
         process.kill()
-        process.wait()
-        _bundle_build["log"].close()
-        shutil.rmtree(_bundle_build["folder"], ignore_errors=True)
+    process.wait()
+    _bundle_build["log"].close()
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle(checkpoint: Path) -> Path:
     """An fp32 engine bundle of the fixture checkpoint for its clip size (9 frames at 96x64): ONNX graphs,
-    and AOTInductor packages unless RUNTIME_TEST_AOTI=0; built once, in the background from collection on."""
-    process, folder = _bundle_build["process"], _bundle_build["folder"]
-    if process.wait() != 0:
-        pytest.fail(f"building the tiny bundle failed:\n{(folder / 'build.log').read_text()[-4000:]}")
+    and AOTInductor packages unless RUNTIME_TEST_AOTI=0; built once a run, in the background from collection on."""
+    folder = Path(os.environ[BUNDLE_ENV])
+    status, deadline = folder / "status", time.monotonic() + BUNDLE_TIMEOUT_S
+    while not status.exists():
+        if time.monotonic() > deadline or not _builder_alive(folder):
+            if status.exists():  # it ended between the two looks
+                break
+            log = (folder / "build.log").read_text()[-4000:] if (folder / "build.log").exists() else ""
+            pytest.fail(f"building the tiny bundle ended without a result:\n{log}")
+        time.sleep(0.5)
+    if status.read_text() != "ok":
+        pytest.fail(f"building the tiny bundle failed:\n{status.read_text()[-4000:]}")
     return folder / "tiny"
+
+
+def _builder_alive(folder: Path) -> bool:
+    """Whether the build's child process still runs (True until it has written its pid)."""
+    process = _bundle_build.get("process")
+    if process is not None:
+        return process.poll() is None
+    pid = folder / "pid"
+    if not pid.exists():
+        return True
+    try:
+        os.kill(int(pid.read_text()), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
 
 
 def run_main(main: Callable[[list[str]], int], args: list, capsys) -> tuple[int, str, str]:

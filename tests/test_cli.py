@@ -36,6 +36,7 @@ def tennis(data_dir, tmp_path):
     return frames, masks
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_as_a_subprocess(tmp_path):
     """The README's demo command, from a fresh process: exit 0, a summary line, a playable video."""
     out = tmp_path / "demo.mp4"

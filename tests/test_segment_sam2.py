@@ -7,7 +7,6 @@ from a box and compared with its masks."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from bench.child import run_child
 from runtime.errors import RemoverError
 from runtime.io import open_clip, open_masks, read_clip
 from runtime.segment import Prompt, SegmentOptions, load_segmenter
@@ -191,7 +191,7 @@ def test_default_checkpoint_offline_and_not_cached(tmp_path: Path, monkeypatch: 
 
 
 MEMORY_CHILD = """
-import json, resource, sys
+import sys
 import torch
 from runtime.segment import Prompt, SegmentOptions, segment_file
 video, out, checkpoint, frames = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -199,7 +199,6 @@ torch.set_num_threads(1)  # a tiny model on a shared CPU
 options = SegmentOptions(checkpoint=checkpoint, model_config="{config}", image_size=64, device="cpu")
 prompts = [Prompt(frames // 2, 1, "box", (600, 300, 900, 700))]  # mid-clip: both directions
 segment_file(video, out, prompts, options, progress=False, say=lambda line: None)
-print(json.dumps({{"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}))
 """
 
 
@@ -218,10 +217,10 @@ def test_memory_does_not_grow_with_the_clip(tiny_checkpoint: Path, tmp_path: Pat
         encode_video(video, frames)
         code = MEMORY_CHILD.format(config=TINY)
         out = tmp_path / f"mask{count}.mkv"
-        child = [sys.executable, "-c", code, str(video), str(out), str(tiny_checkpoint), str(count)]
-        result = subprocess.run(child, capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
+        # bench/child.py: the child's own peak (a child of this large process would inherit its high-water mark)
+        result = run_child([sys.executable, "-c", code, video, out, tiny_checkpoint, count], timeout=300, cwd=REPO)
         assert result.returncode == 0, result.stderr[-2000:]
-        peaks[count] = json.loads(result.stdout.strip().splitlines()[-1])["peak"]
+        peaks[count] = result.peak_rss_bytes
     growth = peaks[41] - peaks[9]
     print(f"peak host memory: 9 frames {peaks[9] / 2**20:.0f} MiB, 41 frames {peaks[41] / 2**20:.0f} MiB")
     assert peaks[41] <= 1.15 * peaks[9]

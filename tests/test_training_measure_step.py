@@ -42,6 +42,7 @@ def test_one_process_reports_throughput_memory_and_the_plan(tmp_path):
     assert "| cpu x 1 | ddp, fp32, 0 checkpointed, batch 4 (1 per pass) |" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_config_that_does_not_fit_is_refused_before_running(tmp_path):
     result = bench(tmp_path, 1, "--steps", "6", "--skip", "2", "--set", "gpu_memory_gb=0.001")
     assert result.returncode == 2 and "error: the memory plan needs" in result.stderr

@@ -139,6 +139,7 @@ def plan_command(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_released_stage1_config_fits_an_80_gb_gpu_and_whole_copies_do_not():
     """wan1.3b_stage1.json (FSDP over 8, bf16, 20 blocks checkpointed) is accepted with its numbers
     shown; the same with DDP and no checkpointing is refused with one error line after the plan."""
@@ -166,6 +167,7 @@ def test_released_stage1_config_fits_an_80_gb_gpu_and_whole_copies_do_not():
     assert needed > 100  # 30 blocks x about 3.5 GiB of activations at 32,760 tokens
 
 
+@pytest.mark.slow
 def test_released_stage2_config_is_planned_from_its_stage1_config():
     result = plan_command(
         "--config", "training/configs/wan1.3b_stage2.json", "--stage1-config", "training/configs/wan1.3b_stage1.json"

@@ -247,6 +247,7 @@ def test_fsdp_over_two_gloo_processes_trains_like_one_and_resumes_from_its_shard
     assert losses[0] == pytest.approx(losses[1], rel=1e-2)
 
 
+@pytest.mark.slow
 def test_a_run_resumed_with_the_other_parallelism_is_one_error_line(tmp_path):
     """A DDP run's single-file state cannot be read as FSDP shards (nor the reverse): exit 2, one line."""
     vae = replace(RELEASED_VAE, base_dim=4, num_res_blocks=1, latents_mean=(0.0,) * 16, latents_std=(1.0,) * 16)

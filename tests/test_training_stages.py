@@ -118,6 +118,7 @@ def test_stage1_samples_pair_masks_with_tokens():
     assert 0.15 < kinds["dropped"] / (kinds["positive"] + kinds["dropped"]) < 0.35
 
 
+@pytest.mark.slow
 def test_stage1_checkpoint_runs_in_the_pipeline_with_cfg(stage1_run):
     remover = Remover.from_pretrained(stage1_run / "checkpoint", "cpu", "fp32")
     assert remover.stages.transformer.config.num_condition_tokens == 2
@@ -174,6 +175,7 @@ def test_curated_samples_are_spread_over_the_batch():
     assert sum(flags) == 4 and flags[:3].count(True) == 1 and flags[3:6].count(True) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tokens", ["positive", "none"])
 def test_stage2_trains_from_stage1_and_serves_without_cfg(stage1_run, tmp_path, tokens):
     config = Stage2Config(

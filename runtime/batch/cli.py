@@ -14,7 +14,6 @@ from collections.abc import Callable
 from runtime.batch.dispatch import run_batch
 from runtime.batch.manifest import CLIP_COLUMNS, MODEL_COLUMNS, flag, model_options, read_manifest
 from runtime.errors import exit_code
-from runtime.execution.host_memory import bound_host_heap
 
 
 def parse_batch_args(argv: list[str] | None) -> argparse.Namespace:
@@ -58,7 +57,6 @@ def _count(least: int) -> Callable[[str], int]:
 
 def main(argv: list[str] | None = None) -> int:
     """The command line: the summary table on stdout, everything else on stderr; the exit status."""
-    bound_host_heap()
     args = parse_batch_args(argv)
     warnings.showwarning = lambda message, *_: print(f"warning: {message}", file=sys.stderr)
     given = vars(args)
