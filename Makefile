@@ -23,7 +23,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)  # the app's browser tests
-	$(PY) -m pytest -q -m "not gpu" -n auto --maxprocesses 4 --dist loadfile --durations=15
+	$(PY) -m pytest -q -m "not gpu" -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder --durations=15
 	$(VENV)/bin/ruff check .
 
 # benchmark gates: ours against the reference, measured now (CPU: the quick suite; GPU: the full one)
