@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -170,17 +171,24 @@ finally:
 """
 _bundle_build: dict[str, object] = {}  # the build this process started: its child process and log
 _OWNS_BUNDLE_FOLDER = pytest.StashKey[bool]()
+_SESSION_NICENESS = pytest.StashKey["int | None"]()
+AUTOGROUP = Path("/proc/self/autogroup")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if BUNDLE_ENV not in os.environ:  # the run's first process; xdist workers inherit the variable
         os.environ[BUNDLE_ENV] = tempfile.mkdtemp(prefix="tiny-bundle-")
         config.stash[_OWNS_BUNDLE_FOLDER] = True
+        config.stash[_SESSION_NICENESS] = _autogroup_niceness()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if config.stash.get(_OWNS_BUNDLE_FOLDER, False):
         shutil.rmtree(os.environ.pop(BUNDLE_ENV), ignore_errors=True)
+        niceness = config.stash.get(_SESSION_NICENESS, None)
+        if niceness is not None and niceness != _autogroup_niceness():  # the workers lowered it
+            with contextlib.suppress(OSError):  # (a kernel that refuses leaves it lowered: only priority)
+                AUTOGROUP.write_text(str(niceness))
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -204,14 +212,23 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def _yield_to_the_build() -> None:
-    """Lower this worker's priority, and what its tests start, below the bundle's build: at equal priority
-    the build had a third of the two cores, and a worker sat 150 s waiting for it with the bundle's tests.
-    Where the kernel groups processes by session (autogroup), the session's own niceness is what counts."""
+    """Lower this worker's priority, and what its tests start, below the bundle's build, so that the build
+    keeps a core (114 to 129 s alone; in a parallel run it ended about 125 s in). Where the kernel groups
+    processes by session (autogroup), the session's niceness is what counts: the run's first process puts
+    back what it was (pytest_unconfigure)."""
     os.nice(WORKER_NICENESS)
     try:
-        Path("/proc/self/autogroup").write_text(str(WORKER_NICENESS))
+        AUTOGROUP.write_text(str(WORKER_NICENESS))
     except OSError:  # no autogroup here: os.nice does it
         pass
+
+
+def _autogroup_niceness() -> int | None:
+    """This session's scheduling-group niceness ("/autogroup-N nice K"), None without autogroup."""
+    try:
+        return int(AUTOGROUP.read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _start_bundle_build(folder: Path) -> None:
