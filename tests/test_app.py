@@ -199,9 +199,12 @@ def wait_status(page, states: set[str], timeout_ms: int = JOB_TIMEOUT_MS) -> tup
 
 
 def shown_pixels(page, selector: str) -> np.ndarray:
-    """The RGB pixels of the image the page shows in `selector` (read back through a canvas)."""
+    """The RGB pixels of the image the page shows in `selector` (read back through a canvas), once its
+    current source has loaded: right after a click the page swaps the image, and one read came while the
+    new one was still loading (naturalWidth 0)."""
     flat = page.evaluate(
-        """sel => { const i = document.querySelector(sel); const c = document.createElement('canvas');
+        """async sel => { const i = document.querySelector(sel); await i.decode();
+        const c = document.createElement('canvas');
         c.width = i.naturalWidth; c.height = i.naturalHeight; const g = c.getContext('2d'); g.drawImage(i, 0, 0);
         return [c.width, c.height, Array.from(g.getImageData(0, 0, c.width, c.height).data)]; }""",
         selector,
