@@ -271,7 +271,7 @@ def test_the_server_holds_a_frame_at_a_time_whatever_the_clips_length(tmp_path):
     for count in (9, 41):
         frames = np.repeat(background[None].astype(np.uint8), count, axis=0)
         for index in range(count):
-            frames[index, 200 : 400, 300 + 10 * index : 500 + 10 * index] = (240, 30, 30)
+            frames[index, 200:400, 300 + 10 * index : 500 + 10 * index] = (240, 30, 30)
         masks = np.zeros_like(frames)
         for index in range(count):
             masks[index, 100 + index : 300 + index, 200:500] = 255
