@@ -41,7 +41,7 @@ LENGTHS = (81, 161, 321)
 
 def measure_cli(args: list[Any]) -> dict[str, float]:
     """Run the CLI in a fresh process: its wall and CPU seconds and peak resident set (MB)."""
-    child = run_child(runtime_cli(*args))  # the CLI bounds its own heap (bound_host_heap)
+    child = run_child(runtime_cli(*args))  # the CLI bounds its own heap (host_memory.py)
     if child.returncode != 0:
         raise RemoverError(f"the run failed: {child.last_line()}")
     return {"seconds": child.seconds, "cpu_s": child.cpu_seconds, "peak_mb": child.peak_rss_mb}

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from runtime.clips.plan import Box, Plan, Window
 from runtime.errors import RemoverError
+from runtime.execution.host_memory import model_temporaries_on_heap
 from runtime.pipeline.composite import composite_window, to_uint8
 from runtime.pipeline.preprocess import CHUNK_PIXELS, dilate, resize_frames, shrink_masks
 from runtime.pipeline.timing import Timings
@@ -201,19 +202,22 @@ def compute_window(
         images = resize_frames(images, window.size, device)
         masks = shrink_masks(masks, window.size, device)
 
-    generated = remover(
-        images,
-        masks,
-        height=window.size[0],
-        width=window.size[1],
-        num_inference_steps=run.steps,
-        mask_dilation=window.dilation,
-        seed=run.seed + window.index,
-        paste_back=False,
-        progress=run.progress,
-    )
+    with model_temporaries_on_heap():
+        generated = remover(
+            images,
+            masks,
+            height=window.size[0],
+            width=window.size[1],
+            num_inference_steps=run.steps,
+            mask_dilation=window.dilation,
+            seed=run.seed + window.index,
+            paste_back=False,
+            progress=run.progress,
+        )
     timings.merge(remover.timings)
-    generated = generated[window.known :]
+    # a copy made outside the block: the output, made inside it, sat on the heap under the next window's
+    # temporaries (bench.heap: 1.19x host peak from 81 to 321 frames with it, 1.12x with the copy)
+    generated = generated[window.known :].copy()
     if not run.paste_back:
         return list(to_uint8(generated))
     with timings.stage("composite"):

@@ -1,28 +1,67 @@
-"""Host memory that stays flat over a long clip: glibc's allocator, by default, raises its mmap
-threshold each time a large block is freed (up to 32 MB), after which frame-sized buffers come from
-the heap and what is freed there stays resident. Measured on a 640x360 clip at a 64x112 working size
-(tests/test_footage.py's method, VmHWM of the CLI): peaks of 880 MB at 81 frames and 1014 MB at 321
-(1.15x, climbing window by window); with the threshold fixed at 128 KiB by the environment
-(MALLOC_MMAP_THRESHOLD_=131072), 814 and 883 MB (1.085x), and by `bound_host_heap` called before the
-CLI's main, 814 and 885 MB (1.087x). What is left is one step when the second window starts (its
-known frames and the overlap's buffers), then flat."""
+"""Host memory that stays flat over a long clip, at the speed of glibc's default allocator.
+
+glibc, by default, raises its mmap threshold each time a large block is freed (up to 32 MB), after which
+frame-sized buffers come from the heap, and what is freed there stays resident. A threshold fixed at
+128 KiB for the whole run gives frames back, but makes every model temporary over 128 KiB a fresh mapping,
+faulted in page by page. So the command fixes the threshold at 128 KiB (`bound_host_heap`), and the stream
+raises it to 32 MB only while the model computes (`model_temporaries_on_heap`): frames, masks and encoder
+buffers, made while reading and compositing, are mapped and given back when freed; the model's
+temporaries come from the heap and are reused call after call.
+
+`python -m bench.heap` (bench/RESULTS.md), the CLI's peak resident set on a 640x360 clip at a 64x112
+working size with the demo weights, 81 and 321 frames, on the CPU: glibc's default 799 and 920 MB (1.15x,
+and 983 MB at 641 frames in an earlier run: still climbing); fixed 719 and 785 MB (1.09x) but 1.28x and
+1.35x slower; this policy 724 and 809 MB (1.12x) at the default's speed. A process that did not call
+`bound_host_heap` (a library caller, the app) keeps its allocator as it was.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 MMAP_THRESHOLD = 128 * 1024  # glibc's initial value: blocks this large are mapped and given back when freed
+MODEL_MMAP_THRESHOLD = 32 * 2**20  # glibc's largest: the model's temporaries up to this size reuse the heap
+TRIM_THRESHOLD = 128 * 1024  # glibc's initial value: free memory this large at the heap's top goes back
+
+_bound: dict[str, object] = {}  # once bound_host_heap succeeded: "mallopt" and the "threshold" it set
+
+
+def _mallopt() -> Callable[[int, int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError, TypeError):
+        return None
 
 
 def bound_host_heap(threshold: int = MMAP_THRESHOLD) -> bool:
     """Fix glibc's mmap threshold at `threshold` bytes, so that freed frame buffers go back to the
     system; True when it was set (False off glibc, where nothing needs doing or nothing can be done)."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
+    mallopt = _mallopt()
+    if mallopt is None or not mallopt(M_MMAP_THRESHOLD, threshold):
         return False
-    return bool(mallopt(M_MMAP_THRESHOLD, threshold))
+    _bound.update(mallopt=mallopt, threshold=threshold)
+    return True
+
+
+@contextmanager
+def model_temporaries_on_heap() -> Iterator[None]:
+    """While the model computes in this block, blocks up to 32 MB come from the heap and stay there when
+    freed (its temporaries, reused step after step, as glibc's own rule would have it); afterwards the
+    bound threshold again, and the heap's free top goes back at the next free. Does nothing unless
+    `bound_host_heap` bounded this process. The block must allocate nothing long-lived of frame size: it
+    would stay on the heap."""
+    mallopt = _bound.get("mallopt")
+    if mallopt is None:
+        yield
+        return
+    mallopt(M_MMAP_THRESHOLD, MODEL_MMAP_THRESHOLD)
+    mallopt(M_TRIM_THRESHOLD, 2 * MODEL_MMAP_THRESHOLD)  # glibc's dynamic rule: trim at twice the mmap threshold
+    try:
+        yield
+    finally:
+        mallopt(M_MMAP_THRESHOLD, _bound["threshold"])
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
