@@ -122,7 +122,7 @@ def test_a_clip_longer_than_a_window_keeps_every_frame_and_timestamp(checkpoint,
 
 def peak_rss_mb(args: list, cwd: Path) -> float:
     """The CLI in a fresh process (bench/child.py): its own peak resident set, in MB."""
-    result = run_child(runtime_cli(*args), timeout=900, cwd=cwd)  # the CLI bounds its own heap (bound_host_heap)
+    result = run_child(runtime_cli(*args), timeout=900, cwd=cwd)  # the CLI bounds its own heap (host_memory.py)
     assert result.returncode == 0, result.stderr
     return result.peak_rss_mb
 
