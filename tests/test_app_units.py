@@ -8,7 +8,6 @@ import asyncio
 import io
 import subprocess
 import sys
-import textwrap
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from PIL import Image
 from tqdm import tqdm
 
-from runtime.app.jobs import ChildJob, DeviceQueue, Progress, Ticket, parse_progress
+from runtime.app.jobs import ChildJob, DeviceQueue, Outcome, Progress, Ticket, parse_progress
 from runtime.app.session import AppSettings, RunSettings, Session, Sessions, _relative
 from runtime.app.workspace import AppRoot, Limits, read_info
 from runtime.errors import RemoverError
@@ -78,37 +77,58 @@ def test_the_device_queue_is_first_come_first_served_and_a_cancelled_ticket_leav
     assert "c waits at 2" in events and "c waits at 1" in events  # moved up when b left
 
 
+SLOW_JOB = """
+import sys, time
+from tqdm import tqdm
+try:
+    for _ in tqdm(range(1000), desc="work", mininterval=0):
+        time.sleep(0.01)
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
+"""
+
+
+async def interrupted_slow_job(folder: Path) -> tuple[list, Outcome]:
+    """SLOW_JOB as a ChildJob, given Ctrl-C after its third step: what it showed and how it ended."""
+    module = folder / "slow_job.py"
+    module.write_text(SLOW_JOB)
+    job = ChildJob("slow_job", [], folder)
+    job.argv = [sys.executable, str(module)]  # a script, not a module of the package
+    await job.start()
+    seen = []
+    async for update in job.updates():
+        seen.append(update)
+        if isinstance(update, Progress) and update.done >= 3:
+            job.interrupt()  # every update from here on: the child gets one Ctrl-C, not many
+    return seen, await job.finish()
+
+
 def test_a_child_job_interrupted_like_ctrl_c_stops_and_reports_it(tmp_path):
-    module = tmp_path / "slow_job.py"
-    module.write_text(
-        textwrap.dedent(
-            """
-            import sys, time
-            from tqdm import tqdm
-            try:
-                for _ in tqdm(range(1000), desc="work", mininterval=0):
-                    time.sleep(0.01)
-            except KeyboardInterrupt:
-                print("interrupted", file=sys.stderr)
-                sys.exit(130)
-            """
-        )
-    )
-
-    async def scenario():
-        job = ChildJob("slow_job", [], tmp_path)
-        job.argv = [sys.executable, str(module)]  # a script, not a module of the package
-        await job.start()
-        seen = []
-        async for update in job.updates():
-            seen.append(update)
-            if isinstance(update, Progress) and update.done >= 3:
-                job.interrupt()  # every update from here on: the child gets one Ctrl-C, not many
-        return seen, await job.finish()
-
-    seen, outcome = asyncio.run(scenario())
+    seen, outcome = asyncio.run(interrupted_slow_job(tmp_path))
     assert any(isinstance(u, Progress) and u.stage == "work" and u.total == 1000 for u in seen)
     assert outcome.cancelled and outcome.returncode == 130 and "interrupted" in outcome.lines
+
+
+@pytest.mark.parametrize("let_jobs", [True, False])
+def test_cancel_stops_a_job_of_a_server_started_with_ctrl_c_ignored(tmp_path, let_jobs):
+    """A server that inherited SIGINT ignored (`&` in a script) still cancels its jobs once it lets them take
+    Ctrl-C (the server's start does); without that, the job would ignore it too and run to the end."""
+    server = f"""
+import asyncio, signal, sys
+from pathlib import Path
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from runtime.app.jobs import let_jobs_take_ctrl_c
+from test_app_units import interrupted_slow_job
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # as inherited from the shell
+if {let_jobs}:
+    let_jobs_take_ctrl_c()
+    assert signal.getsignal(signal.SIGINT) != signal.default_int_handler  # the server still ignores Ctrl-C
+print(asyncio.run(interrupted_slow_job(Path(sys.argv[1])))[1].returncode)
+"""
+    run = subprocess.run([sys.executable, "-c", server, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout) == (130 if let_jobs else 0)  # 0: all 1000 steps ran, Ctrl-C never reached the job
 
 
 def test_uploads_past_the_limits_and_non_videos_are_one_line(tmp_path):

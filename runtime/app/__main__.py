@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from runtime.app.jobs import let_jobs_take_ctrl_c
 from runtime.app.segmentation import SegmentSettings
 from runtime.app.workspace import AppRoot, Limits
 from runtime.errors import RemoverError, exit_code
@@ -57,6 +58,7 @@ def serve(args: argparse.Namespace) -> str:
         limits=limits,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop like Ctrl-C: the folder is removed
+    let_jobs_take_ctrl_c()
     page = ui.build(Sessions(root, settings))
     page.queue(default_concurrency_limit=4)
     try:

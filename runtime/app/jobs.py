@@ -211,6 +211,15 @@ class ChildJob:
             await self.process.wait()
 
 
+def let_jobs_take_ctrl_c() -> None:
+    """Cancel is the job's Ctrl-C; a server started with SIGINT ignored (`python -m runtime.app &` in a script:
+    the shell ignores Ctrl-C for background commands) would pass the ignoring on through exec, and a cancelled
+    job would run to the end and write its output. The server keeps ignoring Ctrl-C, with a handler of its own
+    that exec resets to the default in each job."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, lambda *_: None)
+
+
 def check_finished(outcome: Outcome, what: str) -> None:
     """A RemoverError for a child that failed: its `error:` line, else its last line and exit code."""
     if outcome.cancelled or outcome.returncode == 0:
