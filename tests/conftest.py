@@ -176,6 +176,11 @@ AUTOGROUP = Path("/proc/self/autogroup")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # started in the background (`make test &`: the shell ignores Ctrl-C for it, and an ignored signal
+        # stays ignored through exec): the children of the Ctrl-C tests would never see their SIGINT. A
+        # handler of our own is reset to the default in each child, where Python turns it into KeyboardInterrupt.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if BUNDLE_ENV not in os.environ:  # the run's first process; xdist workers inherit the variable
         os.environ[BUNDLE_ENV] = tempfile.mkdtemp(prefix="tiny-bundle-")
         config.stash[_OWNS_BUNDLE_FOLDER] = True
