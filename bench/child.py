@@ -95,13 +95,6 @@ def python_command(module: str, *arguments: object) -> list[str]:
     return [sys.executable, "-m", module, *map(str, arguments)]
 
 
-def held_memory_env(**extra: str) -> dict[str, str]:
-    """This environment with glibc's mmap threshold fixed: glibc raises it after large frees and then keeps
-    freed frames in the heap, so the resident set would depend on allocation order; fixed, the peak is
-    what the program holds."""
-    return {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", **extra}
-
-
 def runtime_cli(*arguments: object, ranks: int | None = None) -> list[str]:
     """`python -m runtime.run ARGUMENTS --quiet`, under torchrun with `ranks` processes when given."""
     if ranks is None:
