@@ -96,6 +96,32 @@ def test_scaling_keeps_thin_lines_and_upscales_nearest(tmp_path):
     np.testing.assert_array_equal(np.argwhere(mask).max(axis=0), [5, 8])
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+def test_colour_masks_threshold_the_brightest_channel_or_the_luma(tmp_path, bits):
+    """Random colours in an 8- or 16-bit PNG: the default channel is the largest of R, G and B, "luma" is
+    BT.601's (299 R + 587 G + 114 B) / 1000 rounded, both computed here in floating point from the file."""
+    full = 2**bits - 1
+    pixels = (
+        np.random.default_rng(bits).integers(0, full + 1, (24, 40, 3)).astype(np.uint16 if bits == 16 else np.uint8)
+    )
+    if bits == 8:
+        Image.fromarray(pixels).save(tmp_path / "colours.png")
+    else:  # Pillow writes no 16-bit RGB: a PNG by hand
+        rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
+        header = struct.pack(">IIBBBBB", 40, 24, 16, 2, 0, 0, 0)
+        chunks = [(b"IHDR", header), (b"IDAT", zlib.compress(rows)), (b"IEND", b"")]
+        body = b"".join(struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d)) for t, d in chunks)
+        (tmp_path / "colours.png").write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    clip, scale = video(1, 24, 40), full // 255
+    luma = np.floor(pixels.astype(float) @ np.array([0.299, 0.587, 0.114]) + 0.5)
+    for threshold in (40, 127, 200):
+        brightest = next(iter(open_masks(tmp_path / "colours.png", clip, threshold=threshold)))
+        np.testing.assert_array_equal(brightest, pixels.max(axis=-1) > threshold * scale)
+        by_luma = next(iter(open_masks(tmp_path / "colours.png", clip, threshold=threshold, channel="luma")))
+        np.testing.assert_array_equal(by_luma, luma > threshold * scale)
+        assert 0 < by_luma.sum() < by_luma.size
+
+
 def test_alpha_channel_masks(tmp_path):
     rgba = np.full((10, 10, 4), 255, np.uint8)  # white everywhere: only the alpha says where
     rgba[..., 3] = 0
