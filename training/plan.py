@@ -282,7 +282,8 @@ def check_memory(
     return plan
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """`python -m training.plan`: print the plan; a plan that does not fit is one error line and exit 2."""
     parser = argparse.ArgumentParser(description="The memory a training stage needs per GPU, before running it.")
     parser.add_argument("--config", required=True, help="a stage-1 or stage-2 JSON config (training/configs/)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -291,7 +292,7 @@ def main() -> None:
         "--gpu-memory", type=float, default=0.0, help="GiB per GPU (default: the config's gpu_memory_gb)"
     )
     parser.add_argument("--stage1-config", help="stage 2: the stage-1 config, when its run folder has none yet")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     def command() -> None:
         if args.gpus < 1:
@@ -312,10 +313,8 @@ def main() -> None:
         shape = stage_shape(config, args.gpus, stage1)
         check_memory(config, shape, args.gpus, torch.device("cuda" if torch.cuda.is_available() else "cpu"), None)
 
-    code = exit_code(command)
-    if code:
-        sys.exit(code)
+    return exit_code(command)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
