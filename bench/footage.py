@@ -39,12 +39,17 @@ from runtime.pipeline.preprocess import padded_frame_count
 LENGTHS = (81, 161, 321)
 
 
-def measure_cli(args: list[Any]) -> dict[str, float]:
-    """Run the CLI in a fresh process: its wall and CPU seconds and peak resident set (MB)."""
-    child = run_child(runtime_cli(*args))  # the CLI bounds its own heap (host_memory.py)
+def measure_command(argv: list[Any], what: str = "the run") -> dict[str, float]:
+    """Run `argv` in a fresh process: its wall and CPU seconds and peak resident set (MB)."""
+    child = run_child(argv)
     if child.returncode != 0:
-        raise RemoverError(f"the run failed: {child.last_line()}")
+        raise RemoverError(f"{what} failed: {child.last_line()}")
     return {"seconds": child.seconds, "cpu_s": child.cpu_seconds, "peak_mb": child.peak_rss_mb}
+
+
+def measure_cli(args: list[Any]) -> dict[str, float]:
+    """`python -m runtime.run ARGS` in a fresh process (the CLI bounds its own heap: host_memory.py)."""
+    return measure_command(runtime_cli(*args))
 
 
 def textured_clip(frames: int, height: int, width: int, box: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, ...]:

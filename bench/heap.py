@@ -21,11 +21,10 @@ import time
 from datetime import date
 from pathlib import Path
 
-from bench.child import run_child
-from bench.footage import write_inputs
+from bench.footage import measure_command, write_inputs
 from bench.study import RESULTS_DIR, log, markdown_table, save_json
 from bench.workloads import WEIGHTS_HELP, resolve_weights
-from runtime.errors import RemoverError, exit_code
+from runtime.errors import exit_code
 
 POLICIES = ("default", "fixed", "staged")
 # argv: POLICY CLI-ARGUMENTS...; runs the CLI's main in this process under POLICY
@@ -44,10 +43,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def measure(policy: str, args: list[object]) -> dict[str, float]:
-    child = run_child([sys.executable, "-c", DRIVER, policy, *args, "--quiet"])
-    if child.returncode != 0:
-        raise RemoverError(f"the run under {policy} failed: {child.last_line()}")
-    return {"seconds": child.seconds, "cpu_s": child.cpu_seconds, "peak_mb": child.peak_rss_mb}
+    return measure_command([sys.executable, "-c", DRIVER, policy, *args, "--quiet"], f"the run under {policy}")
 
 
 def table(run: dict) -> str:
