@@ -51,7 +51,9 @@ def bound_host_heap(threshold: int = MMAP_THRESHOLD) -> bool:
 def model_temporaries_on_heap() -> Iterator[None]:
     """While the model computes in this block, blocks up to 32 MB come from the heap and stay there when
     freed (its temporaries, reused step after step, as glibc's own rule would have it); afterwards the
-    bound threshold again, and the heap's free top goes back at the next free. Does nothing unless
+    bound threshold again: the heap's free top goes back at the next free, and a frame made later takes
+    free space the model left inside the heap where a piece fits, a fresh mapping otherwise, so the heap
+    grows only in this block (tests/test_host_memory.py). Does nothing unless
     `bound_host_heap` bounded this process. The block must allocate nothing long-lived of frame size: it
     would stay on the heap."""
     mallopt = _bound.get("mallopt")
