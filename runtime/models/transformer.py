@@ -351,7 +351,11 @@ class RemoverTransformer(nn.Module):
         return nothing, self.condition_tokens(conditions)
 
     def rope(self, grid: tuple[int, int, int], device: torch.device) -> tuple[Tensor, Tensor]:
-        """cos/sin tables for a token grid, computed once per grid and device."""
+        """cos/sin tables for a token grid, computed once per grid and device (under torch.compile, in the
+        graph: a lookup in the cache would be a guard that the first call's filling fails, so every clip
+        size would compile twice)."""
+        if torch.compiler.is_dynamo_compiling():
+            return rope_cos_sin(grid, self.config.attention_head_dim, device)
         key = (grid, str(device))
         if key not in self._rope_cache:
             self._rope_cache[key] = rope_cos_sin(grid, self.config.attention_head_dim, device)
