@@ -4,7 +4,9 @@ The blend weight is 1 deep inside the dilated mask, ramps down over the last few
 edge (inside only), and is exactly 0 outside, so every pixel outside the dilated mask is the input
 value, bit for bit. The ramp never reaches the object itself as long as it is no wider than the
 dilation. The weights are computed where the mask was dilated and resized bilinearly to the frame,
-so the ramp widens with the frame's resolution; with a crop, only the box is touched.
+so the ramp widens with the frame's resolution. Only the rectangle that holds a non-zero weight is
+computed: with a crop, a part of the box; without one, a part of the frame (measured on one CPU thread:
+a 960x540 frame with a small object 26 -> 4 ms, a region nearly the size of a 420x690 box 17 -> 13 ms).
 """
 
 from __future__ import annotations
@@ -35,20 +37,59 @@ def blend_weights(dilated: Tensor, radius: int) -> Tensor:
     return weights / radius
 
 
-def blend(original: np.ndarray, generated: np.ndarray, dilated: Tensor, radius: int) -> Tensor:
-    """original uint8 [c, H, W, 3], generated fp32 [c, h, w, 3] in [0, 1], dilated bool [c, hm, wm] on
-    the device to work on -> fp32 [c, H, W, 3] in [0, 255], exactly `original` where the weight is 0."""
-    device = dilated.device
-    height, width = original.shape[1:3]
+def frame_weights(dilated: Tensor, radius: int, size: tuple[int, int]) -> Tensor:
+    """Blend weights [F, 1, H, W] at the frame's size `size`, from bool masks [F, hm, wm] on the device."""
     alpha = blend_weights(dilated, radius)[:, None]
-    if alpha.shape[-2:] != (height, width):
-        alpha = F.interpolate(alpha, size=(height, width), mode="bilinear", align_corners=False)
-    fill = torch.from_numpy(generated).to(device).permute(0, 3, 1, 2)
-    if fill.shape[-2:] != (height, width):
-        fill = F.interpolate(fill, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    if alpha.shape[-2:] != size:
+        alpha = F.interpolate(alpha, size=size, mode="bilinear", align_corners=False)
+    return alpha
+
+
+def weighted_region(alpha: Tensor) -> tuple[slice, slice] | None:
+    """The rows and columns [top:bottom, left:right] that hold every non-zero weight of `alpha` [F, 1, H, W]
+    (None when there is none): outside them the result is the input, so nothing there is computed."""
+    rows = torch.nonzero(alpha.amax(dim=(0, 1, 3)) > 0)
+    if rows.numel() == 0:
+        return None
+    cols = torch.nonzero(alpha.amax(dim=(0, 1, 2)) > 0)
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def _bilinear_taps(source: int, target: int, span: slice, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """For target pixels `span` of an upscale from `source` to `target` pixels (half-pixel centres, as
+    F.interpolate's bilinear with align_corners=False): each one's two source indices and the weight of
+    the second."""
+    position = (torch.arange(span.start, span.stop, device=device, dtype=torch.float64) + 0.5) * (source / target)
+    position = (position - 0.5).clamp(min=0.0)
+    first = position.floor().long().clamp(max=source - 1)
+    return first, (first + 1).clamp(max=source - 1), (position - first).float()
+
+
+def resize_region(pixels: Tensor, size: tuple[int, int], region: tuple[slice, slice]) -> Tensor:
+    """`region` of pixels [F, h, w, C] resized to `size`, as [F, rows, cols, C]. An upscale computes only
+    the region's pixels (within about 1e-6 of F.interpolate's antialiased bilinear, which equals plain
+    bilinear when upscaling); a downscale resizes the whole and cuts the region out."""
+    (height, width), (rows, cols) = size, region
+    if pixels.shape[1] > height or pixels.shape[2] > width:
+        whole = F.interpolate(
+            pixels.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False, antialias=True
+        )
+        return whole.permute(0, 2, 3, 1)[:, rows, cols]
+    top, bottom, below = _bilinear_taps(pixels.shape[1], height, rows, pixels.device)
+    pixels = torch.lerp(pixels[:, top], pixels[:, bottom], below[None, :, None, None])
+    left, right, beside = _bilinear_taps(pixels.shape[2], width, cols, pixels.device)
+    return torch.lerp(pixels[:, :, left], pixels[:, :, right], beside[None, None, :, None])
+
+
+def blend(original: np.ndarray, generated: np.ndarray, alpha: Tensor, region: tuple[slice, slice]) -> Tensor:
+    """The blended `region` of the frames: original uint8 [c, rows, cols, 3] (the frames cut to the region),
+    generated fp32 [c, h, w, 3] in [0, 1] for the whole frame, weights alpha [c, 1, H, W] on the device to
+    work on -> fp32 [c, rows, cols, 3] in [0, 255], exactly `original` where the weight is 0."""
+    rows, cols = region
+    fill = resize_region(torch.from_numpy(generated).to(alpha.device), alpha.shape[-2:], region)
     fill = fill.clamp(0.0, 1.0) * 255.0
-    base = torch.from_numpy(original).to(device).permute(0, 3, 1, 2).float()
-    return torch.lerp(base, fill, alpha).permute(0, 2, 3, 1)  # lerp returns `base` exactly where alpha is 0
+    base = torch.from_numpy(original).to(alpha.device).float()
+    return torch.lerp(base, fill, alpha[:, 0, rows, cols, None])  # lerp returns `base` exactly where alpha is 0
 
 
 def paste_back(frames: np.ndarray, generated: np.ndarray, dilated: Tensor, mask_dilation: int) -> np.ndarray:
@@ -57,11 +98,15 @@ def paste_back(frames: np.ndarray, generated: np.ndarray, dilated: Tensor, mask_
     `dilated` [F, hm, wm] is the dilated mask at the mask's resolution, on the device to work on.
     """
     radius = max(1, min(FEATHER_PX, mask_dilation))
-    out = np.empty(frames.shape, dtype=np.float32)
+    out = frames.astype(np.float32) / np.float32(255.0)
     step = chunk_frames(*frames.shape[1:3])
     for start in range(0, len(frames), step):
         stop = start + step
-        out[start:stop] = (blend(frames[start:stop], generated[start:stop], dilated[start:stop], radius) / 255.0).cpu()
+        alpha = frame_weights(dilated[start:stop], radius, frames.shape[1:3])
+        region = weighted_region(alpha)
+        if region is not None:
+            blended = blend(frames[(slice(start, stop), *region)], generated[start:stop], alpha, region)
+            out[(slice(start, stop), *region)] = (blended / 255.0).cpu().numpy()
     return out
 
 
@@ -70,18 +115,24 @@ def composite_window(
 ) -> list[np.ndarray]:
     """New uint8 frames [H, W, 3]: each of `frames` with generated [F, h, w, 3] (fp32, [0, 1], the
     working size) blended into `box` through the dilated working-size masks [F, h, w] (bool, on the
-    device to work on) with a ramp of `feather` working pixels. Pixels outside the box are copied."""
-    region = (slice(box.top, box.bottom), slice(box.left, box.right))
+    device to work on) with a ramp of `feather` working pixels. Pixels where the ramp is 0 are copied."""
     out = []
     step = chunk_frames(box.height, box.width)
     for start in range(0, len(frames), step):
         chunk = frames[start : start + step]
-        crops = np.stack([frame[region] for frame in chunk])
         stop = start + len(chunk)
-        blended = blend(crops, generated[start:stop], dilated[start:stop], feather)
+        alpha = frame_weights(dilated[start:stop], feather, (box.height, box.width))
+        region = weighted_region(alpha)
+        if region is None:
+            out.extend(frame.copy() for frame in chunk)
+            continue
+        rows, cols = region
+        target = (slice(box.top + rows.start, box.top + rows.stop), slice(box.left + cols.start, box.left + cols.stop))
+        originals = np.stack([frame[target] for frame in chunk])
+        blended = blend(originals, generated[start:stop], alpha, region)
         pixels = blended.round().clamp(0, 255).to(torch.uint8).cpu().numpy()
         for frame, pasted in zip(chunk, pixels):
             composed = frame.copy()
-            composed[region] = pasted
+            composed[target] = pasted
             out.append(composed)
     return out
