@@ -361,9 +361,17 @@ def test_clicks_mask_their_frame_at_once_and_segment_the_whole_clip(
     click_image(page, "#frame img", 128 * scale, 72 * scale)  # object 1: a point on frame 0
     page.wait_for_function("document.querySelector('#prompt-info').innerText.includes('frame 0: 1 object(s)')")
     page.click("#new-object")
+    page.wait_for_function("document.querySelector('#prompt-info').innerText.includes('now prompting object 2')")
+    frame_0 = page.eval_on_selector("#frame img", "i => i.src")
     page.fill("#frame-index input[type=number]", "10")
     page.keyboard.press("Enter")
     page.wait_for_function("document.querySelector('#frame-index input[type=number]').value == '10'")
+    # frame 10 shown before the click: on a loaded machine a click landed while the image was being
+    # replaced and was lost (no select event, so the page never answered it)
+    page.wait_for_function(
+        "old => { const i = document.querySelector('#frame img'); return i && i.src !== old && i.complete }",
+        arg=frame_0,
+    )
     page.get_by_label("box corner").check()
     click_image(page, "#frame img", 40 * scale, 20 * scale)  # object 2: a box on frame 10
     page.wait_for_selector("#prompt-info :text('click the opposite corner')")
