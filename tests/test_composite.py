@@ -10,13 +10,18 @@ import torch
 import torch.nn.functional as F
 
 from runtime.pipeline.box import Box
-from runtime.pipeline.composite import composite_window, frame_weights, paste_back, resize_region
+from runtime.pipeline.composite import blend_weights, composite_window, paste_back, resize_region
 from runtime.pipeline.preprocess import dilate
+
+
+def oracle_weights(dilated: torch.Tensor, radius: int, size: tuple[int, int]) -> torch.Tensor:
+    """The ramp at the mask's size, resized bilinearly to `size`: [F, 1, H, W]."""
+    return F.interpolate(blend_weights(dilated, radius)[:, None], size=size, mode="bilinear", align_corners=False)
 
 
 def whole_frame_blend(frames: np.ndarray, generated: np.ndarray, dilated: torch.Tensor, radius: int) -> np.ndarray:
     """The oracle: every pixel blended, fp32 [F, H, W, 3] in [0, 255]."""
-    alpha = frame_weights(dilated, radius, frames.shape[1:3])
+    alpha = oracle_weights(dilated, radius, frames.shape[1:3])
     fill = F.interpolate(
         torch.from_numpy(generated).permute(0, 3, 1, 2),
         size=frames.shape[1:3],
@@ -64,7 +69,7 @@ def test_composite_matches_the_whole_frame_blend_and_keeps_every_unweighted_pixe
         whole_frame_blend(frames[:, region[0], region[1]], generated, dilated, 2)
     )
     weighted = np.zeros(frames.shape[:3], bool)
-    weighted[:, region[0], region[1]] = frame_weights(dilated, 2, (box.height, box.width))[:, 0].numpy() > 0
+    weighted[:, region[0], region[1]] = oracle_weights(dilated, 2, (box.height, box.width))[:, 0].numpy() > 0
     assert weighted[1:].any() and not weighted[0].any()
     assert np.array_equal(out[~weighted], frames[~weighted])  # bit for bit wherever the weight is 0
     difference = np.abs(out.astype(int) - expected)
@@ -76,5 +81,5 @@ def test_paste_back_matches_the_whole_frame_blend():
     out = paste_back(frames, generated, dilated, 3)
     expected = whole_frame_blend(frames, generated, dilated, 3) / 255
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
-    unweighted = frame_weights(dilated, 3, frames.shape[1:3])[:, 0].numpy() == 0
+    unweighted = oracle_weights(dilated, 3, frames.shape[1:3])[:, 0].numpy() == 0
     assert np.array_equal(out[unweighted], frames[unweighted] / np.float32(255))
