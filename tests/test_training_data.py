@@ -335,3 +335,34 @@ def test_baselines_fill_only_the_region_and_median_recovers_a_static_background(
         assert np.array_equal(out[~region], frames[~region].astype(np.float32) / 255.0)
         assert not np.array_equal(out[region], frames[region].astype(np.float32) / 255.0)
     np.testing.assert_allclose(temporal_median(frames, region), background / 255.0, atol=1e-6)
+
+
+def test_the_soft_families_render_their_own_textures_and_motion():
+    """The removing model's families: "soft" pans at a constant speed, the held-out "sway" does not."""
+    from training.synthetic import FAMILIES
+
+    spec = ClipSpec(12, 32, 48, seed=3, frame_strides=(1,))
+    train = SyntheticSource(spec, FAMILIES["synthetic-soft"])(0)
+    held_out = SyntheticSource(spec, FAMILIES["synthetic-soft-held-out"])(0)
+    assert train.frames.shape == held_out.frames.shape == (12, 32, 48, 3)
+    assert not np.array_equal(train.background, held_out.background)
+
+    def shifts(background: np.ndarray) -> list[tuple[int, int]]:  # the integer shift of each frame against the next
+        found = []
+        for a, b in zip(background[:-1].astype(float), background[1:].astype(float)):
+            errors = {
+                (dy, dx): np.abs(a[4 + dy : 28 + dy, 4 + dx : 44 + dx] - b[4:28, 4:44]).mean()
+                for dy in range(-4, 5)
+                for dx in range(-4, 5)
+            }
+            found.append(min(errors, key=errors.get))
+        return found
+
+    linear = shifts(render_clip(7, 12, 32, 48, background="soft", motion="linear").background)
+    sway = shifts(render_clip(7, 12, 32, 48, background="soft", motion="sway").background)
+
+    def spread(found: list[tuple[int, int]]) -> int:
+        return max(max(axis) - min(axis) for axis in zip(*found))
+
+    assert spread(linear) <= 1  # a constant pan, rounded to whole pixels
+    assert spread(sway) >= 2

@@ -28,10 +28,10 @@ from torch import Tensor
 from runtime.errors import RemoverError
 from runtime.io import IMAGE_SUFFIXES, ClipInfo, open_clip, open_masks
 from runtime.pipeline.preprocess import dilate, resize
-from training.synthetic import HELD_OUT_SHAPES, TRAIN_SHAPES, object_mask, render_clip
+from training.synthetic import FAMILIES, TRAIN_SHAPES, Family, object_mask, render_clip
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
-SOURCES = ("synthetic", "synthetic-held-out", "folder", "manifest")
+SOURCES = (*FAMILIES, "folder", "manifest")
 
 
 @dataclass
@@ -93,13 +93,11 @@ def random_shape_masks(
 
 
 class SyntheticSource:
-    """Rendered clips with the true background: `background` and `shapes` pick the training or the
-    held-out family (see training.synthetic)."""
+    """Rendered clips with the true background, drawn from a `Family` (training.synthetic.FAMILIES)."""
 
-    def __init__(self, spec: ClipSpec, background: str = "noise", held_out_shapes: bool = False) -> None:
+    def __init__(self, spec: ClipSpec, family: Family = FAMILIES["synthetic"]) -> None:
         self.spec = spec
-        self.background = background
-        self.shapes = HELD_OUT_SHAPES if held_out_shapes else TRAIN_SHAPES
+        self.family = family
 
     def __call__(self, index: int) -> TrainingClip:
         spec = self.spec
@@ -110,9 +108,11 @@ class SyntheticSource:
             spec.height,
             spec.width,
             num_objects=int(rng.integers(1, 3)),
-            background=self.background,
-            shapes=self.shapes,
+            background=self.family.background,
+            shapes=self.family.shapes,
             frame_stride=int(rng.choice(spec.frame_strides)),
+            motion=self.family.motion,
+            object_scales=self.family.object_scales,
         )
         masks = dilate_masks(clip.masks, int(rng.integers(0, spec.max_dilation + 1)))
         return TrainingClip(clip.with_objects, masks, clip.background)
@@ -262,12 +262,10 @@ class PairSource:
 
 
 def make_source(kind: str, spec: ClipSpec, root: str = "") -> ClipSource:
-    """A clip source by config name: "synthetic", "synthetic-held-out", "folder" (`root` is a folder
+    """A clip source by config name: a synthetic family (training.synthetic.FAMILIES), "folder" (`root` is a folder
     of pairs, see `discover_pairs`) or "manifest" (`root` is a .csv or .jsonl file, see `read_manifest`)."""
-    if kind == "synthetic":
-        return SyntheticSource(spec)
-    if kind == "synthetic-held-out":
-        return SyntheticSource(spec, background="waves", held_out_shapes=True)
+    if kind in FAMILIES:
+        return SyntheticSource(spec, FAMILIES[kind])
     if kind in ("folder", "manifest"):
         if not root:
             raise RemoverError(f"a {kind} source needs data_root")

@@ -2,8 +2,11 @@
 
 Every clip is rendered twice, with and without the objects, so a removal can be scored against
 the true background, and comes with the objects' exact masks. Everything follows from the seed.
-Training uses the "noise" background and ellipses/rectangles; held-out evaluation uses other
-textures ("waves") and other shapes (triangles, blobs), so it measures more than memorization.
+Two generations of families: the first tiny model trained on "noise" (ellipses, rectangles) and was
+evaluated on "waves" (triangles, blobs). The removing model trains on "soft" (smooth multi-scale colour
+fields a small VAE can reconstruct, constant pans, straight object paths) and is evaluated on a set drawn
+from another generator: "soft-waves" backgrounds (plane waves over a gradient), held-out shapes, and
+"sway" motion (the camera's pan speeds up and slows down, objects follow curved paths).
 """
 
 from __future__ import annotations
@@ -64,9 +67,57 @@ def wave_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarra
     return (texture - low) / max(high - low, 1e-6)
 
 
+def soft_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Float [H, W, 3] in [0, 1]: colour noise at coarse scales (12 to 48 px) plus one wide stripe
+    pattern: detail a small VAE at stride 8 can keep, and that shows where the camera moved."""
+    texture = smooth_texture(rng, height, width, scales=(12, 24, 48))
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle, period = rng.uniform(0, np.pi), rng.uniform(20, 48)
+    stripes = 0.5 + 0.5 * np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)
+    texture = 0.7 * texture + 0.3 * stripes[..., None] * rng.random(3, dtype=np.float32)
+    low, high = texture.min(), texture.max()
+    return (texture - low) / max(high - low, 1e-6)
+
+
+def soft_wave_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Float [H, W, 3] in [0, 1]: plane waves of 24 to 64 px per channel over a colour gradient
+    (periodic structure the "soft" training family does not have)."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    texture = np.zeros((height, width, 3), dtype=np.float32)
+    for channel in range(3):
+        for _ in range(2):
+            angle, period, phase = rng.uniform(0, np.pi), rng.uniform(24, 64), rng.uniform(0, 2 * np.pi)
+            texture[..., channel] += np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period + phase)
+    gradient = (xx / width)[..., None] * rng.uniform(-1, 1, 3) + (yy / height)[..., None] * rng.uniform(-1, 1, 3)
+    texture = texture / 2 + gradient.astype(np.float32)
+    low, high = texture.min(), texture.max()
+    return (texture - low) / max(high - low, 1e-6)
+
+
 BACKGROUNDS: dict[str, Callable[[np.random.Generator, int, int], np.ndarray]] = {
     "noise": smooth_texture,
     "waves": wave_texture,
+    "soft": soft_texture,
+    "soft-waves": soft_wave_texture,
+}
+MOTIONS = ("linear", "sway")
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a synthetic source draws: background texture, object shapes and texture scales, motion."""
+
+    background: str
+    shapes: tuple[str, ...]
+    motion: str = "linear"
+    object_scales: tuple[int, ...] = (2, 4)
+
+
+FAMILIES = {  # data source name -> family
+    "synthetic": Family("noise", TRAIN_SHAPES),
+    "synthetic-held-out": Family("waves", HELD_OUT_SHAPES),
+    "synthetic-soft": Family("soft", TRAIN_SHAPES, "linear", (6, 12)),
+    "synthetic-soft-held-out": Family("soft-waves", HELD_OUT_SHAPES, "sway", (6, 12)),
 }
 
 
@@ -96,15 +147,24 @@ def render_clip(
     background: str = "noise",
     shapes: tuple[str, ...] = TRAIN_SHAPES,
     frame_stride: int = 1,
+    motion: str = "linear",
+    object_scales: tuple[int, ...] = (2, 4),
 ) -> SyntheticClip:
-    """Render one clip: the background pans at a constant velocity, each object moves, turns and bounces.
+    """Render one clip: the background pans, each object moves, turns and bounces.
 
-    `frame_stride` keeps every stride-th frame of a longer rendering (faster apparent motion).
+    `motion` "linear": a constant pan and straight object paths; "sway": the pan's speed swings
+    (a constant drift plus a sine of 1 to 3 px amplitude) and object paths curve.
+    `frame_stride` keeps every stride-th frame of a longer rendering (faster apparent motion);
+    `object_scales` are the objects' texture scales in px.
     """
+    if motion not in MOTIONS:
+        raise ValueError(f"unknown motion {motion!r}")
     rng = np.random.default_rng(seed)
     rendered = (num_frames - 1) * frame_stride + 1
     pan = rng.uniform(-1.5, 1.5, size=2)  # pixels per frame (y, x)
-    margin = np.ceil(np.abs(pan) * rendered).astype(int) + 1
+    sway = rng.uniform(1.0, 3.0, size=2) if motion == "sway" else np.zeros(2)  # amplitude, px
+    sway_period, turn = rng.uniform(8, 20), rng.uniform(-0.15, 0.15) if motion == "sway" else 0.0
+    margin = np.ceil(np.abs(pan) * rendered + sway).astype(int) + 1
     canvas = BACKGROUNDS[background](rng, height + 2 * margin[0], width + 2 * margin[1])
     objects = []
     for _ in range(num_objects):
@@ -112,7 +172,7 @@ def render_clip(
         objects.append(
             {
                 "shape": rng.choice(list(shapes)),
-                "texture": smooth_texture(rng, height, width, scales=(2, 4)) * 0.6
+                "texture": smooth_texture(rng, height, width, scales=object_scales) * 0.6
                 + rng.random(3, dtype=np.float32) * 0.4,
                 "radii": radii,
                 "center": rng.uniform(radii.max(), [height - radii.max(), width - radii.max()]),
@@ -128,7 +188,8 @@ def render_clip(
     for t in range(rendered):
         keep, index = t % frame_stride == 0, t // frame_stride
         if keep:
-            top, left = (margin + np.round(pan * t)).astype(int)
+            offset = pan * t + sway * np.sin(2 * np.pi * t / sway_period)
+            top, left = (margin + np.round(offset)).astype(int)
             background_frames[index] = canvas[top : top + height, left : left + width]
             with_objects[index] = background_frames[index]
         for obj in objects:
@@ -137,6 +198,14 @@ def render_clip(
                 with_objects[index][mask] = obj["texture"][mask]
                 masks[index] |= mask
             obj["center"] = obj["center"] + obj["velocity"]
+            if turn:  # a curved path: the velocity turns by `turn` radians a frame
+                cos, sin = np.cos(turn), np.sin(turn)
+                obj["velocity"] = np.array(
+                    [
+                        cos * obj["velocity"][0] - sin * obj["velocity"][1],
+                        sin * obj["velocity"][0] + cos * obj["velocity"][1],
+                    ]
+                )
             for axis, size in enumerate((height, width)):  # bounce off the frame's edges
                 if not obj["radii"].min() <= obj["center"][axis] <= size - obj["radii"].min():
                     obj["velocity"][axis] *= -1

@@ -12,6 +12,7 @@ VAE is saved in the released layout (`<out>/vae`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from runtime.models.vae import (
 )
 from training.data import ClipSpec, SyntheticSource, random_shape_masks
 from training.latents import use_channels_last
+from training.synthetic import FAMILIES
 from training.trainer import (
     Distributed,
     LoopSettings,
@@ -58,8 +60,13 @@ class VAETrainConfig:
     clip_height: int = 80
     clip_width: int = 144
     crop: int = 32
+    data_source: str = "synthetic"  # a synthetic family of training.synthetic.FAMILIES
     kl_weight: float = 1e-6
     initial_logvar: float = -8.0  # posterior log-variance at the start: a small-noise start learns far faster
+    # the encoder's rows for latent channels 3-15 start at this multiple of PyTorch's init, not the 1 %
+    # of block_average_init: with both sides of those channels near zero their gradients are too, and
+    # the latent collapses to the three block-average channels
+    detail_channel_gain: float = 0.01
     masked_fraction: float = 0.2  # samples that are frames with a grey hole
     mask_video_fraction: float = 0.1  # samples that are mask videos (2 m - 1)
     stats_clips: int = 16  # full-size clips that measure the latent mean and std
@@ -151,6 +158,19 @@ def block_average_init(vae: WanVAE, carrier: float = 50.0, scale: float = 0.01) 
                 conv_out.weight[(c, c + 1, *centre)] = gain
 
 
+def open_detail_channels(vae: WanVAE, gain: float) -> None:
+    """Re-draw the encoder's output rows of latent channels 3.. (the mean half) at `gain` times their
+    default init, so that those channels carry features from the first step. The decoder's columns for
+    them stay near zero: the start still decodes the block average, and their gradient is no longer a
+    product of two near-zero factors."""
+    conv, z_dim = vae.encoder.conv_out, vae.config.z_dim
+    rows = torch.empty_like(conv.weight[3:z_dim])
+    nn.init.kaiming_uniform_(rows, a=math.sqrt(5))  # nn.Conv3d's own default init
+    with torch.no_grad():
+        conv.weight[3:z_dim] = gain * rows
+        conv.weight[3:z_dim, 0] = 0.0  # the constant carrier channel feeds nothing
+
+
 def training_video(config: VAETrainConfig, source: SyntheticSource, step: int, index: int) -> Tensor:
     """One training sample [3, F, crop, crop] in [-1, 1]: a random crop of a rendered clip, with or
     without its objects, sometimes with a hole cut out or replaced by its mask video."""
@@ -172,7 +192,7 @@ def training_video(config: VAETrainConfig, source: SyntheticSource, step: int, i
 def measure_latent_stats(vae: WanVAE, config: VAETrainConfig, device: torch.device) -> tuple[list, list]:
     """Per-channel mean and std of the (un-normalized) mode latents of full-size training clips."""
     spec = ClipSpec(config.stats_frames, config.clip_height, config.clip_width, seed=config.seed + 1)
-    source = SyntheticSource(spec)
+    source = SyntheticSource(spec, FAMILIES[config.data_source])
     latents = []
     for index in range(config.stats_clips):
         frames = source(index).frames
@@ -197,12 +217,14 @@ def train_vae(config: VAETrainConfig, dist: Distributed) -> Path:
     torch.manual_seed(config.seed)
     vae = WanVAE(vae_config)
     block_average_init(vae)
+    open_detail_channels(vae, config.detail_channel_gain)
     with torch.no_grad():  # quant_conv's second half is the log-variance
         vae.quant_conv.bias[vae_config.z_dim :] = config.initial_logvar
     vae = use_channels_last(vae.to(dist.device).train())
     objective = Trainee(vae, wrap_ddp(VAEObjective(vae, config.kl_weight), dist).wrapper)  # state: the VAE's keys
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=0.0)
-    source = SyntheticSource(ClipSpec(config.num_frames, config.clip_height, config.clip_width, seed=config.seed))
+    spec = ClipSpec(config.num_frames, config.clip_height, config.clip_width, seed=config.seed)
+    source = SyntheticSource(spec, FAMILIES[config.data_source])
     latent_shape = (vae_config.z_dim, 1 + (config.num_frames - 1) // 4, config.crop // 8, config.crop // 8)
 
     def step_loss(step: int, indices: list[int]) -> Tensor:
