@@ -66,7 +66,7 @@ def resolve(id_or_path: str, filename: str | None, what: str, local_only: bool =
         if local_only:
             raise RemoverError(
                 f"{what}: {target} is not in the hub cache {cache}"
-                f"{' and HF_HUB_OFFLINE is set' if offline() else ' (it is read from the cache only)'} "
+                f"{' and HF_HUB_OFFLINE is set' if offline() else ', which is read without downloading'} "
                 "(download it once online, or set HF_HOME to the cache that holds it)"
             ) from None
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
