@@ -208,11 +208,19 @@ def _missing(attr: str):
     raise AttributeError(attr)
 
 
-def test_features_match_open_clip_on_its_own_random_checkpoint(tmp_path, monkeypatch):
-    """open_clip's CLIP of the same tiny config, its state dict saved as released; its encode_image is the oracle."""
+@pytest.fixture
+def stubbed_open_clip(monkeypatch):
+    """open_clip importable with the stand-ins; its modules (bound to them) are dropped afterwards."""
     if importlib.util.find_spec("open_clip") is None:
         pytest.skip("open_clip is not installed (pip install --no-deps open_clip_torch)")
     stub_torchvision(monkeypatch)
+    yield
+    for name in [n for n in sys.modules if n == "open_clip" or n.startswith("open_clip.")]:
+        del sys.modules[name]
+
+
+def test_features_match_open_clip_on_its_own_random_checkpoint(tmp_path, stubbed_open_clip):
+    """open_clip's CLIP of the same tiny config, its state dict saved as released; its encode_image is the oracle."""
     import open_clip.model as open_clip_model
 
     torch.manual_seed(0)
