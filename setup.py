@@ -61,6 +61,9 @@ setup(
         "gpu": ["flash-attn", "nvidia-ml-py", "triton>=3.5"],
         "tensorrt": ["tensorrt"],
         "train": ["opencv-python-headless"],
+        # python -m runtime.evaluate --tc-model: open_clip checkpoints by hub id (read from the cache). The CLIP
+        # vision tower is defined in runtime/evaluate/clip.py: open_clip itself imports torchvision
+        "clip": ["huggingface_hub"],
         # python -m runtime.segment and runtime.run's prompts: SAM 2 itself installs apart, without its
         # declared torchvision (which pulls another torch) and its CUDA extension: see the Makefile and
         # docs/segment.md. hydra-core and iopath are what its video predictor imports; huggingface_hub

@@ -39,9 +39,10 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in TRUE
 
 
-def resolve(id_or_path: str, filename: str | None, what: str) -> Path:
+def resolve(id_or_path: str, filename: str | None, what: str, local_only: bool = False) -> Path:
     """A local path as it is, or the cached file (`filename`) or snapshot folder of a hub id, downloaded
-    when missing and online. `what` names the weights in error lines ("the remover's weights")."""
+    when missing and online (never with `local_only`: the cache only, as with HF_HUB_OFFLINE). `what`
+    names the weights in error lines ("the remover's weights")."""
     path = Path(id_or_path).expanduser()
     if path.exists():
         return path
@@ -53,7 +54,7 @@ def resolve(id_or_path: str, filename: str | None, what: str) -> Path:
         raise RemoverError(
             f"{what}: {id_or_path} is a hub id and huggingface_hub is not installed (pip install huggingface_hub)"
         ) from None
-    local_only = offline()
+    local_only = local_only or offline()
     cache = hub_cache()
     target = f"{id_or_path}/{filename}" if filename else id_or_path
     try:
@@ -64,7 +65,8 @@ def resolve(id_or_path: str, filename: str | None, what: str) -> Path:
     except Exception as exc:  # huggingface_hub raises many types (HTTP, offline, validation, OS)
         if local_only:
             raise RemoverError(
-                f"{what}: {target} is not in the hub cache {cache} and HF_HUB_OFFLINE is set "
+                f"{what}: {target} is not in the hub cache {cache}"
+                f"{' and HF_HUB_OFFLINE is set' if offline() else ', which is read without downloading'} "
                 "(download it once online, or set HF_HOME to the cache that holds it)"
             ) from None
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from runtime.errors import RemoverError, RemoverWarning, exit_code
+from runtime.evaluate.clip import PAPER_MODEL, load_clip
 from runtime.evaluate.evaluation import Evaluation, evaluate_clip
 from runtime.evaluate.lpips import load_lpips
 from runtime.evaluate.manifest import ManifestClip, aggregate, describe_aggregate, evaluate_manifest
@@ -66,6 +67,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     how.add_argument("--lpips-backbone", type=Path, help="torchvision's AlexNet checkpoint (default: torch hub cache)")
     how.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    how.add_argument(
+        "--tc-model",
+        help=f"measure TC with this open_clip checkpoint: a folder or a cached hub id (the paper's: {PAPER_MODEL})",
+    )
     return parser.parse_args(argv)
 
 
@@ -92,13 +97,14 @@ def _evaluator(args: argparse.Namespace, notes: list[str]):
         width=args.width, dilation=args.dilate, context=args.context, min_crop=args.min_crop,
     )  # fmt: skip
     windows.check()
+    tc_model = load_clip(args.tc_model) if args.tc_model else None
 
     def evaluate(clip: ManifestClip, per_frame: bool = False) -> Evaluation:
         uses_lpips = model is not None and clip.truth is not None
         figures = evaluate_clip(
             clip.result, clip.video, clip.mask, clip.truth, dilation=args.dilate, mask_options=masking,
             progress=not args.quiet, per_frame=per_frame, plan_options=windows, paste_back=not args.no_paste_back,
-            lpips=model if uses_lpips else None,
+            lpips=model if uses_lpips else None, clip=tc_model,
         )  # fmt: skip
         if clip.truth is not None:
             figures.notes += notes

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from runtime.clips.plan import Plan, Window, make_plan
 from runtime.clips.stream import mask_box
 from runtime.errors import RemoverError
+from runtime.evaluate.clip import ClipFeatures
 from runtime.evaluate.lpips import Lpips
 from runtime.evaluate.metrics import RegionFigures, ssim_map
 from runtime.evaluate.temporal import FlowWarp, seam_ratio, transition_change
@@ -72,13 +73,16 @@ class TruthFigures:
 @dataclass
 class TemporalFigures:
     """Warping error inside the dilated mask (mean absolute levels) of the result and of the reference
-    (the truth, else the input), and the seam ratio at the window boundaries (None: one window)."""
+    (the truth, else the input), the seam ratio at the window boundaries (None: one window), and TC:
+    the mean cosine similarity of consecutive frames' CLIP features, whole frames (None: not measured)."""
 
     warp_error: float | None
     warp_error_reference: float | None
     reference: str
     seam_ratio: float | None
     window_boundaries: int
+    tc: float | None = None
+    tc_reference: float | None = None
 
 
 @dataclass
@@ -129,6 +133,8 @@ class Evaluation:
                 ("warp error (levels)", _number(m.warp_error, 3)),
                 (f"warp error of the {m.reference}", _number(m.warp_error_reference, 3)),
                 (f"seam ratio ({m.window_boundaries} boundaries)", _number(m.seam_ratio, 2)),
+                ("TC (CLIP)", _number(m.tc, 4, "skipped")),
+                (f"TC of the {m.reference}", _number(m.tc_reference, 4, "skipped")),
             ]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
@@ -237,6 +243,7 @@ def evaluate_clip(
     paste_back: bool = True,
     lpips: Lpips | None = None,
     flow: bool = True,
+    clip: ClipFeatures | None = None,
 ) -> Evaluation:
     """Measure the removal in `result` (any clip runtime.run reads or writes) of `mask` from `video`.
 
@@ -246,8 +253,9 @@ def evaluate_clip(
     working size (runtime.run --no-paste-back, what the released code returns), and the video, truth
     and masks are brought to its size. `lpips`: a loaded model (runtime.evaluate.lpips.load_lpips) or
     None to skip LPIPS. `flow` False skips the optical flow (the warp errors are None; the costliest
-    figure). Frame counts or sizes that differ, and masks that do not fit the video, are
-    RemoverErrors before any work."""
+    figure). `clip`: a loaded CLIP image encoder (runtime.evaluate.clip.load_clip) for TC, of the result
+    and of the reference, or None to skip it. Frame counts or sizes that differ, and masks that do not
+    fit the video, are RemoverErrors before any work."""
     mask_options = mask_options or MaskOptions()
     options = replace(plan_options or PlanOptions(), dilation=dilation)
     options.check()
@@ -273,7 +281,7 @@ def evaluate_clip(
             options = replace(options, crop="off", height=size[0], width=size[1])
         inputs = _Inputs(output, source, masks, clean, resize=not paste_back)
         plan = _plan(inputs, options, progress)
-        figures = _Figures(plan, clean is not None, lpips, per_frame, flow)
+        figures = _Figures(plan, clean is not None, lpips, per_frame, flow, clip)
         frames = tqdm(inputs.frames(), total=plan.frame_count, desc="evaluate", unit="frame", disable=not progress)
         for index, (got, given, raw_mask, truth_frame) in enumerate(frames):
             figures.add(index, got, given, raw_mask, truth_frame)
@@ -293,8 +301,12 @@ def _plan(inputs: _Inputs, options: PlanOptions, progress: bool) -> Plan:
 class _Figures:
     """The running sums of every figure, a frame at a time; holds the previous frame for the temporal ones."""
 
-    def __init__(self, plan: Plan, with_truth: bool, lpips: Lpips | None, per_frame: bool, flow: bool) -> None:
-        self.plan, self.with_truth, self.lpips, self.flow = plan, with_truth, lpips, flow
+    def __init__(
+        self, plan: Plan, with_truth: bool, lpips: Lpips | None, per_frame: bool, flow: bool, clip: ClipFeatures | None
+    ) -> None:
+        self.plan, self.with_truth, self.lpips, self.flow, self.clip = plan, with_truth, lpips, flow, clip
+        self.clip_previous: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.tc_sums = np.zeros(2)  # the result's and the reference's summed cosine similarities
         self.made_by = producers(plan)
         self.background, self.whole, self.inside = RegionFigures(), RegionFigures(), RegionFigures()
         self.warp, self.warp_reference = FlowWarp(), FlowWarp()
@@ -331,6 +343,13 @@ class _Figures:
                 row["warp_error_reference"] = error_reference[0] / error_reference[1] if error_reference[1] else None
             self.changes.append(transition_change(previous.result, got, pair, previous.truth, truth))
             row["change"] = self.changes[-1]
+        if self.clip is not None:
+            features = self.clip(got), self.clip(reference)
+            if self.clip_previous is not None:
+                similarity = [float(a @ b) for a, b in zip(self.clip_previous, features)]
+                self.tc_sums += similarity
+                row["tc"], row["tc_reference"] = similarity
+            self.clip_previous = features
         self.previous = _Previous(got, reference, truth, region)
         self.frames += 1
         if self.rows is not None:
@@ -352,6 +371,7 @@ class _Figures:
                 "truth" if self.with_truth else "input",
                 seam_ratio(np.array(self.changes), self.plan.windows),
                 len(self.plan.windows) - 1,
+                *((self.tc_sums / (self.frames - 1)).tolist() if self.clip is not None else (None, None)),
             )
         b = self.background
         figures = Evaluation(
