@@ -32,6 +32,7 @@ from runtime.options import (
     PlanOptions,
     RunOptions,
 )
+from runtime.pipeline.composite import RESIZE_MODES
 
 REQUIRED = ("video", "mask", "output")
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -73,6 +74,7 @@ CLIP_COLUMNS = {
     "upscale": Column(PlanOptions, "upscale", switch=True),
     "dilate": Column(PlanOptions, "dilation", int),
     "feather": Column(PlanOptions, "feather", int),
+    "resize": Column(PlanOptions, "resize", _choice(*RESIZE_MODES)),
     "no_paste_back": Column(RunOptions, "paste_back", switch=True, negate=True),
     "steps": Column(RunOptions, "steps", int),
     "seed": Column(RunOptions, "seed", int),

@@ -36,7 +36,8 @@ from runtime.pipeline.timing import Timings
 @dataclass
 class Job:
     """An opened video and mask and the plan made for them. With `working_size` (no paste-back) the
-    frames and masks are brought to that size as they are read, and the plan is made at it."""
+    frames (resized as the plan's `resize` says) and masks (shrunk by area) are brought to that size as
+    they are read, and the plan is made at it."""
 
     video: ClipReader
     masks: MaskSource
@@ -48,7 +49,8 @@ class Job:
         for frame in self.video:
             image = frame.image
             if self.working_size is not None:
-                image = resize_frames(image[None], self.working_size, torch.device("cpu"))[0]
+                antialias = self.plan.options.resize == "antialias"
+                image = resize_frames(image[None], self.working_size, torch.device("cpu"), antialias)[0]
             yield image, frame.pts
 
     def mask_frames(self) -> Iterator[np.ndarray]:
