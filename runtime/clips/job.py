@@ -128,15 +128,13 @@ def remove_file(
     dry_run: bool = False,
     say: Callable[[str], None] = lambda line: None,
     windows: WindowRunner | None = None,
-    **legacy: object,
 ) -> tuple[Plan, dict[str, float]]:
     """Remove the masked object from the clip file `video` into `out`, saying what it does (the clip,
     the plan, the estimate) through `say` before any work. Bad input, a plan that cannot fit and an
     output that exists (without `output.overwrite`) are RemoverErrors before any work. `dry_run`
     stops after the checks and writes nothing. `windows` makes each window (default: `remover`, here,
     with `run`; runtime/distributed shares them over ranks). Returns the plan and the seconds of each
-    stage. (`steps`, `seed`, `paste_back` and `progress` as keywords still work, deprecated: use `run`.)"""
-    run = _legacy_run_options(run, legacy)
+    stage."""
     start = time.perf_counter()
     reader = open_clip(video)
     say(f"{video}: {reader.info.describe()}")
@@ -168,14 +166,3 @@ def write_unchanged(
     warnings.warn("the mask is empty: writing the input unchanged", EmptyMaskWarning, stacklevel=3)
     copy_clip(video, out, **output.writer_arguments(), inputs=[mask], progress=progress)
     return time.perf_counter() - start
-
-
-def _legacy_run_options(run: RunOptions, legacy: dict[str, object]) -> RunOptions:
-    """`run` with the run options given the old way, as keywords (a DeprecationWarning says so)."""
-    unknown = set(legacy) - {"steps", "seed", "paste_back", "progress"}
-    if unknown:
-        raise TypeError(f"remove_file() got unexpected keyword arguments {sorted(unknown)}")
-    if legacy:
-        warnings.warn("remove_file(steps=, seed=, ...) is deprecated: pass run=RunOptions(...)", DeprecationWarning, 3)
-        run = replace(run, **legacy)
-    return run
