@@ -77,7 +77,7 @@ class PlanOptions:
     upscale: bool = False  # let the default 480p working size exceed a smaller clip's own resolution
     resize: str = DEFAULT_RESIZE  # "reference" (the released pipeline's) or "antialias"; see runtime.pipeline.composite
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         """A RemoverError for options that cannot make a plan."""
         if self.window < 0 or self.overlap < 0:
             raise RemoverError(f"--window and --overlap must be >= 0, got {self.window} and {self.overlap}")

@@ -215,7 +215,7 @@ def output_options(args: argparse.Namespace) -> OutputOptions:
 
 def plan_options(args: argparse.Namespace) -> PlanOptions:
     """The plan the arguments ask for, checked."""
-    options = PlanOptions(
+    return PlanOptions(
         window=args.window,
         overlap=args.overlap,
         blend=args.blend,
@@ -229,8 +229,6 @@ def plan_options(args: argparse.Namespace) -> PlanOptions:
         upscale=args.upscale,
         resize=args.resize,
     )
-    options.check()
-    return options
 
 
 def request_from(args: argparse.Namespace) -> Request:

@@ -90,7 +90,6 @@ def open_job(
 ) -> Job:
     """Open the mask for the opened video, scan it and make the plan. Without `paste_back` the clip is
     processed (and written) at the working size, whole frames only."""
-    options.check()
     masks = open_masks(mask, reader.info, **mask_options.reader_arguments())
     info = reader.info
     frame_size = (info.height, info.width)

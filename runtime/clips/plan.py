@@ -192,7 +192,6 @@ def make_plan(
 ) -> Plan:
     """Windows, boxes and working sizes for a clip whose frame i has mask bounding box `mask_boxes[i]`
     (None: nothing to remove in that frame)."""
-    options.check()
     if len(mask_boxes) != frame_count:
         raise ValueError(f"{len(mask_boxes)} mask boxes for {frame_count} frames")
     if options.fixed_window and frame_count < options.window:

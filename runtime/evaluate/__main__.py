@@ -93,7 +93,6 @@ def _evaluator(args: argparse.Namespace, notes: list[str]):
         window=args.window, overlap=args.overlap, blend=args.blend, crop=args.crop, height=args.height,
         width=args.width, dilation=args.dilate, context=args.context, min_crop=args.min_crop, resize=args.resize,
     )  # fmt: skip
-    windows.check()
 
     def evaluate(clip: ManifestClip, per_frame: bool = False) -> Evaluation:
         uses_lpips = model is not None and clip.truth is not None

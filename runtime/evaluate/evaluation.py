@@ -253,7 +253,6 @@ def evaluate_clip(
     RemoverErrors before any work."""
     mask_options = mask_options or MaskOptions()
     options = replace(plan_options or PlanOptions(), dilation=dilation)
-    options.check()
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(open_clip(video))
         output = stack.enter_context(open_clip(result))
