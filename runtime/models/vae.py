@@ -133,6 +133,7 @@ def on_cpu_onednn(x: Tensor) -> bool:
         and torch.backends.mkldnn.is_available()
         and not torch.jit.is_tracing()
         and not torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
         and not torch.onnx.is_in_onnx_export()
     )
 
