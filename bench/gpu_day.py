@@ -4,8 +4,8 @@ It installs the wheels carried in .whl/ (`pip --no-index --no-deps`, into DIR/si
 machine's own PyTorch, 2.11 there), then runs the steps below in order of value, each in a fresh
 process under its own time budget and all under one deadline (8 minutes by default). A step that fails
 or runs out of time is one line, and the next step still runs. Every step's output goes to
-DIR/<n>-<step>.log, the summary to DIR/summary.md and into bench/RESULTS.md's GPU-day section, with
-the date and the card.
+DIR/<n>-<step>.log (packed into DIR/steps.tar.gz at the end), the summary to DIR/summary.md and into
+bench/RESULTS.md's GPU-day section, with the date and the card.
 
 Without CUDA (`--cpu`, or no GPU found) it is the rehearsal: the same steps at tiny sizes on the CPU,
 and a step that cannot run without CUDA says so in its line.
@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass
 from datetime import date
@@ -248,6 +249,17 @@ def write_section(path: Path, text: str) -> None:
     temp.replace(path)
 
 
+def pack(out: Path) -> None:
+    """The steps' logs and JSON into out/steps.tar.gz: the device returns at most 8 files from $OUT."""
+    loose = sorted(p for p in out.iterdir() if p.suffix in (".log", ".json") and p.name != "console.log")
+    with tarfile.open(out / "steps.tar.gz.tmp", "w:gz") as archive:
+        for path in loose:
+            archive.add(path, arcname=path.name)
+    (out / "steps.tar.gz.tmp").replace(out / "steps.tar.gz")
+    for path in loose:
+        path.unlink()
+
+
 def parity(device_name: str, dtypes: list[str]) -> int:
     """--parity: the fixture through the whole pipeline per dtype (bench.gpu_check's check), one line each."""
     import torch
@@ -300,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "summary.md").write_text(text + "\n")
     if cuda and not args.no_results:  # a rehearsal's tiny figures are not the GPU section's
         write_section(RESULTS_MD, text)
-    shutil.rmtree(site, ignore_errors=True)  # not a figure: keeps $OUT within what comes back
+    shutil.rmtree(site, ignore_errors=True)  # not a figure
+    pack(out)
     failed = [o for o in outcomes if o.status in ("FAIL", "timeout")]
     print(
         f"gpu-day: {len(outcomes) - len(failed)} of {len(outcomes)} steps passed or skipped; summary {out}/summary.md"
