@@ -51,6 +51,7 @@ def direct_imports() -> set[str]:
     return names - STDLIB - PROJECT
 
 
+@pytest.mark.slow  # 230 s on the loaded CPU of 2026-12-07 (the import and the metadata scan; not yet profiled)
 def test_every_import_of_the_gpu_path_is_on_the_machine_or_in_the_wheels():
     """Import the GPU path in a fresh interpreter; each module it loaded that the project imports itself
     maps (by the installed metadata) to a distribution on the machine's list or among the carried wheels.
