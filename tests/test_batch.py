@@ -315,6 +315,13 @@ BAD_MANIFESTS = {
     "output is its own mask": ("m.csv", "video,mask,output\nin/a.mp4,in/a_mask.mp4,in/a_mask.mp4\n", [], "input"),
     "steps out of range": ("m.csv", f"video,mask,output,steps\n{GOOD},0\n", [], "line 2: --steps must be a whole"),
     "seed out of range": ("m.csv", f"video,mask,output,seed\n{GOOD},99999999999999999999\n", [], "line 2: --seed"),
+    "dilation beyond the frame": ("m.csv", f"video,mask,output,dilate\n{GOOD},1000000\n", [], "line 2: --dilate"),
+    "context nan": (
+        "m.jsonl",
+        '{"video": "in/a.mp4", "mask": "in/a_mask.mp4", "output": "o.mp4", "context": "nan"}\n',
+        [],
+        "line 1: --context",
+    ),
     "device on the command line": ("m.csv", f"video,mask,output\n{GOOD}\n", ["--device", "meta"], "--device meta"),
 }
 

@@ -33,7 +33,7 @@ from runtime.execution.choices import (
 )
 from runtime.models.scheduler import SchedulerConfig
 from runtime.models.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint
-from runtime.options import RunOptions
+from runtime.options import RunOptions, check_dilation
 from runtime.pipeline import composite
 from runtime.pipeline.preprocess import (
     as_frames,
@@ -219,8 +219,7 @@ class Remover:
             masks = as_masks(masks, frames)
             RunOptions(steps=_as_int(num_inference_steps), seed=_as_int(seed))  # refused as the CLI refuses them
             seed, num_inference_steps = int(seed), int(num_inference_steps)
-            if mask_dilation < 0:
-                raise RemoverError(f"mask dilation must be >= 0, got {mask_dilation}")
+            check_dilation("mask_dilation", _as_int(mask_dilation))
             if height is None and width is None and self.stages.default_size is not None:
                 height, width = self.stages.default_size
             size = output_size(*frames.shape[1:3], height, width)
