@@ -52,17 +52,19 @@ def smooth_texture(
     return (texture - low) / max(high - low, 1e-6)
 
 
-def wave_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Float [H, W, 3] in [0, 1]: a sum of random plane waves per channel over a colour gradient
-    (periodic structure the training textures do not have)."""
+def wave_texture(
+    rng: np.random.Generator, height: int, width: int, periods: tuple[float, float] = (10, 40), waves: int = 3
+) -> np.ndarray:
+    """Float [H, W, 3] in [0, 1]: `waves` random plane waves per channel, of `periods` px, over a colour
+    gradient (periodic structure the training textures do not have)."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     texture = np.zeros((height, width, 3), dtype=np.float32)
     for channel in range(3):
-        for _ in range(3):
-            angle, period, phase = rng.uniform(0, np.pi), rng.uniform(10, 40), rng.uniform(0, 2 * np.pi)
+        for _ in range(waves):
+            angle, period, phase = rng.uniform(0, np.pi), rng.uniform(*periods), rng.uniform(0, 2 * np.pi)
             texture[..., channel] += np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period + phase)
     gradient = (xx / width)[..., None] * rng.uniform(-1, 1, 3) + (yy / height)[..., None] * rng.uniform(-1, 1, 3)
-    texture = texture / 3 + gradient.astype(np.float32)
+    texture = texture / waves + gradient.astype(np.float32)
     low, high = texture.min(), texture.max()
     return (texture - low) / max(high - low, 1e-6)
 
@@ -80,18 +82,9 @@ def soft_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarra
 
 
 def soft_wave_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Float [H, W, 3] in [0, 1]: plane waves of 24 to 64 px per channel over a colour gradient
+    """Float [H, W, 3] in [0, 1]: two plane waves of 24 to 64 px per channel over a colour gradient
     (periodic structure the "soft" training family does not have)."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    texture = np.zeros((height, width, 3), dtype=np.float32)
-    for channel in range(3):
-        for _ in range(2):
-            angle, period, phase = rng.uniform(0, np.pi), rng.uniform(24, 64), rng.uniform(0, 2 * np.pi)
-            texture[..., channel] += np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period + phase)
-    gradient = (xx / width)[..., None] * rng.uniform(-1, 1, 3) + (yy / height)[..., None] * rng.uniform(-1, 1, 3)
-    texture = texture / 2 + gradient.astype(np.float32)
-    low, high = texture.min(), texture.max()
-    return (texture - low) / max(high - low, 1e-6)
+    return wave_texture(rng, height, width, periods=(24, 64), waves=2)
 
 
 BACKGROUNDS: dict[str, Callable[[np.random.Generator, int, int], np.ndarray]] = {
