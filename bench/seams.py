@@ -83,7 +83,8 @@ def real_clips(data: Path) -> list[TestClip]:
         ("running_car (292 frames)", car / "running_car.mp4", car / "mask_square.png"),
     ):
         clip = read_clip(video)
-        frames, masks = resize_frames(clip.frames, size, cpu), shrink_masks(read_masks(mask, clip.info), size, cpu)
+        frames = resize_frames(clip.frames, size, cpu, antialias=True)
+        masks = shrink_masks(read_masks(mask, clip.info), size, cpu)
         clips.append(TestClip(name, frames, masks, None))
     return clips
 

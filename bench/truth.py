@@ -88,12 +88,12 @@ def make_truth_clip(
             open_writer(paths.truth, info, overwrite=overwrite) as truth,
         ):
             for (person, person_mask), scene in zip(people, scenes):
-                image = resize_frames(np.array(person.image[None]), size, cpu)[0]  # writable, for torch
+                image = resize_frames(np.array(person.image[None]), size, cpu, antialias=True)[0]  # writable, for torch
                 cut = shrink_masks(person_mask[None], size, cpu)[0]
                 if mirrored:
                     image, cut = image[:, ::-1], cut[:, ::-1]
                 image, cut = _shifted(image, shift), _shifted(cut, shift)
-                clean = resize_frames(np.array(scene.image[None]), size, cpu)[0]
+                clean = resize_frames(np.array(scene.image[None]), size, cpu, antialias=True)[0]
                 video.write(np.where(cut[..., None], image, clean))
                 mask_out.write(np.repeat(cut[..., None].astype(np.uint8) * 255, 3, axis=-1))
                 truth.write(clean)

@@ -6,14 +6,11 @@ remove_file(remover, "clip.mp4", "mask.mp4", "clean.mp4")      # files of any le
 remover(frames, masks)                                         # arrays, one pass
 """
 
-from runtime import _moved
 from runtime.clips.job import remove_file
 from runtime.errors import RemoverError
 from runtime.loading import load_remover
 from runtime.options import MaskOptions, ModelOptions, OutputOptions, PlanOptions, RunOptions
 from runtime.pipeline.remover import Remover
-
-_moved.install()
 
 __all__ = [
     "MaskOptions",

@@ -8,16 +8,10 @@ from pathlib import Path
 import torch
 
 from runtime.demo import DEMO_WEIGHTS
-from runtime.execution.choices import resolve_device as checked_device
+from runtime.execution.choices import resolve_device
 from runtime.hub import is_hub_id, resolve
 from runtime.options import ModelOptions
 from runtime.pipeline.remover import Remover
-
-
-def resolve_device(name: str | None) -> torch.device | None:
-    """A torch device from its name, checked to exist here (runtime/execution/choices.py); None stays None
-    (the default device)."""
-    return None if name is None else checked_device(name)
 
 
 def local_weights(name: str | None, what: str) -> str | None:

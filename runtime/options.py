@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from runtime.errors import RemoverError
 from runtime.models.config import SIZE_MULTIPLE
+from runtime.pipeline.composite import DEFAULT_DILATION, DEFAULT_FEATHER, DEFAULT_RESIZE, RESIZE_MODES
 
 # the choices, named once (runtime/execution and runtime/pipeline/samplers.py check that they match theirs)
 DTYPE_CHOICES = ("bf16", "fp16", "fp32")
@@ -33,8 +34,6 @@ DEFAULT_WINDOW = 81  # the model's training length (21 latent frames)
 DEFAULT_OVERLAP = 5  # finished frames each window starts from (latents 0 and 1); see the README
 BLEND_MODES = ("continue", "crossfade")
 CROP_MODES = ("auto", "on", "off")
-DEFAULT_DILATION = 6  # the released demos' setting at 480p
-DEFAULT_FEATHER = 3
 DEFAULT_CONTEXT = 0.25
 DEFAULT_MIN_CROP = 256
 
@@ -76,8 +75,9 @@ class PlanOptions:
     min_crop: int = DEFAULT_MIN_CROP  # shortest crop side the model sees, in working pixels
     fixed_window: bool = False  # every window exactly `window` frames (an engine bundle with static shapes)
     upscale: bool = False  # let the default 480p working size exceed a smaller clip's own resolution
+    resize: str = DEFAULT_RESIZE  # "reference" (the released pipeline's) or "antialias"; see runtime.pipeline.composite
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         """A RemoverError for options that cannot make a plan."""
         if self.window < 0 or self.overlap < 0:
             raise RemoverError(f"--window and --overlap must be >= 0, got {self.window} and {self.overlap}")
@@ -87,6 +87,7 @@ class PlanOptions:
             raise RemoverError(f"unknown blend mode {self.blend!r}; choose one of {BLEND_MODES}")
         if self.crop not in CROP_MODES:
             raise RemoverError(f"unknown crop mode {self.crop!r}; choose one of {CROP_MODES}")
+        _choice("--resize", self.resize, RESIZE_MODES)
         if self.dilation < 0 or self.feather < 0 or self.context < 0 or self.min_crop < SIZE_MULTIPLE:
             raise RemoverError(
                 f"--dilate, --feather and --context must be >= 0 and --min-crop >= {SIZE_MULTIPLE}, got "

@@ -39,6 +39,7 @@ from runtime.options import (
     PlanOptions,
     RunOptions,
 )
+from runtime.pipeline.composite import DEFAULT_RESIZE, RESIZE_MODES
 from runtime.segment.cli import add_prompt_arguments, has_prompts, prompts_from_args, segment_options
 
 
@@ -129,6 +130,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"paste-back blend ramp in pixels at 480p, scaled likewise (default {DEFAULT_FEATHER})",
     )
     plan.add_argument(
+        "--resize",
+        choices=RESIZE_MODES,
+        default=DEFAULT_RESIZE,
+        help="how a window is brought to the working size: as the released pipeline (bilinear, masks dilated "
+        f"at full resolution) or antialiased (masks dilated at the working size) (default {DEFAULT_RESIZE})",
+    )
+    plan.add_argument(
         "--no-paste-back",
         action="store_true",
         help="write the raw generation at the working size instead of compositing into the input",
@@ -207,7 +215,7 @@ def output_options(args: argparse.Namespace) -> OutputOptions:
 
 def plan_options(args: argparse.Namespace) -> PlanOptions:
     """The plan the arguments ask for, checked."""
-    options = PlanOptions(
+    return PlanOptions(
         window=args.window,
         overlap=args.overlap,
         blend=args.blend,
@@ -219,9 +227,8 @@ def plan_options(args: argparse.Namespace) -> PlanOptions:
         context=args.context,
         min_crop=args.min_crop,
         upscale=args.upscale,
+        resize=args.resize,
     )
-    options.check()
-    return options
 
 
 def request_from(args: argparse.Namespace) -> Request:

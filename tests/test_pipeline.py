@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import PIXEL_TOLERANCE
+from PIL import Image
 
 from runtime import Remover, RemoverError
 from runtime.pipeline.preprocess import dilate, output_size, padded_frame_count
@@ -197,3 +198,29 @@ def test_a_device_that_cannot_run_is_a_clear_error_before_loading(checkpoint, de
 def test_cuda_without_a_gpu_is_a_clear_error(checkpoint):
     with pytest.raises(RemoverError, match="CUDA is not available on this machine"):
         Remover.from_pretrained(checkpoint, device="cuda")
+
+
+@pytest.mark.parametrize("resize", ["reference", "antialias"])
+def test_the_call_and_remove_file_give_the_same_pixels(remover, fixture_dir, fixture_inputs, tmp_path, resize):
+    """One window pipeline behind both front doors: the same clip, mask and options, the file written
+    losslessly (PNG frames), give the same pixels exactly, downscaled to the working size and back."""
+    import shutil
+
+    from runtime.clips.job import remove_file
+    from runtime.options import PlanOptions, RunOptions
+
+    frames, masks = fixture_inputs
+    for kind in ("frame", "mask"):
+        (tmp_path / kind).mkdir()
+        for path in sorted((fixture_dir / "inputs").glob(f"{kind}_*.png")):
+            shutil.copy(path, tmp_path / kind / path.name)
+    options = PlanOptions(window=0, crop="off", height=64, width=96, dilation=4, feather=2, resize=resize)
+    run = RunOptions(seed=7, progress=False)
+    remove_file(remover, tmp_path / "frame", tmp_path / "mask", tmp_path / "out", options, run=run)
+    written = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "out").glob("*.png"))])
+    called = remover(
+        frames, masks, height=64, width=96, mask_dilation=4, feather=2, resize=resize, seed=7, progress=False
+    )
+    assert written.shape == frames.shape and called.shape == frames.shape
+    np.testing.assert_array_equal(written, np.round(called * 255).astype(np.uint8))
+    assert (written != frames).mean() > 0.01  # the object region was regenerated, not passed through

@@ -7,8 +7,9 @@ import math
 import pytest
 
 from runtime import RemoverError
-from runtime.clips.plan import Box, make_plan, pixel_unit, window_spans
+from runtime.clips.plan import Box, make_plan, window_spans
 from runtime.options import PlanOptions
+from runtime.pipeline.composite import pixel_unit
 from runtime.pipeline.preprocess import output_size
 
 
@@ -121,12 +122,17 @@ def test_dilation_and_feather_scale_with_the_frame():
     unit_480, unit_4k = pixel_unit((480, 832)), pixel_unit((2160, 3840))
     assert unit_480 == 1 and unit_4k == 4.5 and pixel_unit((240, 432)) == 1
     box = Box(1000, 1000, 1200, 1200)
-    cropped = make_plan(5, (2160, 3840), [box] * 5, PlanOptions(crop="on", context=0.25))
+    # antialias: the masks are dilated at the working size, in working pixels
+    cropped = make_plan(5, (2160, 3840), [box] * 5, PlanOptions(crop="on", context=0.25, resize="antialias"))
     window = cropped.windows[0]
     scale = window.size[0] / window.box.height
     assert window.dilation == round(6 * 4.5 * scale) and window.feather == round(3 * 4.5 * scale)
-    whole = make_plan(5, (2160, 3840), [box] * 5, PlanOptions(crop="off")).windows[0]
+    whole = make_plan(5, (2160, 3840), [box] * 5, PlanOptions(crop="off", resize="antialias")).windows[0]
     assert whole.dilation == 6 and whole.feather == 3  # 4K shrunk to 480p: the released setting
+    # reference (the default): dilated at the native resolution, in native pixels, whatever the scale
+    for options in (PlanOptions(crop="on", context=0.25), PlanOptions(crop="off")):
+        window = make_plan(5, (2160, 3840), [box] * 5, options).windows[0]
+        assert (window.resize, window.dilation, window.feather) == ("reference", 27, 14)  # 6 and 3 x 4.5, rounded
 
 
 def test_windows_without_a_mask_are_copied_and_an_empty_mask_runs_nothing():
@@ -141,17 +147,18 @@ def test_windows_without_a_mask_are_copied_and_an_empty_mask_runs_nothing():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (PlanOptions(window=9, overlap=9), "smaller than --window"),
-        (PlanOptions(window=5, overlap=9), "smaller than --window"),
-        (PlanOptions(window=-1), ">= 0"),
-        (PlanOptions(blend="mix"), "blend mode"),
-        (PlanOptions(crop="maybe"), "crop mode"),
-        (PlanOptions(min_crop=8), "--min-crop"),
+        (dict(window=9, overlap=9), "smaller than --window"),
+        (dict(window=5, overlap=9), "smaller than --window"),
+        (dict(window=-1), ">= 0"),
+        (dict(blend="mix"), "blend mode"),
+        (dict(crop="maybe"), "crop mode"),
+        (dict(min_crop=8), "--min-crop"),
+        (dict(resize="nearest"), "--resize nearest: choose one of reference, antialias"),
     ],
 )
 def test_bad_options_are_clear_errors(options, message):
-    with pytest.raises(RemoverError, match=message):
-        make_plan(10, (240, 432), [None] * 10, options)
+    with pytest.raises(RemoverError, match=message):  # refused when made, before any plan
+        PlanOptions(**options)
 
 
 def test_the_plan_describes_itself():

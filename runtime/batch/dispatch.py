@@ -3,10 +3,8 @@ or out of tries (`dispatch`)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -27,7 +25,7 @@ def _say(line: str) -> None:
 
 def run_batch(
     clips: Sequence[Clip],
-    model: ModelOptions | argparse.Namespace,
+    model: ModelOptions,
     *,
     workers: int | None = None,
     address: str | None = None,
@@ -39,11 +37,6 @@ def run_batch(
     Ray actors with `address`. Clips whose output exists are skipped (unless their `encoding.overwrite`);
     a failed one is retried up to `retries` times, except for RemoverErrors (bad input: the same again).
     A worker load failure is a RemoverError; Ctrl-C ends the workers and leaves no partial output."""
-    if isinstance(model, argparse.Namespace):  # the way before ModelOptions existed
-        from runtime.run import model_options
-
-        warnings.warn("run_batch(clips, parse_args(...)) is deprecated: pass ModelOptions", DeprecationWarning, 2)
-        model = model_options(model)
     if address:
         import_ray()  # before anything, even when every clip is skipped
     start = time.perf_counter()

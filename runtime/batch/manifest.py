@@ -32,6 +32,7 @@ from runtime.options import (
     PlanOptions,
     RunOptions,
 )
+from runtime.pipeline.composite import RESIZE_MODES
 
 REQUIRED = ("video", "mask", "output")
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -73,6 +74,7 @@ CLIP_COLUMNS = {
     "upscale": Column(PlanOptions, "upscale", switch=True),
     "dilate": Column(PlanOptions, "dilation", int),
     "feather": Column(PlanOptions, "feather", int),
+    "resize": Column(PlanOptions, "resize", _choice(*RESIZE_MODES)),
     "no_paste_back": Column(RunOptions, "paste_back", switch=True, negate=True),
     "steps": Column(RunOptions, "steps", int),
     "seed": Column(RunOptions, "seed", int),
@@ -143,10 +145,7 @@ def build(cls: type, values: dict[str, Any], columns: dict[str, Column]) -> Any:
     """An options object of class `cls` from values by column name (the rest: the class's defaults)."""
     known = {f.name for f in fields(cls)}
     given = {columns[name].field: value for name, value in values.items() if columns[name].target is cls}
-    options = cls(**{key: value for key, value in given.items() if key in known})
-    if isinstance(options, PlanOptions):
-        options.check()
-    return options
+    return cls(**{key: value for key, value in given.items() if key in known})
 
 
 def model_options(values: dict[str, Any]) -> ModelOptions:

@@ -19,7 +19,7 @@ import runtime.batch.worker as worker
 from runtime.batch.manifest import Clip
 from runtime.batch.worker import Died, Event
 from runtime.errors import RemoverError
-from runtime.loading import resolve_device
+from runtime.execution.choices import resolve_device
 from runtime.options import ModelOptions
 
 NO_RAY = "--address needs Ray: pip install 'minimax-remover-runtime[ray]'"
@@ -158,7 +158,7 @@ class RayPool:
 def local_devices(device: str | None, workers: int | None) -> list[str]:
     """One worker per visible GPU (or `workers`, spread over them), else `workers` (default 1) on the
     CPU; a named device gets all the workers."""
-    resolved = resolve_device(device) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = resolve_device(device)
     if resolved.type == "cuda" and resolved.index is None:
         gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
         return [gpus[i % len(gpus)] for i in range(workers or len(gpus))]

@@ -36,7 +36,8 @@ from runtime.pipeline.timing import Timings
 @dataclass
 class Job:
     """An opened video and mask and the plan made for them. With `working_size` (no paste-back) the
-    frames and masks are brought to that size as they are read, and the plan is made at it."""
+    frames (resized as the plan's `resize` says) and masks (shrunk by area) are brought to that size as
+    they are read, and the plan is made at it."""
 
     video: ClipReader
     masks: MaskSource
@@ -48,7 +49,8 @@ class Job:
         for frame in self.video:
             image = frame.image
             if self.working_size is not None:
-                image = resize_frames(image[None], self.working_size, torch.device("cpu"))[0]
+                antialias = self.plan.options.resize == "antialias"
+                image = resize_frames(image[None], self.working_size, torch.device("cpu"), antialias)[0]
             yield image, frame.pts
 
     def mask_frames(self) -> Iterator[np.ndarray]:
@@ -88,7 +90,6 @@ def open_job(
 ) -> Job:
     """Open the mask for the opened video, scan it and make the plan. Without `paste_back` the clip is
     processed (and written) at the working size, whole frames only."""
-    options.check()
     masks = open_masks(mask, reader.info, **mask_options.reader_arguments())
     info = reader.info
     frame_size = (info.height, info.width)
@@ -126,15 +127,13 @@ def remove_file(
     dry_run: bool = False,
     say: Callable[[str], None] = lambda line: None,
     windows: WindowRunner | None = None,
-    **legacy: object,
 ) -> tuple[Plan, dict[str, float]]:
     """Remove the masked object from the clip file `video` into `out`, saying what it does (the clip,
     the plan, the estimate) through `say` before any work. Bad input, a plan that cannot fit and an
     output that exists (without `output.overwrite`) are RemoverErrors before any work. `dry_run`
     stops after the checks and writes nothing. `windows` makes each window (default: `remover`, here,
     with `run`; runtime/distributed shares them over ranks). Returns the plan and the seconds of each
-    stage. (`steps`, `seed`, `paste_back` and `progress` as keywords still work, deprecated: use `run`.)"""
-    run = _legacy_run_options(run, legacy)
+    stage."""
     start = time.perf_counter()
     reader = open_clip(video)
     say(f"{video}: {reader.info.describe()}")
@@ -166,14 +165,3 @@ def write_unchanged(
     warnings.warn("the mask is empty: writing the input unchanged", EmptyMaskWarning, stacklevel=3)
     copy_clip(video, out, **output.writer_arguments(), inputs=[mask], progress=progress)
     return time.perf_counter() - start
-
-
-def _legacy_run_options(run: RunOptions, legacy: dict[str, object]) -> RunOptions:
-    """`run` with the run options given the old way, as keywords (a DeprecationWarning says so)."""
-    unknown = set(legacy) - {"steps", "seed", "paste_back", "progress"}
-    if unknown:
-        raise TypeError(f"remove_file() got unexpected keyword arguments {sorted(unknown)}")
-    if legacy:
-        warnings.warn("remove_file(steps=, seed=, ...) is deprecated: pass run=RunOptions(...)", DeprecationWarning, 3)
-        run = replace(run, **legacy)
-    return run

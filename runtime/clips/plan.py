@@ -13,7 +13,8 @@ one-pass pipeline does. Every window of a clip uses the same box size, so the sc
 detail the model works at) never jumps between windows. The whole-frame working size is 480p
 (`output_size`) but never above the clip's own resolution unless `upscale` (or a size) is given: the
 model would work on invented pixels at many times the cost. Mask dilation and the paste-back feather
-are given in pixels at 480p and scale up with larger frames: `pixel_unit` native pixels per 480p pixel.
+are given in pixels at 480p and scale up with larger frames: `pixel_unit` native pixels per 480p pixel;
+each window holds them in the pixels its masks are dilated at (`runtime.pipeline.composite`).
 
 Boxes are half-open native pixel ranges (top, left, bottom, right) in display orientation.
 """
@@ -27,9 +28,8 @@ from dataclasses import dataclass
 from runtime.errors import RemoverError
 from runtime.options import PlanOptions
 from runtime.pipeline.box import Box
+from runtime.pipeline.composite import DEFAULT_RESIZE, Compositing, pixel_unit
 from runtime.pipeline.preprocess import SIZE_MULTIPLE, output_size, padded_frame_count
-
-REFERENCE_SHORT_SIDE = 480  # dilation and feather are given in pixels at this short side
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ class Window:
 
     `box` is the native region the model sees, processed at `size` (height, width); None when no frame
     of the window has anything to remove (its frames pass through). `dilation` and `feather` are in
-    working pixels.
+    the pixels the masks are dilated at: native ones with `resize` "reference", working ones with
+    "antialias" (see `Compositing`).
     """
 
     index: int
@@ -49,6 +50,11 @@ class Window:
     size: tuple[int, int]
     dilation: int
     feather: int
+    resize: str = DEFAULT_RESIZE
+
+    @property
+    def compositing(self) -> Compositing:
+        return Compositing(self.resize, self.dilation, self.feather)
 
     @property
     def frames(self) -> int:
@@ -106,12 +112,6 @@ class Plan:
                 f"{w.tokens()} tokens, dilation {w.dilation} px, feather {w.feather} px"
             )
         return lines
-
-
-def pixel_unit(frame_size: tuple[int, int]) -> float:
-    """Native pixels per pixel at 480p, for frames larger than 480p (1 for smaller ones, where the
-    given pixels apply as they are, as in the released pipeline): dilation and feather scale with it."""
-    return max(1.0, min(frame_size) / REFERENCE_SHORT_SIDE)
 
 
 def window_spans(frame_count: int, window: int, overlap: int, fixed: bool = False) -> list[tuple[int, int]]:
@@ -192,7 +192,6 @@ def make_plan(
 ) -> Plan:
     """Windows, boxes and working sizes for a clip whose frame i has mask bounding box `mask_boxes[i]`
     (None: nothing to remove in that frame)."""
-    options.check()
     if len(mask_boxes) != frame_count:
         raise ValueError(f"{len(mask_boxes)} mask boxes for {frame_count} frames")
     if options.fixed_window and frame_count < options.window:
@@ -220,9 +219,8 @@ def make_plan(
     windows = []
     for index, ((start, stop), skip, box) in enumerate(zip(spans, known, boxes)):
         scale = size[0] / box.height if box is not None else 1.0
-        dilation = round(options.dilation * unit * scale)
-        feather = min(max(1, round(options.feather * unit * scale)), max(1, dilation))
-        windows.append(Window(index, start, stop, skip, box, size, dilation, feather))
+        c = Compositing.scaled(options.resize, frame_size, scale, options.dilation, options.feather)
+        windows.append(Window(index, start, stop, skip, box, size, c.dilation, c.feather, c.resize))
     not_upscaled = default_size if default_size != whole_size else None
     return Plan(frame_count, frame_size, tuple(windows), options, cropped, not_upscaled)
 

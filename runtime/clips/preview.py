@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from runtime.clips.job import Job, OutputOptions
-from runtime.clips.plan import pixel_unit
 from runtime.io import open_writer
+from runtime.pipeline.composite import pixel_unit
 
 WINDOW_COLOURS = ((64, 220, 64), (64, 200, 255), (255, 200, 0), (230, 90, 255))
 MASK_TINT = np.array([255, 0, 0], dtype=np.float32)

@@ -17,8 +17,9 @@ from runtime.clips.job import fit_to_stages, open_job, remove_file, write_unchan
 from runtime.clips.preview import write_preview
 from runtime.clips.stream import WindowRunner
 from runtime.errors import RemoverError
+from runtime.execution.choices import resolve_device
 from runtime.io import ClipInfo, check_output, open_clip, open_masks
-from runtime.loading import describe_loaded, load_remover, resolve_device
+from runtime.loading import describe_loaded, load_remover
 from runtime.options import MaskOptions, ModelOptions, OutputOptions, PlanOptions, RunOptions
 from runtime.pipeline.remover import Remover
 from runtime.segment import Prompt, SegmentOptions, check_prompts, describe_segmentation, prompted_mask

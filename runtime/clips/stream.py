@@ -1,9 +1,9 @@
 """Run a plan over a clip as a stream: frames in, windows through the one-pass pipeline, finished
 frames out as soon as they are final.
 
-    frames + masks (lazy) -> buffer of the current window's frames -> crop the window's box, bring it
-    to the working size -> Remover (encode -> denoise -> decode) -> composite into the native frames
-    -> (crossfade with the previous window over the overlap) -> sink, frame by frame
+    frames + masks (lazy) -> buffer of the current window's frames -> Remover.run_window (the window's
+    box resized and dilated, encode -> denoise -> decode, composited into the native frames) ->
+    (crossfade with the previous window over the overlap) -> sink, frame by frame
 
 Host memory: the frames of one window at native resolution (uint8), their masks (only each mask's
 bounding box is kept), the next window's overlap, and one window's generation at the working size
@@ -22,9 +22,8 @@ from tqdm.auto import tqdm
 
 from runtime.clips.plan import Box, Plan, Window
 from runtime.errors import RemoverError
-from runtime.execution.host_memory import model_temporaries_on_heap
-from runtime.pipeline.composite import composite_window, to_uint8
-from runtime.pipeline.preprocess import CHUNK_PIXELS, dilate, resize_frames, shrink_masks
+from runtime.pipeline.composite import to_uint8
+from runtime.pipeline.preprocess import CHUNK_PIXELS
 from runtime.pipeline.timing import Timings
 
 if TYPE_CHECKING:
@@ -189,37 +188,26 @@ def compute_window(
 ) -> list[np.ndarray]:
     """The composited frames after the window's known ones (the inputs when nothing is masked)."""
     slots = [buffer[i] for i in range(window.start, window.stop)]
-    new = slots[window.known :]
     if window.box is None:
-        return [slot.image for slot in new]
-    box, device = window.box, remover.device
-    region = (slice(box.top, box.bottom), slice(box.left, box.right))
+        return [slot.image for slot in slots[window.known :]]
+    box = window.box
     with timings.stage("preprocess"):
-        images = np.stack([(s.output if i < window.known else s.image)[region] for i, s in enumerate(slots)])
-        masks = np.stack(
-            [s.mask_in(box) if i >= window.known else np.zeros(images.shape[1:3], bool) for i, s in enumerate(slots)]
-        )
-        images = resize_frames(images, window.size, device)
-        masks = shrink_masks(masks, window.size, device)
-
-    with model_temporaries_on_heap():
-        generated = remover(
-            images,
-            masks,
-            height=window.size[0],
-            width=window.size[1],
-            num_inference_steps=run.steps,
-            mask_dilation=window.dilation,
-            seed=run.seed + window.index,
-            paste_back=False,
-            progress=run.progress,
-        )
+        images = [s.output if i < window.known else s.image for i, s in enumerate(slots)]
+        cleared = np.zeros((box.height, box.width), bool)  # the known frames' masks
+        masks = np.stack([s.mask_in(box) if i >= window.known else cleared for i, s in enumerate(slots)])
+    out = remover.run_window(
+        images,
+        masks,
+        box,
+        window.size,
+        window.compositing,
+        known=window.known,
+        steps=run.steps,
+        seed=run.seed + window.index,
+        paste_back=run.paste_back,
+        progress=run.progress,
+    )
     timings.merge(remover.timings)
-    # a copy made outside the block: the output, made inside it, sat on the heap under the next window's
-    # temporaries (bench.heap: 1.19x host peak from 81 to 321 frames with it, 1.12x with the copy)
-    generated = generated[window.known :].copy()
     if not run.paste_back:
-        return list(to_uint8(generated))
-    with timings.stage("composite"):
-        dilated = dilate(torch.from_numpy(masks[window.known :]).to(device), window.dilation)
-        return composite_window([s.image for s in new], generated, dilated, box, window.feather)
+        return list(to_uint8(out.generated))
+    return out.frames

@@ -17,9 +17,9 @@ from runtime.distributed import local_device, rank, sequence, world_size
 from runtime.distributed.group import GroupFailed, join, leave
 from runtime.distributed.messages import Mode, Start, expect_stop, receive, send, stop_others
 from runtime.distributed.windows import SharedWindows, compute_own_windows
-from runtime.execution.choices import default_device
+from runtime.execution.choices import resolve_device
 from runtime.io import open_clip
-from runtime.loading import load_remover, resolve_device
+from runtime.loading import load_remover
 from runtime.options import PlanOptions, RunOptions
 from runtime.pipeline.remover import Remover
 
@@ -32,7 +32,7 @@ def choose_mode(blend: str, windows: int, dry_run: bool = False) -> Mode:
 
 def run_in_group(request: Request) -> str:
     """This rank's part of the run; rank 0 returns the summary line, the others ""."""
-    device = local_device(resolve_device(request.model.device) or default_device())
+    device = local_device(resolve_device(request.model.device))
     request = replace(request, model=replace(request.model, device=str(device)))
     join(device)
     if rank() != 0:

@@ -31,6 +31,7 @@ from runtime.options import (
     MaskOptions,
     PlanOptions,
 )
+from runtime.pipeline.composite import DEFAULT_RESIZE, RESIZE_MODES
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,6 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     how.add_argument("--min-crop", type=int, default=DEFAULT_MIN_CROP, help="the run's --min-crop")
     how.add_argument("--height", type=int, help="the run's working --height")
     how.add_argument("--width", type=int, help="the run's working --width")
+    how.add_argument("--resize", choices=RESIZE_MODES, default=DEFAULT_RESIZE, help="the run's --resize")
     how.add_argument(
         "--no-paste-back",
         action="store_true",
@@ -94,9 +96,8 @@ def _evaluator(args: argparse.Namespace, notes: list[str]):
     masking = MaskOptions(args.mask_threshold, args.invert_mask, args.mask_channel)
     windows = PlanOptions(
         window=args.window, overlap=args.overlap, blend=args.blend, crop=args.crop, height=args.height,
-        width=args.width, dilation=args.dilate, context=args.context, min_crop=args.min_crop,
+        width=args.width, dilation=args.dilate, context=args.context, min_crop=args.min_crop, resize=args.resize,
     )  # fmt: skip
-    windows.check()
     tc_model = load_clip(args.tc_model) if args.tc_model else None
 
     def evaluate(clip: ManifestClip, per_frame: bool = False) -> Evaluation:

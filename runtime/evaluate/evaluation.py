@@ -2,10 +2,11 @@
 
 Regions: the "mask" is every pixel the runtime's paste-back may change, found as the stream finds it
 from the plan the run made (the same plan options: `plan_options`, default the runtime's, with
-`dilation`): for each window producing the frame, the mask cut to the window's box, brought to its
-working size (runtime.pipeline.preprocess.shrink_masks), dilated there by the window's dilation and
-resized back bilinearly as the composite resizes its blend weights, nonzero. At the working scale 1
-that is the mask dilated by `dilation` pixels at 480p (4-connected); scaled, a little more. "Background"
+`dilation`): for each window producing the frame, the mask cut to the window's box, dilated there by
+the window's dilation (with --resize antialias: first brought to its working size by
+runtime.pipeline.preprocess.shrink_masks, dilated there and resized back bilinearly as the composite
+resizes its blend weights, nonzero). That is the mask dilated by `dilation` pixels at 480p
+(4-connected); antialiased and scaled, a little more. "Background"
 (its complement) is then exactly the pixels the composite must keep: with the run's options, a result
 of runtime.run written losslessly has an exact background. The masks are scanned once for their boxes
 before the frames are read, as runtime.run does.
@@ -171,6 +172,7 @@ class _Inputs:
     masks: MaskSource
     truth: ClipReader | None
     resize: bool
+    antialias: bool
 
     @property
     def size(self) -> tuple[int, int]:
@@ -178,7 +180,8 @@ class _Inputs:
 
     def _frames(self, reader: ClipReader) -> Iterator[np.ndarray]:
         for frame in reader:
-            yield resize_frames(np.array(frame.image[None]), self.size, CPU)[0] if self.resize else frame.image
+            image = frame.image
+            yield resize_frames(np.array(image[None]), self.size, CPU, self.antialias)[0] if self.resize else image
 
     def mask_frames(self) -> Iterator[np.ndarray]:
         for mask in self.masks:
@@ -203,10 +206,10 @@ def footprint(mask: np.ndarray, window: Window) -> np.ndarray:
     if box is None:
         return out
     crop = np.ascontiguousarray(mask[box.top : box.bottom, box.left : box.right])
-    working = shrink_masks(crop[None], window.size, CPU)[0]
-    if not working.any():
+    dilated_at = shrink_masks(crop[None], window.size, CPU)[0] if window.resize == "antialias" else crop
+    if not dilated_at.any():
         return out
-    distance = cv2.distanceTransform((~working).astype(np.uint8), cv2.DIST_L1, 3)
+    distance = cv2.distanceTransform((~dilated_at).astype(np.uint8), cv2.DIST_L1, 3)
     dilated = torch.from_numpy(distance <= window.dilation).float()[None, None]
     out[box.top : box.bottom, box.left : box.right] = (resize(dilated, crop.shape)[0, 0] > 0).numpy()
     return out
@@ -258,7 +261,6 @@ def evaluate_clip(
     fit the video, are RemoverErrors before any work."""
     mask_options = mask_options or MaskOptions()
     options = replace(plan_options or PlanOptions(), dilation=dilation)
-    options.check()
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(open_clip(video))
         output = stack.enter_context(open_clip(result))
@@ -279,7 +281,7 @@ def evaluate_clip(
             _check_like(clean, source, f"truth {Path(truth).name}")
         if not paste_back:
             options = replace(options, crop="off", height=size[0], width=size[1])
-        inputs = _Inputs(output, source, masks, clean, resize=not paste_back)
+        inputs = _Inputs(output, source, masks, clean, not paste_back, options.resize == "antialias")
         plan = _plan(inputs, options, progress)
         figures = _Figures(plan, clean is not None, lpips, per_frame, flow, clip)
         frames = tqdm(inputs.frames(), total=plan.frame_count, desc="evaluate", unit="frame", disable=not progress)

@@ -1,25 +1,85 @@
-"""Paste-back: generated pixels go into the original frames only through the dilated mask.
+"""The compositor: how a window's frames and masks become the model's inputs (resize, dilation) and how
+its generation goes back into the frames (feathered paste-back), for every front door alike.
 
-The blend weight is 1 deep inside the dilated mask, ramps down over the last few pixels before its
-edge (inside only), and is exactly 0 outside, so every pixel outside the dilated mask is the input
-value, bit for bit. The ramp never reaches the object itself as long as it is no wider than the
-dilation. The weights are computed where the mask was dilated and resized bilinearly to the frame,
-so the ramp widens with the frame's resolution. Only the rectangle that holds a non-zero weight is
-computed: with a crop, a part of the box; without one, a part of the frame (measured on one CPU thread:
-a 960x540 frame with a small object 26 -> 4 ms, a region nearly the size of a 420x690 box 17 -> 13 ms).
+`Compositing.resize` picks the resize: "reference" (the released pipeline: frames bilinear without
+antialias; masks dilated at their own resolution, then resized) or "antialias" (frames antialiased
+when shrinking; masks shrunk by area, then dilated at the working size). The generated pixels go back
+only through the dilated mask: the blend weight is 1 deep inside it, ramps down over its last
+`feather` pixels (inside only) and is exactly 0 outside, so every pixel outside the dilated mask is
+the input, bit for bit. The weights are made where the mask was dilated and resized bilinearly to the
+frame; only the rectangle that holds a non-zero weight is computed.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from runtime.errors import RemoverError
 from runtime.pipeline.box import Box
-from runtime.pipeline.preprocess import chunk_frames, dilate
+from runtime.pipeline.preprocess import chunk_frames, dilate, pad_frames, prepare_masks, prepare_video, shrink_masks
 
-FEATHER_PX = 3  # width of the blend ramp, in mask pixels, capped by the dilation (the one-pass API)
+RESIZE_MODES = ("reference", "antialias")
+DEFAULT_RESIZE = "reference"  # the released pipeline's way: raw generation matches it
+DEFAULT_DILATION = 6  # pixels at 480p: the released demos' setting
+DEFAULT_FEATHER = 3  # pixels at 480p
+REFERENCE_SHORT_SIDE = 480  # dilation and feather are given in pixels at this short side
+
+
+def pixel_unit(frame_size: tuple[int, int]) -> float:
+    """Native pixels per pixel at 480p, for frames larger than 480p (1 for smaller ones, where the
+    given pixels apply as they are, as in the released pipeline): dilation and feather scale with it."""
+    return max(1.0, min(frame_size) / REFERENCE_SHORT_SIDE)
+
+
+@dataclass(frozen=True)
+class Compositing:
+    """How one window is resized, dilated and feathered. `dilation` and `feather` are in the pixels of
+    the resolution the masks are dilated at: the masks' own ("reference") or the working size
+    ("antialias")."""
+
+    resize: str = DEFAULT_RESIZE
+    dilation: int = DEFAULT_DILATION
+    feather: int = DEFAULT_FEATHER
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise RemoverError(f"--resize {self.resize}: choose one of {', '.join(RESIZE_MODES)}")
+        if self.dilation < 0 or self.feather < 1:
+            raise RemoverError(f"mask dilation must be >= 0 and feather >= 1, got {self.dilation} and {self.feather}")
+
+    @classmethod
+    def scaled(
+        cls, resize: str, frame_size: tuple[int, int], scale: float, dilation: float, feather: float
+    ) -> Compositing:
+        """From `dilation` and `feather` in pixels at 480p, for frames of `frame_size` brought to the
+        working size by `scale` (working / native pixels); the feather never exceeds the dilation."""
+        unit = pixel_unit(frame_size) * (scale if resize == "antialias" else 1.0)
+        pixels = round(dilation * unit)
+        return cls(resize, pixels, min(max(1, round(feather * unit)), max(1, pixels)))
+
+    def model_inputs(
+        self, frames: np.ndarray, masks: np.ndarray, size: tuple[int, int], count: int, device: torch.device
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """frames uint8 [F, H, W, 3] and masks bool [F, hm, wm] (padded to `count` frames here) ->
+        (video fp32 [3, count, height, width] in [-1, 1], mask fp32 {0, 1} [count, height, width],
+        the dilated masks bool [F, ...] at the resolution they were dilated at, for `paste`)."""
+        padded = pad_frames(masks, count)
+        video = prepare_video(pad_frames(frames, count), size, device, antialias=self.resize == "antialias")
+        if self.resize == "reference":
+            dilated, mask = prepare_masks(padded, self.dilation, size, device)
+        else:
+            dilated = dilate(torch.from_numpy(shrink_masks(padded, size, device)).to(device), self.dilation)
+            mask = dilated.float()
+        return video, mask, dilated[: len(frames)]
+
+    def paste(self, frames: list[np.ndarray], generated: np.ndarray, dilated: Tensor, box: Box) -> list[np.ndarray]:
+        """`composite_window` with this feather."""
+        return composite_window(frames, generated, dilated, box, self.feather)
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -91,25 +151,6 @@ def blend(original: np.ndarray, generated: np.ndarray, alpha: Tensor, region: tu
     fill = fill.clamp(0.0, 1.0) * 255.0
     base = torch.from_numpy(original).to(alpha.device).float()
     return torch.lerp(base, fill, alpha[:, 0, rows, cols, None])  # lerp returns `base` exactly where alpha is 0
-
-
-def paste_back(frames: np.ndarray, generated: np.ndarray, dilated: Tensor, mask_dilation: int) -> np.ndarray:
-    """Composite generated [F, h, w, 3] (fp32, [0, 1]) into frames [F, H, W, 3] (uint8) -> fp32 [F, H, W, 3].
-
-    `dilated` [F, hm, wm] is the dilated mask at the mask's resolution, on the device to work on.
-    """
-    radius = max(1, min(FEATHER_PX, mask_dilation))
-    out = frames.astype(np.float32)
-    out /= np.float32(255.0)  # in place: one frame-sized copy, not two
-    step = chunk_frames(*frames.shape[1:3])
-    for start in range(0, len(frames), step):
-        stop = start + step
-        alpha = frame_weights(dilated[start:stop], radius, frames.shape[1:3])
-        region = weighted_region(alpha)
-        if region is not None:
-            cut = (slice(start, stop), *region)
-            out[cut] = (blend(frames[cut], generated[start:stop], alpha, region) / 255.0).cpu().numpy()
-    return out
 
 
 def composite_window(

@@ -1,7 +1,6 @@
-"""Input handling exactly as the released pipeline does it, plus the checks and padding it lacks.
+"""Input handling: the checks, the working size, frame padding and the resize and dilation primitives
+that runtime/pipeline/composite.py puts together (as the released pipeline does, or antialiased).
 
-frames uint8 [F, H, W, 3] -> [-1, 1] -> bilinear resize (no antialias) to (height, width)
-masks [F, H, W] != 0 -> 4-connected dilation at the mask's own resolution -> bilinear resize -> > 0
 Frame counts that are not 4k+1 are padded by repeating the last frame (the caller trims back).
 """
 
@@ -134,21 +133,21 @@ def dilate(masks: Tensor, iterations: int) -> Tensor:
     return m[:, 0] > 0
 
 
-def resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of [N, C, H, W] (align_corners False, no antialias), as the reference."""
+def resize(x: Tensor, size: tuple[int, int], antialias: bool = False) -> Tensor:
+    """Bilinear resize of [N, C, H, W] (align_corners False); without `antialias`, as the reference."""
     if tuple(x.shape[-2:]) == size:
         return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=antialias)
 
 
-def prepare_video(frames: np.ndarray, size: tuple[int, int], device: torch.device) -> Tensor:
+def prepare_video(frames: np.ndarray, size: tuple[int, int], device: torch.device, antialias: bool = False) -> Tensor:
     """uint8 [F, H, W, 3] -> fp32 [3, F, height, width] in [-1, 1] on `device`."""
     out = torch.empty(3, len(frames), *size, device=device)
     step = chunk_frames(*frames.shape[1:3])
     for start in range(0, len(frames), step):
         chunk = torch.from_numpy(frames[start : start + step]).to(device)
         scaled = chunk.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        out[:, start : start + len(chunk)] = resize(scaled, size).transpose(0, 1)
+        out[:, start : start + len(chunk)] = resize(scaled, size, antialias).transpose(0, 1)
     return out
 
 
@@ -166,17 +165,15 @@ def prepare_masks(
     return dilated, resized
 
 
-def resize_frames(frames: np.ndarray, size: tuple[int, int], device: torch.device) -> np.ndarray:
-    """uint8 [F, H, W, 3] -> uint8 [F, height, width, 3]: bilinear, antialiased when shrinking (a
-    crop or a whole frame brought to the working size; the one-pass pipeline's own resize, as the
-    reference's, never antialiases)."""
+def resize_frames(frames: np.ndarray, size: tuple[int, int], device: torch.device, antialias: bool) -> np.ndarray:
+    """uint8 [F, H, W, 3] -> uint8 [F, height, width, 3], bilinear (antialiased when shrinking, if asked)."""
     if frames.shape[1:3] == size:
         return frames
     out = np.empty((len(frames), *size, 3), dtype=np.uint8)
     step = chunk_frames(*frames.shape[1:3])
     for start in range(0, len(frames), step):
         chunk = torch.from_numpy(frames[start : start + step]).to(device).permute(0, 3, 1, 2).float()
-        resized = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False, antialias=True)
+        resized = resize(chunk, size, antialias)
         out[start : start + len(chunk)] = resized.round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
     return out
 

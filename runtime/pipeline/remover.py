@@ -1,7 +1,10 @@
 """`Remover`: frames + masks in, the video with the masked object removed out.
 
-preprocess -> VAE encode (streamed) -> sampler steps over the transformer -> VAE decode
-(streamed) -> trim the frame padding -> paste back into the original frames
+`Remover.run_window` is the one window pipeline every front door runs (a call is one window over the
+whole frames; runtime/clips/stream.py runs it per window of a plan):
+
+resize and dilate (runtime/pipeline/composite.py) -> VAE encode (streamed) -> sampler steps over the
+transformer -> VAE decode (streamed) -> trim the frame padding -> paste back into the original frames
 
 The three heavy stages run on PyTorch modules (`from_pretrained`) or on an exported engine bundle
 (`from_bundle`); preprocessing, the sampler loop and paste-back are the same code either way.
@@ -13,6 +16,7 @@ import numbers
 import warnings
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,20 +35,13 @@ from runtime.execution.choices import (
     resolve_kernels,
     verified_backends,
 )
+from runtime.execution.host_memory import model_temporaries_on_heap
 from runtime.models.scheduler import SchedulerConfig
 from runtime.models.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint
 from runtime.options import RunOptions
-from runtime.pipeline import composite
-from runtime.pipeline.preprocess import (
-    as_frames,
-    as_masks,
-    output_size,
-    pad_frames,
-    padded_frame_count,
-    prepare_masks,
-    prepare_video,
-    resize,
-)
+from runtime.pipeline.box import Box
+from runtime.pipeline.composite import DEFAULT_FEATHER, DEFAULT_RESIZE, Compositing
+from runtime.pipeline.preprocess import as_frames, as_masks, output_size, padded_frame_count, resize
 from runtime.pipeline.samplers import make_sampler
 from runtime.pipeline.stages import Stages, TorchStages, denoise_loop
 from runtime.pipeline.timing import Timings
@@ -57,6 +54,16 @@ class EmptyMaskWarning(UserWarning):
 def _as_int(value: object) -> object:
     """A NumPy integer as a Python int (RunOptions takes ints); anything else as it is, to be refused there."""
     return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+
+
+@dataclass
+class WindowOutput:
+    """What `Remover.run_window` made for the frames after the known ones: the raw generation fp32
+    [F, h, w, 3] in [0, 1] at the working size, and with paste-back the composited frames (uint8
+    [H, W, 3] each)."""
+
+    generated: np.ndarray
+    frames: list[np.ndarray] | None
 
 
 def encoder_batch(video: Tensor, mask: Tensor) -> Tensor:
@@ -195,6 +202,8 @@ class Remover:
         width: int | None = None,
         num_inference_steps: int = 6,
         mask_dilation: int = 6,
+        feather: int = DEFAULT_FEATHER,
+        resize: str = DEFAULT_RESIZE,
         seed: int = 42,
         latents: Tensor | np.ndarray | None = None,
         paste_back: bool = True,
@@ -205,47 +214,96 @@ class Remover:
 
         frames: uint8 [F, H, W, 3] (or a list of PIL images); masks: [F, H, W] or [H, W] for all
         frames, nonzero = remove. Returns float32 [F, H, W, 3] in [0, 1]: with `paste_back` the
-        input size, with the generated pixels composited in through the dilated mask (everything
-        outside it is the input, bit-exact); without it, the raw generation at (height, width),
-        as the released pipeline returns it. `seed` (0 to 2**63 - 1) and `num_inference_steps` are
-        checked as the CLI checks them (`runtime.options.RunOptions`); `latents` (a tensor or a NumPy
-        array) replaces the seeded initial noise.
+        input size, the composited frames (uint8 levels / 255: everything outside the dilated mask is
+        the input, bit-exact); without it, the raw generation at (height, width). `mask_dilation` and
+        `feather` are pixels at 480p, as the CLI's --dilate and --feather; `resize` "reference" (the
+        released pipeline's way: the raw generation is the released pipeline's) or "antialias", as
+        --resize. The call is `remove_file`'s one window over the whole frames: the same options give
+        the same pixels. `seed` (0 to 2**63 - 1) and `num_inference_steps` are checked as the CLI
+        checks them (`runtime.options.RunOptions`); `latents` (a tensor or a NumPy array) replaces the
+        seeded initial noise.
         `guidance_scale` (models with condition tokens only) mixes the remove and regenerate
         predictions, v = v_neg + g (v_pos - v_neg); without it the model is sampled with "remove".
         """
+        frames = as_frames(frames)
+        masks = as_masks(masks, frames)
+        RunOptions(steps=_as_int(num_inference_steps), seed=_as_int(seed))  # refused as the CLI refuses them
+        if mask_dilation < 0:
+            raise RemoverError(f"mask dilation must be >= 0, got {mask_dilation}")
+        if height is None and width is None and self.stages.default_size is not None:
+            height, width = self.stages.default_size
+        size = output_size(*frames.shape[1:3], height, width)
+        compositing = Compositing.scaled(resize, frames.shape[1:3], size[0] / frames.shape[1], mask_dilation, feather)
+        if not masks.any():
+            warnings.warn("the mask is empty: returning the input unchanged", EmptyMaskWarning, stacklevel=2)
+            return self._unchanged(frames, size, paste_back, compositing.resize)
+        out = self.run_window(
+            frames,
+            masks,
+            Box(0, 0, *frames.shape[1:3]),
+            size,
+            compositing,
+            steps=int(num_inference_steps),
+            seed=int(seed),
+            latents=latents,
+            paste_back=paste_back,
+            guidance_scale=guidance_scale,
+            progress=progress,
+        )
+        if out.frames is None:
+            return out.generated
+        pixels = np.stack(out.frames).astype(np.float32)
+        pixels /= np.float32(255.0)
+        return pixels
+
+    @torch.inference_mode()
+    def run_window(
+        self,
+        frames: np.ndarray | Sequence[np.ndarray],
+        masks: np.ndarray,
+        box: Box,
+        size: tuple[int, int],
+        compositing: Compositing,
+        *,
+        known: int = 0,
+        steps: int,
+        seed: int,
+        latents: Tensor | np.ndarray | None = None,
+        paste_back: bool = True,
+        guidance_scale: float | None = None,
+        progress: bool = False,
+    ) -> WindowOutput:
+        """One window: frames (uint8 [H, W, 3] each; the first `known` are finished content, given to the
+        model unmasked) and their masks over `box` (bool [F, hm, wm], the box's size or its aspect) ->
+        the generation at `size` for the frames after the known ones and, with `paste_back`, those
+        frames composited inside `box`. Noise from `seed` (or `latents`)."""
         self.timings = Timings()
         with self._stage("preprocess"):
-            frames = as_frames(frames)
-            masks = as_masks(masks, frames)
-            RunOptions(steps=_as_int(num_inference_steps), seed=_as_int(seed))  # refused as the CLI refuses them
-            seed, num_inference_steps = int(seed), int(num_inference_steps)
-            if mask_dilation < 0:
-                raise RemoverError(f"mask dilation must be >= 0, got {mask_dilation}")
-            if height is None and width is None and self.stages.default_size is not None:
-                height, width = self.stages.default_size
-            size = output_size(*frames.shape[1:3], height, width)
-            if not masks.any():
-                warnings.warn("the mask is empty: returning the input unchanged", EmptyMaskWarning, stacklevel=2)
-                return self._unchanged(frames, size, paste_back)
-            count = padded_frame_count(len(frames), self.stages.vae_config.temporal_factor)
+            rows, cols = slice(box.top, box.bottom), slice(box.left, box.right)
+            cut = frames[:, rows, cols] if isinstance(frames, np.ndarray) else np.stack([f[rows, cols] for f in frames])
+            count = padded_frame_count(len(cut), self.stages.vae_config.temporal_factor)
             self.stages.check_size(count, *size)
-            video = prepare_video(pad_frames(frames, count), size, self.device)
-            dilated, mask = prepare_masks(pad_frames(masks, count), mask_dilation, size, self.device)
+            video, mask, dilated = compositing.model_inputs(cut, masks, size, count, self.device)
+            del cut
             noise = self._initial_noise(count, size, seed, latents)
 
-        with self._stage("encode"):
-            context = self.encode(video, mask, progress)
-        del video
-        with self._stage("denoise"):
-            clean = self.denoise(noise, context, num_inference_steps, progress, guidance_scale)
-            self._check_finite(bool(torch.isfinite(clean).all()), "the sampler's latents")
-        with self._stage("decode"):
-            generated = self.decode(clean, progress)[: len(frames)]
-            self._check_finite(bool(np.isfinite(generated).all()), "the decoded frames")
+        with model_temporaries_on_heap():  # nothing long-lived of frame size is made in here (see there)
+            with self._stage("encode"):
+                context = self.encode(video, mask, progress)
+            del video, mask
+            with self._stage("denoise"):
+                clean = self.denoise(noise, context, steps, progress, guidance_scale)
+                self._check_finite(bool(torch.isfinite(clean).all()), "the sampler's latents")
+            with self._stage("decode"):
+                decoded = self.decode(clean, progress)
+                self._check_finite(bool(np.isfinite(decoded).all()), "the decoded frames")
+        generated = decoded[known : len(frames)].copy()  # made out here: the heap keeps what is made in the block
+        del decoded
         if not paste_back:
-            return generated
+            return WindowOutput(generated, None)
         with self._stage("composite"):
-            return composite.paste_back(frames, generated, dilated[: len(frames)], mask_dilation)
+            new = [frames[i] for i in range(known, len(frames))]
+            return WindowOutput(generated, compositing.paste(new, generated, dilated[known:], box))
 
     def encode(self, video: Tensor, mask: Tensor, progress: bool = False) -> Tensor:
         """Masked video and mask video -> context latents [1, 2 z_dim, T', h, w] in the model dtype.
@@ -344,9 +402,9 @@ class Remover:
             raise RemoverError("latents hold NaN or infinite values")
         return latents.to(self.device, torch.float32)
 
-    def _unchanged(self, frames: np.ndarray, size: tuple[int, int], paste_back: bool) -> np.ndarray:
+    def _unchanged(self, frames: np.ndarray, size: tuple[int, int], paste_back: bool, mode: str) -> np.ndarray:
         """The input as float32 [0, 1], at the size the call would have returned."""
         if paste_back:
             return frames.astype(np.float32) / 255.0
         video = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
-        return resize(video, size).clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy()
+        return resize(video, size, mode == "antialias").clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy()
