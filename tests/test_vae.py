@@ -135,3 +135,22 @@ def test_matches_diffusers_on_random_configs(trial, monkeypatch):
         expected_video = reference.decode(expected_mode).sample
         ours_video = ours.decode((expected_mode - mean) / std)
         assert relative_error(ours_video, expected_video) < TOLERANCE, f"seed {seed} {config}"
+
+
+def test_cpu_inference_calls_onednn_and_matches_the_native_conv(monkeypatch):
+    """The direct oneDNN call (fp32 CPU inference) gives PyTorch's ordinary conv3d result, and is the path
+    taken: a conv whose batch x channels x frames x height is under 20480 (PyTorch's native path) included."""
+    conv = vae.CausalConv3d(8, 16, 3, spatial_padding=1)
+    video = torch.randn(1, 8, 1, 20, 24, generator=torch.Generator().manual_seed(fixed_seed()))
+    calls = []
+    onednn = torch.ops.aten.mkldnn_convolution
+    monkeypatch.setattr(torch.ops.aten, "mkldnn_convolution", lambda *args: calls.append(1) or onednn(*args))
+    with torch.no_grad():
+        fast = conv(video, TemporalCache())
+    padded = torch.nn.functional.pad(video, (0, 0, 0, 0, 2, 0))
+    native = torch.nn.functional.conv3d(padded, conv.weight, conv.bias, padding=(0, 1, 1)).detach()
+    assert calls == [1]
+    assert torch.allclose(fast, native, atol=1e-5, rtol=1e-5)
+    with torch.enable_grad():  # autograd keeps the ordinary op
+        conv(video, TemporalCache())
+    assert calls == [1]

@@ -112,7 +112,30 @@ class CausalConv3d(nn.Conv3d):
             past = cache.frames.get(self)
             x = F.pad(x, (0, 0, 0, 0, self.context, 0)) if past is None else torch.cat([past, x], dim=2)
             cache.frames[self] = x[:, :, -self.context :].clone()
+        if on_cpu_onednn(x):
+            return torch.ops.aten.mkldnn_convolution(
+                x, self.weight, self.bias, self.padding, self.stride, self.dilation, 1
+            )
         return super().forward(x)
+
+
+def on_cpu_onednn(x: Tensor) -> bool:
+    """Whether a conv3d on x should call oneDNN directly. PyTorch's CPU conv3d picks its native path,
+    single-threaded at batch 1 and 2-6x slower per FLOP, whenever batch x channels x frames x height <=
+    20480: at 120x208 the encoder's 96 -> 192 conv at 60 px and every mid-block conv at 15 px, one frame
+    and its 2 cached frames at a time, fall under it (the reference's 4-frame steps do not). oneDNN gives
+    the same result within fp32 rounding (tests/test_vae.py). Only for fp32 CPU inference in eager mode:
+    autograd, tracing, export and compile get the ordinary op."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and torch.backends.mkldnn.is_available()
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+        and not torch.onnx.is_in_onnx_export()
+    )
 
 
 class ChannelRMSNorm(nn.Module):
