@@ -36,6 +36,8 @@ BLEND_MODES = ("continue", "crossfade")
 CROP_MODES = ("auto", "on", "off")
 DEFAULT_CONTEXT = 0.25
 DEFAULT_MIN_CROP = 256
+MAX_DILATION = 240  # --dilate/--feather, pixels at 480p: half its short side; more covers any working frame
+MAX_CONTEXT = 16.0  # --context: with a margin of 16 box sides any crop is already the whole frame
 
 __all__ = ["ModelOptions", "RunOptions", "PlanOptions", "MaskOptions", "OutputOptions"]
 
@@ -88,11 +90,20 @@ class PlanOptions:
         if self.crop not in CROP_MODES:
             raise RemoverError(f"unknown crop mode {self.crop!r}; choose one of {CROP_MODES}")
         _choice("--resize", self.resize, RESIZE_MODES)
-        if self.dilation < 0 or self.feather < 0 or self.context < 0 or self.min_crop < SIZE_MULTIPLE:
-            raise RemoverError(
-                f"--dilate, --feather and --context must be >= 0 and --min-crop >= {SIZE_MULTIPLE}, got "
-                f"{self.dilation}, {self.feather}, {self.context} and {self.min_crop}"
-            )
+        check_dilation("--dilate", self.dilation)
+        check_dilation("--feather", self.feather)
+        context = self.context
+        if isinstance(context, bool) or not isinstance(context, int | float) or not 0 <= context <= MAX_CONTEXT:
+            raise RemoverError(f"--context must be a finite number from 0 to {MAX_CONTEXT:g}, got {context!r}")
+        if isinstance(self.min_crop, bool) or not isinstance(self.min_crop, int) or self.min_crop < SIZE_MULTIPLE:
+            raise RemoverError(f"--min-crop must be a whole number >= {SIZE_MULTIPLE}, got {self.min_crop!r}")
+
+
+def check_dilation(name: str, value: object) -> None:
+    """A RemoverError unless `value` is a whole number of pixels from 0 to MAX_DILATION (the CLI's
+    --dilate and --feather, the API's mask_dilation, batch rows and the app: one bound for all)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_DILATION:
+        raise RemoverError(f"{name} must be a whole number of pixels from 0 to {MAX_DILATION}, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -315,6 +315,13 @@ BAD_MANIFESTS = {
     "output is its own mask": ("m.csv", "video,mask,output\nin/a.mp4,in/a_mask.mp4,in/a_mask.mp4\n", [], "input"),
     "steps out of range": ("m.csv", f"video,mask,output,steps\n{GOOD},0\n", [], "line 2: --steps must be a whole"),
     "seed out of range": ("m.csv", f"video,mask,output,seed\n{GOOD},99999999999999999999\n", [], "line 2: --seed"),
+    "dilation beyond the frame": ("m.csv", f"video,mask,output,dilate\n{GOOD},1000000\n", [], "line 2: --dilate"),
+    "context nan": (
+        "m.jsonl",
+        '{"video": "in/a.mp4", "mask": "in/a_mask.mp4", "output": "o.mp4", "context": "nan"}\n',
+        [],
+        "line 1: --context",
+    ),
     "device on the command line": ("m.csv", f"video,mask,output\n{GOOD}\n", ["--device", "meta"], "--device meta"),
 }
 
@@ -355,3 +362,19 @@ def test_two_batches_at_once_do_each_clip_once(clips):
     statuses = [[c["status"] for c in json.loads((clips / f"summary{s}.json").read_text())["clips"]] for s in (1, 2)]
     assert all(sorted(pair) == ["done", "skipped"] for pair in zip(*statuses)), statuses
     assert sorted(p.name for p in (clips / "out").iterdir()) == sorted(row.split(",")[2][4:] for row in rows)
+
+
+@pytest.mark.parametrize(
+    "target", ["m.csv", "out/../m.csv", "in/../in/a.mp4", "in/a_mask.mp4", "out/a.mp4", "old.json"]
+)
+def test_batch_json_never_replaces_the_manifest_a_row_file_or_an_existing_file(clips, capsys, target):
+    """--json onto the manifest, a row's video, mask or finished output (by any spelling), or any existing
+    file without --overwrite: one error line before any work, every file as it was."""
+    manifest = write_csv(clips / "m.csv", [GOOD])
+    (clips / "out" / "a.mp4").write_bytes(b"a finished result")
+    (clips / "old.json").write_text("{}")
+    before = {p: p.read_bytes() for p in clips.rglob("*") if p.is_file()}
+    code, stdout, stderr = run_batch_cli([str(manifest), "--json", str(clips / target)], capsys)
+    assert code == 2 and stdout == "" and len(error_lines(stderr)) == 1, stderr
+    assert stderr.strip() == error_lines(stderr)[0]
+    assert {p: p.read_bytes() for p in clips.rglob("*") if p.is_file()} == before

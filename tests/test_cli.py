@@ -166,6 +166,10 @@ BAD_INPUTS = {
     ),
     "mask without video": (lambda f, m, c, t: ["--mask", m], "--mask and the prompts need --video"),
     "bad device": (lambda f, m, c, t: ["--video", f, "--mask", m, "--device", "tpu"], "device"),
+    "dilation beyond the frame": (lambda f, m, c, t: ["--video", f, "--mask", m, "--dilate", "1000000"], "--dilate"),
+    "context nan": (lambda f, m, c, t: ["--video", f, "--mask", m, "--context", "nan"], "--context must be a finite"),
+    "context inf": (lambda f, m, c, t: ["--video", f, "--mask", m, "--context", "inf"], "--context must be a finite"),
+    "context 1e308": (lambda f, m, c, t: ["--video", f, "--mask", m, "--context", "1e308"], "--context must be"),
 }
 
 

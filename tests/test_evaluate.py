@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -302,3 +303,65 @@ def test_lpips_matches_the_lpips_package_on_the_same_backbone(tmp_path, monkeypa
     with torch.no_grad():
         expected = oracle(*(torch.from_numpy(x).permute(2, 0, 1)[None].float() / 127.5 - 1 for x in (a, b)))
     assert model(a, b) == pytest.approx(float(expected), rel=1e-5)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "option, target",
+    [
+        ("--json", "video/../mask/{frame}"),  # a frame of --mask, spelled through another folder
+        ("--per-frame", "{result}/../video/{frame}"),  # a frame of --video (also the --result here)
+        ("--plot", "mask/../video/{frame}"),
+        ("--json", "result/figs.json"),  # a new file inside the result's frame folder: an input
+    ],
+)
+def test_a_report_never_replaces_or_writes_inside_an_input_even_with_overwrite(clip, tmp_path, capsys, option, target):
+    video, mask, frames, _ = clip
+    result = save(tmp_path, "result", frames)
+    frame = sorted(p.name for p in video.iterdir())[0]
+    before = _snapshot(tmp_path)
+    path = tmp_path / target.format(frame=frame, result="result")
+    args = ["--result", result, "--video", video, "--mask", mask, option, path, "--overwrite"]
+    code, stdout, stderr = cli(args, capsys)
+    assert code == 2 and "the input" in stderr and "Traceback" not in stderr, stderr
+    assert _snapshot(tmp_path) == before
+
+
+def test_two_reports_onto_one_file_are_refused_before_the_work(clip, tmp_path, capsys):
+    video, mask, _, _ = clip
+    args = ["--result", video, "--video", video, "--mask", mask, "--json", tmp_path / "a.json"]
+    code, _, stderr = cli([*args, "--per-frame", tmp_path / "video" / ".." / "a.json"], capsys)
+    assert code == 2 and "are the same file" in stderr, stderr
+    assert not (tmp_path / "a.json").exists()
+
+
+@pytest.mark.parametrize("target", ["clips.csv", "noisy/../clips.csv", "noisy/{frame}"])
+def test_a_manifest_report_never_replaces_the_manifest_or_a_clip_it_lists(clip, tmp_path, capsys, target):
+    video, _, frames, _ = clip
+    save(tmp_path, "noisy", frames)
+    (tmp_path / "clips.csv").write_text("name,result,video,mask\nsame,video,video,mask\nnoisy,noisy,video,mask\n")
+    before = _snapshot(tmp_path)
+    frame = sorted(p.name for p in video.iterdir())[0]
+    path = tmp_path / target.format(frame=frame)
+    code, _, stderr = cli(["--manifest", tmp_path / "clips.csv", "--json", path, "--overwrite"], capsys)
+    assert code == 2 and "the input" in stderr, stderr
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_report_in_a_read_only_folder_is_refused_before_the_work(clip, tmp_path, capsys):
+    video, mask, _, _ = clip
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        code, stdout, stderr = cli(
+            ["--result", video, "--video", video, "--mask", mask, "--json", locked / "e.json"], capsys
+        )
+    finally:
+        locked.chmod(0o700)
+    assert code == 2 and "cannot write in" in stderr and stdout == "", stderr

@@ -167,6 +167,13 @@ def test_a_seed_the_cli_refuses_is_refused_the_same_way(remover, fixture_inputs,
         remover(*fixture_inputs, height=32, width=48, seed=seed, progress=False)
 
 
+@pytest.mark.parametrize("dilation", [float("nan"), -1, 241, 1_000_000, 2.5, None])
+def test_a_dilation_the_cli_refuses_is_refused_the_same_way(remover, fixture_inputs, dilation):
+    """The bound is the one --dilate has (MAX_DILATION = 240 px, written here: an independent oracle)."""
+    with pytest.raises(RemoverError, match=r"mask_dilation must be a whole number of pixels from 0 to 240"):
+        remover(*fixture_inputs, height=32, width=48, mask_dilation=dilation, progress=False)
+
+
 @pytest.mark.parametrize("steps", [0, -2, None])
 def test_steps_the_cli_refuses_are_refused_the_same_way(remover, fixture_inputs, steps):
     with pytest.raises(RemoverError, match=r"--steps must be a whole number from 1 to 1000"):

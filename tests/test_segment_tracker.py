@@ -5,6 +5,7 @@ the mask's round trip through runtime.io.open_masks, and the finishing of masks 
 
 from __future__ import annotations
 
+import os
 import tempfile
 from fractions import Fraction
 from pathlib import Path
@@ -209,6 +210,20 @@ def test_existing_output_is_kept(clip: Path, tmp_path: Path) -> None:
     out.write_bytes(b"mine")
     with pytest.raises(RemoverError, match="--overwrite"):
         segment_file(clip, out, PROMPTS, EXACT, segmenter=Segmenter(StandIn(), EXACT), progress=False)
+    assert out.read_bytes() == b"mine"
+
+
+def test_two_outputs_that_are_one_file_are_refused_whatever_the_spelling(clip: Path, tmp_path: Path) -> None:
+    """The mask and the preview hard links of one existing file: with --overwrite the second would replace
+    the first (resolving the names does not see it; the shared check compares files)."""
+    out = tmp_path / "mask.mkv"
+    out.write_bytes(b"mine")
+    os.link(out, tmp_path / "preview.mkv")
+    with pytest.raises(RemoverError, match="are the same file"):
+        segment_file(
+            clip, out, PROMPTS, EXACT, segmenter=Segmenter(StandIn(), EXACT), preview=tmp_path / "preview.mkv",
+            overwrite=True, progress=False,
+        )  # fmt: skip
     assert out.read_bytes() == b"mine"
 
 

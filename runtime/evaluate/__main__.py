@@ -18,8 +18,9 @@ from runtime.errors import RemoverError, RemoverWarning, exit_code
 from runtime.evaluate.clip import PAPER_MODEL, load_clip
 from runtime.evaluate.evaluation import Evaluation, evaluate_clip
 from runtime.evaluate.lpips import load_lpips
-from runtime.evaluate.manifest import ManifestClip, aggregate, describe_aggregate, evaluate_manifest
-from runtime.evaluate.report import check_targets, plot, write_csv, write_json
+from runtime.evaluate.manifest import ManifestClip, aggregate, describe_aggregate, evaluate_manifest, read_manifest
+from runtime.evaluate.report import plot, write_csv, write_json
+from runtime.io import check_outputs
 from runtime.options import (
     BLEND_MODES,
     CROP_MODES,
@@ -83,9 +84,13 @@ def _check_arguments(args: argparse.Namespace) -> None:
             raise RemoverError("give either --manifest or --result/--video/--mask, not both")
         if args.per_frame or args.plot:
             raise RemoverError("--per-frame and --plot are for one clip, not a manifest")
+        clips = read_manifest(args.manifest)
+        inputs = [args.manifest, *(p for c in clips for p in (c.result, c.video, c.mask, c.truth) if p is not None)]
     elif None in single:
         raise RemoverError("give --result, --video and --mask (or --manifest)")
-    check_targets([args.json, args.per_frame, args.plot], args.overwrite)
+    else:
+        inputs = [p for p in (*single, args.truth) if p is not None]
+    check_outputs([args.json, args.per_frame, args.plot], inputs, args.overwrite)
 
 
 def _evaluator(args: argparse.Namespace, notes: list[str]):

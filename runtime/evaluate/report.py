@@ -9,27 +9,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from runtime.errors import RemoverError
-
 PLOTTED = (  # per-frame columns drawn, by panel
     ("PSNR (dB)", ("background_psnr_db", "truth_psnr_db", "masked_psnr_db")),
     ("SSIM", ("background_ssim", "truth_ssim", "masked_ssim")),
     ("warp error (levels)", ("warp_error", "warp_error_reference")),
 )
-
-
-def check_targets(paths: list[Path | None], overwrite: bool) -> None:
-    """A RemoverError before any work for a report that would replace a file (without `overwrite`) or
-    whose folder does not exist."""
-    for path in paths:
-        if path is None:
-            continue
-        if path.is_dir():
-            raise RemoverError(f"{path} is a folder")
-        if path.exists() and not overwrite:
-            raise RemoverError(f"{path} exists (use --overwrite to replace it)")
-        if not path.parent.is_dir():
-            raise RemoverError(f"the folder of {path} does not exist")
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:

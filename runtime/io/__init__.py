@@ -5,7 +5,7 @@ from runtime.io.copy import copy_clip
 from runtime.io.images import IMAGE_SUFFIXES, image_files
 from runtime.io.masks import MaskSource, open_masks, read_masks
 from runtime.io.outputs import claim_output, pid_alive, remove_stale_partials
-from runtime.io.paths import check_not_input, overlaps, same_file
+from runtime.io.paths import check_distinct, check_not_input, check_outputs, overlaps, same_file
 from runtime.io.reader import Clip, ClipInfo, ClipReader, Frame, StreamInfo, open_clip, read_clip
 from runtime.io.writer import ClipWriter, check_output, open_writer, remove_partial_output, write_clip
 
@@ -19,7 +19,9 @@ __all__ = [
     "Frame",
     "MaskSource",
     "StreamInfo",
+    "check_distinct",
     "check_not_input",
+    "check_outputs",
     "check_output",
     "claim_output",
     "copy_clip",

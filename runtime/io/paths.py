@@ -20,9 +20,10 @@ def same_file(a: str | Path, b: str | Path) -> bool:
 
 
 def _with_parents(path: Path) -> list[Path]:
-    """`path` and each folder above it, as spelled: `..` is not collapsed here (after a symlink it is
-    not the lexical parent), each step is compared by identity."""
-    path = path if path.is_absolute() else Path.cwd() / path
+    """`path` and each folder above it, after symlinks and `..` are resolved in order (`realpath`: after
+    a symlink `..` is not the lexical parent, and `f/../x` is not inside `f`); each step is compared by
+    identity."""
+    path = Path(os.path.realpath(path))
     return [path, *path.parents]
 
 
@@ -49,3 +50,31 @@ def check_not_input(out: str | Path, inputs: Iterable[str | Path]) -> None:
         how = _overlap(Path(out), Path(source))
         if how is not None:
             raise RemoverError(f"the output {out} {how} the input {source}: choose another output")
+
+
+def check_distinct(outputs: Iterable[str | Path], inputs: Iterable[str | Path]) -> None:
+    """A RemoverError when one of a command's `outputs` would replace or change one of its `inputs`
+    (`check_not_input`), or two of them name one file, whatever the spelling."""
+    named, sources = [Path(out) for out in outputs], list(inputs)
+    for number, out in enumerate(named):
+        check_not_input(out, sources)
+        for other in named[:number]:
+            if same_file(out, other) or (out.name == other.name and same_file(out.parent, other.parent)):
+                raise RemoverError(f"the outputs {other} and {out} are the same file: give each its own name")
+
+
+def check_outputs(outputs: Iterable[str | Path | None], inputs: Iterable[str | Path], overwrite: bool) -> None:
+    """The check every command makes before any work on the report files it will write (None: not asked
+    for): `check_distinct`, then a RemoverError for one that is a folder, exists without `overwrite`, or
+    whose folder is missing or read-only. (Clips and masks: `runtime.io.writer.check_output`.)"""
+    named = [Path(out) for out in outputs if out is not None]
+    check_distinct(named, inputs)
+    for out in named:
+        if out.is_dir():
+            raise RemoverError(f"the output {out} is a folder")
+        if out.exists() and not overwrite:
+            raise RemoverError(f"{out} exists (use --overwrite to replace it)")
+        if not out.parent.is_dir():
+            raise RemoverError(f"the folder of {out} does not exist")
+        if not os.access(out.parent, os.W_OK):
+            raise RemoverError(f"cannot write in {out.parent} (read-only or not yours): choose another output")

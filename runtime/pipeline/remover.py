@@ -38,7 +38,7 @@ from runtime.execution.choices import (
 from runtime.execution.host_memory import model_temporaries_on_heap
 from runtime.models.scheduler import SchedulerConfig
 from runtime.models.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint
-from runtime.options import RunOptions
+from runtime.options import RunOptions, check_dilation
 from runtime.pipeline.box import Box
 from runtime.pipeline.composite import DEFAULT_FEATHER, DEFAULT_RESIZE, Compositing
 from runtime.pipeline.preprocess import as_frames, as_masks, output_size, padded_frame_count, resize
@@ -228,8 +228,7 @@ class Remover:
         frames = as_frames(frames)
         masks = as_masks(masks, frames)
         RunOptions(steps=_as_int(num_inference_steps), seed=_as_int(seed))  # refused as the CLI refuses them
-        if mask_dilation < 0:
-            raise RemoverError(f"mask dilation must be >= 0, got {mask_dilation}")
+        check_dilation("mask_dilation", _as_int(mask_dilation))
         if height is None and width is None and self.stages.default_size is not None:
             height, width = self.stages.default_size
         size = output_size(*frames.shape[1:3], height, width)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import RemoverError
+from runtime.io.paths import check_distinct
 from runtime.io.reader import ClipInfo, open_clip
 from runtime.io.writer import CONTAINER_CODECS, ClipWriter, check_output, open_writer
 from runtime.segment.model import model_choice
@@ -96,11 +97,7 @@ def _id_image(masks: dict[int, np.ndarray], shape: tuple[int, int]) -> np.ndarra
 def _writers(paths: dict[str, Path | None], info: ClipInfo, overwrite: bool) -> dict[str, Path]:
     """The outputs to write (all checked, distinct, none the input), before any work."""
     named = {what: Path(path) for what, path in paths.items() if path is not None}
-    resolved = [path.resolve() for path in named.values()]
-    if len(set(resolved)) != len(resolved):
-        raise RemoverError("the mask, id video and preview outputs must be different files")
-    if info.path.resolve() in resolved:
-        raise RemoverError(f"an output is the input {info.path}")
+    check_distinct(named.values(), [info.path])
     for what, path in named.items():
         check_output(path, info, overwrite=overwrite, lossless=what != "preview" and _is_video(path))
     return named
