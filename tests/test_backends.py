@@ -16,8 +16,9 @@ from conftest import fixed_seed, fresh_seed
 from PIL import Image
 
 from kernels import TORCH_KERNELS, TRITON_KERNELS, triton_support
-from runtime import Remover, RemoverError, backends, run
+from runtime import Remover, RemoverError, run
 from runtime.errors import RemoverWarning
+from runtime.execution import choices
 from runtime.execution.attention import ATTENTION_ENV, MATH, SDPA, AttentionBackend
 from runtime.execution.choices import CHECK_CACHE_ENV, KERNELS_ENV, resolve_kernels, verified_backends
 from runtime.models.scheduler import RELEASED_SCHEDULER
@@ -231,7 +232,7 @@ def test_the_verdict_is_cached_and_a_cached_failure_still_warns(verdicts, monkey
     broken = replace(TORCH_KERNELS, name="broken", gated_residual=lambda x, y, gate: x)
     with pytest.warns(RemoverWarning):
         verified_backends(broken, SDPA, TOKENS_CONFIG, CPU, torch.float32)
-    monkeypatch.setattr(backends, "_probe_output", None)  # a second check would crash
+    monkeypatch.setattr(choices, "_probe_output", None)  # a second check would crash
     with pytest.warns(RemoverWarning, match="the broken kernels failed"):
         assert verified_backends(broken, SDPA, TOKENS_CONFIG, CPU, torch.float32)[0] is TORCH_KERNELS
     assert verified_backends(TORCH_KERNELS, MATH, TOKENS_CONFIG, CPU, torch.float32) == (TORCH_KERNELS, MATH)

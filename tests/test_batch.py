@@ -107,28 +107,35 @@ def test_local_workers_finish_the_good_clips_report_the_corrupt_one_and_a_rerun_
 
     # the model's clips through remove_file in this process, with the options the manifest gave them: the
     # same frames (the outputs are lossless: an encoder's choices do not blur the comparison)
-    remover = load_remover(ModelOptions(), torch.device("cpu"))
-    clip_a, _, clip_b, clip_empty = batch.read_manifest(manifest, {"height": 64, "width": 96, "lossless": True})
-    assert (clip_a.run.seed, clip_b.run.seed, clip_a.encoding.lossless, clip_empty.encoding.lossless) == (
-        42,
-        7,
-        True,
-        False,
-    )
-    for clip in (clip_a, clip_b):
-        direct = clips / f"direct_{clip.output.name}"
-        plan, _ = remove_file(
-            remover, clip.video, clip.mask, direct, clip.plan, clip.masking, clip.encoding, run=clip.run
+    # each of the 2 workers ran on cores // 2 threads; with the model loaded at another thread count oneDNN
+    # rounds one pixel of these clips one level differently
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
+    try:
+        remover = load_remover(ModelOptions(), torch.device("cpu"))
+        clip_a, _, clip_b, clip_empty = batch.read_manifest(manifest, {"height": 64, "width": 96, "lossless": True})
+        assert (clip_a.run.seed, clip_b.run.seed, clip_a.encoding.lossless, clip_empty.encoding.lossless) == (
+            42,
+            7,
+            True,
+            False,
         )
-        batched = read_clip(clip.output).frames
-        assert batched.shape == (plan.frame_count, 64, 96, 3) == (5, 64, 96, 3)
-        np.testing.assert_array_equal(batched, read_clip(direct).frames)
-        direct.unlink()
+        for clip in (clip_a, clip_b):
+            direct = clips / f"direct_{clip.output.name}"
+            plan, _ = remove_file(
+                remover, clip.video, clip.mask, direct, clip.plan, clip.masking, clip.encoding, run=clip.run
+            )
+            batched = read_clip(clip.output).frames
+            assert batched.shape == (plan.frame_count, 64, 96, 3) == (5, 64, 96, 3)
+            np.testing.assert_array_equal(batched, read_clip(direct).frames)
+            direct.unlink()
+    finally:
+        torch.set_num_threads(threads)
     assert read_clip(clip_empty.output).frames.shape == (5, 64, 96, 3)
 
     written = {p.name: p.stat().st_mtime_ns for p in (clips / "out").iterdir()}
     code, _, stderr = run_batch_cli(args, capsys)
-    assert code == 1
+    assert code == 1, stderr
     assert all(f"skipped line {line}" in stderr for line in (2, 4, 5))
     assert "4 clip(s), 3 skipped, 1 to run on 1 local worker process(es)" in stderr
     assert {p.name: p.stat().st_mtime_ns for p in (clips / "out").iterdir()} == written  # nothing redone

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import fresh_seed
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, register_flop_formula
 
 from runtime.execution.cost_model import (
     GPUS,
@@ -24,6 +24,13 @@ from runtime.execution.cost_model import (
 )
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
 from runtime.models.vae import RELEASED_VAE, WanVAE
+
+
+@register_flop_formula(torch.ops.aten.mkldnn_convolution)
+def _onednn_conv_flops(x_shape, w_shape, _bias, _padding, _stride, _dilation, _groups, *, out_shape, **_) -> int:
+    """The VAE's fp32 CPU inference calls oneDNN's convolution directly (runtime.models.vae.on_cpu_onednn),
+    which the counter has no formula for: count it as the convolution it is."""
+    return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
 
 
 def counted_flops(function, *args) -> int:

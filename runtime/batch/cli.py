@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from runtime.batch.dispatch import run_batch
 from runtime.batch.manifest import CLIP_COLUMNS, MODEL_COLUMNS, flag, model_options, read_manifest
+from runtime.batch.summary import is_summary
 from runtime.errors import exit_code
 from runtime.io import check_outputs
 
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         model = model_options({name: given[name] for name in MODEL_COLUMNS if name in given})
         clips = read_manifest(args.manifest, {name: given[name] for name in CLIP_COLUMNS if name in given})
         inputs = [args.manifest, *(path for clip in clips for path in (clip.video, clip.mask, clip.output))]
-        check_outputs([args.json], inputs, overwrite=bool(given.get("overwrite")))
+        resumed = bool(args.json) and is_summary(args.json)  # a rerun replaces the report it wrote
+        check_outputs([args.json], inputs, overwrite=bool(given.get("overwrite")) or resumed)
         summary = run_batch(
             clips, model, workers=args.workers, address=args.address, retries=args.retries, progress=not args.quiet
         )

@@ -74,3 +74,13 @@ class Summary:
         partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
         partial.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
         os.replace(partial, path)
+
+
+def is_summary(path: str | Path) -> bool:
+    """Whether `path` is a summary a batch wrote (a JSON object of exactly "clips" and "totals"): a rerun
+    that resumes a batch replaces its own report, and refuses any other existing file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and set(data) == {"clips", "totals"}
