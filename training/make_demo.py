@@ -20,16 +20,29 @@ import torch
 
 from runtime.demo import DEMO_CLIP, DEMO_MASK, DEMO_WEIGHTS
 from runtime.errors import exit_code
-from runtime.io import write_clip
+from runtime.io import read_clip, write_clip
 from runtime.models.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint, save_checkpoint
-from training.synthetic import render_clip
+from training.synthetic import FAMILIES, render_clip
 
 DEMO_SEED, DEMO_FRAMES, DEMO_HEIGHT, DEMO_WIDTH, DEMO_FPS = 7, 21, 144, 256, Fraction(16)
+DEMO_FAMILY = "synthetic-soft-held-out"
 
 
 def write_demo_clip(clip_path: Path, mask_path: Path) -> None:
-    """Render the demo clip and write it and its mask as videos."""
-    clip = render_clip(DEMO_SEED, DEMO_FRAMES, DEMO_HEIGHT, DEMO_WIDTH, num_objects=1)
+    """Render the demo clip and write it and its mask as videos: one object over a panning background of
+    the held-out family (a generator the model never trained on), which it reveals as it moves."""
+    family = FAMILIES[DEMO_FAMILY]
+    clip = render_clip(
+        DEMO_SEED,
+        DEMO_FRAMES,
+        DEMO_HEIGHT,
+        DEMO_WIDTH,
+        num_objects=1,
+        background=family.background,
+        shapes=family.shapes,
+        motion=family.motion,
+        object_scales=family.object_scales,
+    )
     write_clip(clip_path, clip.with_objects, DEMO_FPS)
     write_clip(mask_path, np.repeat(clip.masks[..., None] * np.uint8(255), 3, axis=-1), DEMO_FPS)
 
@@ -47,6 +60,37 @@ def install_weights(checkpoint: Path, folder: Path) -> None:
     temporary.rename(folder)
 
 
+def write_picture(path: Path, frame: int = DEMO_FRAMES // 2) -> None:
+    """One frame of the installed demo side by side: input, mask, the bundled model's removal (the
+    CLI's defaults) and OpenCV Telea on the same dilated mask, labelled, as a PNG for the README."""
+    from PIL import Image, ImageDraw
+
+    from runtime.pipeline.composite import DEFAULT_DILATION
+    from runtime.pipeline.preprocess import dilate
+    from runtime.pipeline.remover import Remover
+    from training.baselines import telea
+
+    frames = read_clip(DEMO_CLIP).frames
+    masks = read_clip(DEMO_MASK).frames[..., 0] > 127
+    ours = Remover.from_pretrained(DEMO_WEIGHTS, torch.device("cpu"), "fp32")(frames, masks, progress=False)
+    region = dilate(torch.from_numpy(masks), DEFAULT_DILATION).numpy()
+    panels = {
+        "input": frames[frame],
+        "mask": np.repeat(masks[frame, ..., None] * np.uint8(255), 3, axis=-1),
+        "ours (6 steps)": np.round(ours[frame] * 255).astype(np.uint8),
+        "OpenCV Telea": np.round(telea(frames[frame : frame + 1], region[frame : frame + 1])[0] * 255).astype(np.uint8),
+    }
+    label = 14
+    sheet = Image.new("RGB", (DEMO_WIDTH * len(panels), DEMO_HEIGHT + label), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (name, image) in enumerate(panels.items()):
+        sheet.paste(Image.fromarray(image), (i * DEMO_WIDTH, label))
+        draw.text((i * DEMO_WIDTH + 4, 1), name, fill="black")
+    temporary = path.with_name(f".{path.name}.partial")
+    sheet.save(temporary, format="PNG")
+    temporary.replace(path)
+
+
 def make_demo(checkpoint: Path) -> None:
     DEMO_CLIP.parent.mkdir(parents=True, exist_ok=True)
     for path in (DEMO_CLIP, DEMO_MASK):
@@ -59,7 +103,10 @@ def make_demo(checkpoint: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default="runs/tiny/stage2/checkpoint", help="trained checkpoint folder")
+    parser.add_argument("--picture", type=Path, help="only draw the installed demo's picture to this PNG")
     args = parser.parse_args(argv)
+    if args.picture:
+        return exit_code(lambda: write_picture(args.picture))
     return exit_code(lambda: make_demo(Path(args.weights)))
 
 
