@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -85,6 +86,37 @@ def remove_stale_partials(path: Path) -> list[Path]:
             remove_path(entry)
         cleaned.append(entry)
     return cleaned + _reclaim_stale_lock(path)
+
+
+@contextmanager
+def scratch_folder(parent: str | Path | None, purpose: str) -> Iterator[Path]:
+    """A hidden folder `.<purpose>-<pid>-<random>` in `parent` (default the system's temporary folder)
+    for the block, removed when it ends however it ends. What processes now dead left there under the
+    same purpose (killed with SIGKILL, a power cut) is removed first, as `remove_stale_partials` does
+    for outputs."""
+    parent = Path(parent if parent is not None else tempfile.gettempdir())
+    remove_stale_scratch(parent, purpose)
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f".{purpose}-{os.getpid()}-", dir=parent))
+    except OSError as exc:
+        raise write_error(parent, exc) from None
+    try:
+        yield folder
+    finally:
+        remove_path(folder)
+
+
+def remove_stale_scratch(parent: Path, purpose: str) -> list[Path]:
+    """Remove the `scratch_folder`s of `purpose` in `parent` whose processes are no longer alive."""
+    pattern = re.compile(rf"\.{re.escape(purpose)}-(\d+)-\w+")
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return []
+    stale = [entry for entry in entries if (match := pattern.fullmatch(entry.name)) and not pid_alive(int(match[1]))]
+    for entry in stale:
+        remove_path(entry)
+    return stale
 
 
 def probe_writable(path: Path, folder: bool) -> None:
