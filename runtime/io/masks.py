@@ -38,8 +38,8 @@ import numpy as np
 
 from runtime.errors import RemoverError, RemoverWarning
 from runtime.io.images import IMAGE_SUFFIXES, JPEG_SUFFIXES, image_files, probe_images, read_levels
-from runtime.io.jsonfile import read_json
 from runtime.io.reader import ClipInfo, open_clip, orient
+from runtime.io.textfile import read_json
 
 CHANNELS = ("auto", "alpha", "luma")
 LOSSY_THRESHOLD = 127  # videos and JPEG images: lossy coding leaves faint noise in black areas

@@ -140,7 +140,7 @@ def _video_encoding(suffix: str, codec: str | None, crf: int | None, lossless: b
     return encoding
 
 
-def _output_kind(path: Path) -> str:
+def output_kind(path: Path) -> str:
     """The output's kind from its suffix: "video", "folder" (PNGs) or "image"; another suffix is an error."""
     suffix = path.suffix.lower()
     if suffix in CONTAINER_CODECS:
@@ -186,7 +186,7 @@ def _plan(path: Path, source: ClipInfo, options: _Options) -> tuple[str, Encodin
     overwrite, codec, crf, lossless = options.overwrite, options.codec, options.crf, options.lossless
     if not path.parent.is_dir():
         raise RemoverError(f"output folder {path.parent} does not exist")
-    kind = _output_kind(path)
+    kind = output_kind(path)
     check_not_input(path, (*options.inputs, *([source.path] if source.kind != "memory" else [])))
     _check_target(path, kind, overwrite)
     if kind == "video":
