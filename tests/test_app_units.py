@@ -316,3 +316,17 @@ def test_the_clip_and_mask_stay_while_the_pages_job_runs(session):
         session.upload_mask([session.workspace.clip])
     session.ticket = None
     assert "demo clip" in session.open_demo()
+
+
+@pytest.mark.parametrize("kind", ["a file", "inside a file", "not empty"])
+def test_a_workdir_that_cannot_be_the_apps_folder_is_one_line(tmp_path, capsys, kind):
+    """`python -m runtime.app --workdir F` before anything is served or imported: one error line, exit 2."""
+    from runtime.app.__main__ import main
+
+    taken = tmp_path / "taken.txt"
+    taken.write_text("mine")
+    workdir = {"a file": taken, "inside a file": taken / "app", "not empty": tmp_path}[kind]
+    assert main(["--workdir", str(workdir)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "\n" not in error and "Traceback" not in error, error
+    assert taken.read_text() == "mine"

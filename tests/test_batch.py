@@ -330,13 +330,38 @@ BAD_MANIFESTS = {
         "line 1: --context",
     ),
     "device on the command line": ("m.csv", f"video,mask,output\n{GOOD}\n", ["--device", "meta"], "--device meta"),
+    "duplicate column": (
+        "m.csv",
+        f"video,mask,output,seed,seed\n{GOOD},1,2\n",
+        [],
+        "m.csv, line 1: the column 'seed' appears twice",
+    ),
+    "fractional seed": (
+        "m.jsonl",
+        '{"video": "in/a.mp4", "mask": "in/a_mask.mp4", "output": "out/a.mp4", "seed": 1.5}\n',
+        [],
+        "line 1: argument --seed: invalid int value: 1.5",
+    ),
+    "switch as a number": (
+        "m.jsonl",
+        '{"video": "in/a.mp4", "mask": "in/a_mask.mp4", "output": "out/a.mp4", "steps": true}\n',
+        [],
+        "line 1: argument --steps: invalid int value: True",
+    ),
+    "unsupported output": ("m.csv", "video,mask,output\nin/a.mp4,in/a_mask.mp4,out/a.txt\n", [], "unknown output"),
+    "more cells than the header": ("m.csv", f"video,mask,output\n{GOOD},extra\n", [], "line 2: more cells"),
+    "UTF-16 without its mark": ("m.csv", f"video,mask,output\n{GOOD}\n".encode("utf-16-le"), [], "NUL bytes"),
+    "not UTF-8": ("m.csv", b"video,mask,output\n\xff\xfe\xfa,b,c\n", [], "not UTF-8 text"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_MANIFESTS)
 def test_a_bad_manifest_is_one_error_line_and_exit_2(case, clips, capsys):
     name, text, extra, message = BAD_MANIFESTS[case]
-    (clips / name).write_text(text)
+    if isinstance(text, bytes):
+        (clips / name).write_bytes(text)
+    else:
+        (clips / name).write_text(text)
     code, stdout, stderr = run_batch_cli([str(clips / name), *extra], capsys)
     assert code == 2 and stdout == "" and "Traceback" not in stderr
     assert len(error_lines(stderr)) == 1 and message in error_lines(stderr)[0], stderr
@@ -350,6 +375,23 @@ def test_a_csv_with_a_byte_order_mark_reads_as_without(clips):
     manifest.write_text("\ufeffvideo,mask,output,seed\n" + GOOD + ",7\n", encoding="utf-8")
     [clip] = batch.read_manifest(manifest)
     assert (clip.video, clip.run.seed) == (clips / "in" / "a.mp4", 7)
+
+
+def test_a_utf16_csv_with_its_mark_reads_as_utf8(clips):
+    """Excel's "Unicode text" is UTF-16 with a byte-order mark: read, not a UnicodeDecodeError traceback."""
+    manifest = clips / "wide.csv"
+    manifest.write_bytes(f"video,mask,output,seed\n{GOOD},7\n".encode("utf-16"))
+    [clip] = batch.read_manifest(manifest)
+    assert (clip.video, clip.run.seed) == (clips / "in" / "a.mp4", 7)
+
+
+def test_a_summary_that_cannot_be_written_is_refused_before_the_work(clips, capsys):
+    """--json where no file can be made (a read-only mount; /proc refuses even root): one line, no clip run."""
+    manifest = write_csv(clips / "manifest.csv", [GOOD])
+    code, stdout, stderr = run_batch_cli([str(manifest), "--json", "/proc/summary.json"], capsys)
+    assert code == 2 and stdout == "" and error_lines(stderr) == [stderr.strip()], stderr
+    assert "cannot write in /proc" in stderr
+    assert list((clips / "out").iterdir()) == []
 
 
 @pytest.mark.slow

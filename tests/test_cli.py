@@ -301,3 +301,16 @@ def test_a_small_clip_is_not_upscaled_unless_asked(tennis, checkpoint, capsys):
     assert code == 0 and "-> 432x240 (scale 1.00)" in stdout and "not upscaled" in stdout, stdout
     code, stdout, _ = run_cli([*args, "--upscale"], capsys)
     assert code == 0 and "-> 864x480" in stdout, stdout
+
+
+def test_a_mask_covering_the_whole_frame_is_one_warning_and_in_the_plan(tennis, checkpoint, tmp_path, capsys):
+    """An all-white mask (what an alpha mask read by its white RGB looked like): said, not silent."""
+    frames, _ = tennis
+    white = tmp_path / "white.png"
+    Image.new("L", (432, 240), 255).save(white)
+    args = ["--video", frames, "--mask", white, "--weights", checkpoint, "--dry-run"]
+    code, stdout, stderr = run_cli(args, capsys)
+    assert code == 0, stderr
+    warned = [line for line in stderr.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "covers 98% or more of 9 of 9 frame(s)" in warned[0], stderr
+    assert "note: the mask covers 98% or more" in stdout

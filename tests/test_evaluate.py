@@ -365,3 +365,38 @@ def test_a_report_in_a_read_only_folder_is_refused_before_the_work(clip, tmp_pat
     finally:
         locked.chmod(0o700)
     assert code == 2 and "cannot write in" in stderr and stdout == "", stderr
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"name,result,video,mask\nsame,video,video,mask,extra\n", "line 2: more cells than the header's 4"),
+        (b"result,video,mask,mask\nvideo,video,mask,mask\n", "the column 'mask' appears twice"),
+        ("result,video,mask\nvideo,video,mask\n".encode("utf-16-le"), "NUL bytes"),
+    ],
+    ids=["extra cell", "duplicate column", "UTF-16 without its mark"],
+)
+def test_a_bad_manifest_is_one_error_line(clip, tmp_path, capsys, content, message):
+    (tmp_path / "clips.csv").write_bytes(content)
+    code, stdout, stderr = cli(["--manifest", tmp_path / "clips.csv", "--json", tmp_path / "all.json"], capsys)
+    assert code == 2 and stdout == "" and stderr.strip().splitlines() == [stderr.strip()], stderr
+    assert stderr.startswith("error: ") and message in stderr, stderr
+    assert not (tmp_path / "all.json").exists()
+
+
+def test_a_utf16_manifest_with_its_mark_is_read(clip, tmp_path, capsys):
+    (tmp_path / "clips.csv").write_bytes("name,result,video,mask\nsame,video,video,mask\n".encode("utf-16"))
+    code, _, stderr = cli(["--manifest", tmp_path / "clips.csv", "--json", tmp_path / "all.json"], capsys)
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "all.json").read_text())["aggregate"]["clips"] == 1
+
+
+def test_a_report_where_no_file_can_be_made_is_refused_before_the_work(clip, capsys, monkeypatch):
+    """/proc refuses a new file even to root (who passes os.access on a read-only folder): the report is
+    probed, as a clip output is, before any frame is read."""
+    import runtime.evaluate.__main__ as command
+
+    video, mask, _, _ = clip
+    monkeypatch.setattr(command, "evaluate_clip", lambda *a, **k: pytest.fail("evaluated before the check"))
+    code, stdout, stderr = cli(["--result", video, "--video", video, "--mask", mask, "--json", "/proc/e.json"], capsys)
+    assert code == 2 and "cannot write in /proc" in stderr and stdout == "", stderr

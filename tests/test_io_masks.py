@@ -138,6 +138,41 @@ def test_alpha_channel_masks(tmp_path):
         open_masks(tmp_path / "plain.png", clip, channel="red")
 
 
+def encode_rgba_video(path: Path, frames: np.ndarray, codec: str) -> Path:
+    """RGBA frames [F, H, W, 4] as a video with alpha (png or qtrle in .mov)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "rgba" if codec == "png" else "argb"
+        for frame in frames:
+            for packet in stream.encode(
+                av.VideoFrame.from_ndarray(frame, format="rgba").reformat(format=stream.pix_fmt)
+            ):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("codec", ["png", "qtrle"])
+def test_a_mask_video_with_the_object_in_alpha_is_read_by_its_alpha(tmp_path, codec):
+    """White RGB everywhere, the object in alpha: the mask is the object, not the whole frame (issue 31)."""
+    rgba = np.full((3, 64, 112, 4), 255, np.uint8)
+    rgba[..., 3] = 0
+    rgba[:, 10:30, 20:50, 3] = 255
+    path = encode_rgba_video(tmp_path / "cutout.mov", rgba, codec)
+    clip = video(3, 64, 112)
+    expected = rgba[..., 3] > 0
+    np.testing.assert_array_equal(np.stack(list(open_masks(path, clip))), expected)
+    np.testing.assert_array_equal(np.stack(list(open_masks(path, clip, channel="alpha"))), expected)
+    assert np.stack(list(open_masks(path, clip, channel="luma"))).all()  # the colour, when asked for
+    write_clip(tmp_path / "plain.mp4", rgba[..., :3], Fraction(25))
+    with pytest.raises(RemoverError, match="has no alpha channel"):
+        open_masks(tmp_path / "plain.mp4", clip, channel="alpha")
+
+
 def test_box_file(tmp_path):
     boxes = {"frames": {"0": [[1, 2, 4, 5]], "2": [[0.5, 0.5, 1.5, 1.2], [8, 6, 20, 20]]}}
     (tmp_path / "boxes.json").write_text(json.dumps(boxes))

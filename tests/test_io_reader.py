@@ -116,6 +116,28 @@ def test_odd_sizes_and_16_bit_images_are_read(tmp_path):
     np.testing.assert_array_equal(clip.frames[0, ..., 0], gray >> 8)  # scaled, not clipped at 255
 
 
+def test_float_frames_are_scaled_from_0_to_1_or_refused(tmp_path):
+    """A folder of float TIFF frames (as --video or evaluate --result): 0.8 is 204, not 0 (issue 31)."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    values = np.linspace(0, 1, 64 * 112, dtype=np.float32).reshape(64, 112)
+    for index in range(3):
+        Image.fromarray(values).save(frames / f"{index:05d}.tif")
+    clip = read_clip(frames)
+    assert clip.frames.shape == (3, 64, 112, 3)
+    np.testing.assert_array_equal(clip.frames[1, ..., 2], np.round(values * 255).astype(np.uint8))
+    for bad, message in [(1.5, "values from 0 to 1.5"), (np.nan, "NaN"), (-0.25, "from -0.25")]:
+        spoilt = values.copy()
+        spoilt[3, 4] = bad
+        Image.fromarray(spoilt).save(frames / "00001.tif")
+        with pytest.raises(RemoverError, match=message):
+            read_clip(frames)
+    wide = tmp_path / "wide.tif"
+    Image.fromarray(np.full((8, 8), 70000, np.int32)).save(wide)
+    with pytest.warns(RemoverWarning, match="16-bit"), pytest.raises(RemoverError, match="outside the 16-bit range"):
+        read_clip(wide)
+
+
 def test_other_streams_are_listed(tmp_path):
     path = encode_video(tmp_path / "all.mp4", patch_frames(5, 48, 64), audio_seconds=0.2, subtitles=True, data=True)
     info = open_clip(path).info

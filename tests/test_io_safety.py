@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -251,11 +252,58 @@ def test_a_claim_excludes_another_process_until_it_ends_or_dies(tmp_path):
     holder.wait()
     assert names(tmp_path) == [".out.mp4.lock"]
     with claim_output(out):
-        assert (tmp_path / ".out.mp4.lock").read_text() == f"{os.getpid()}\n"
+        assert (tmp_path / ".out.mp4.lock").read_text().split()[:2] == [str(os.getpid()), socket.gethostname()]
         with claim_output(out):  # a claim is the process's: claiming again inside it is a no-op
             pass
         assert names(tmp_path) == [".out.mp4.lock"]
     assert names(tmp_path) == []
+
+
+def test_a_full_disk_never_leaves_a_lock_that_blocks_the_next_run(tmp_path, clip, monkeypatch):
+    """With 0 bytes free a file can be created but nothing written in it: the claim is one line, no lock
+    stays, and once there is room the next run writes."""
+    real_write = os.write
+
+    def full(descriptor, data):
+        if ".lock" in os.readlink(f"/proc/self/fd/{descriptor}"):
+            raise OSError(errno.ENOSPC, "No space left on device")  # the lock's name is made, its bytes are not
+        return real_write(descriptor, data)
+
+    monkeypatch.setattr(os, "write", full)
+    info = open_clip(clip).info
+    with pytest.raises(RemoverError, match="no space left on the device writing .*out.mp4"):
+        open_writer(tmp_path / "out.mp4", info)
+    assert names(tmp_path) == ["clip.mp4"]
+    monkeypatch.setattr(os, "write", real_write)  # space freed
+    with open_writer(tmp_path / "out.mp4", info) as writer:
+        writer.write(patch_frames(1, 32, 32)[0])
+    assert names(tmp_path) == ["clip.mp4", "out.mp4"]
+
+
+@pytest.mark.parametrize(
+    "record",
+    ["", "garbage\n", "{live} {host} 1\n"],  # what an older version left; unreadable; a reused pid
+    ids=["empty", "no owner", "reused pid"],
+)
+def test_a_lock_without_a_live_owner_is_reclaimed(tmp_path, clip, record):
+    lock = tmp_path / ".out.mp4.lock"
+    lock.write_text(record.format(live=os.getppid(), host=socket.gethostname()))
+    check_output(tmp_path / "out.mp4", open_clip(clip).info)  # a run's first check reclaims it
+    assert names(tmp_path) == ["clip.mp4"]
+    lock.write_text(record.format(live=os.getppid(), host=socket.gethostname()))
+    with claim_output(tmp_path / "out.mp4"):  # and so does a claim
+        assert lock.read_text().split()[0] == str(os.getpid())
+    assert names(tmp_path) == ["clip.mp4"]
+
+
+def test_a_lock_of_another_host_is_respected_and_named(tmp_path):
+    lock = tmp_path / ".out.mp4.lock"
+    lock.write_text(f"{os.getpid()} another-host.example 12345\n")
+    with pytest.raises(RemoverError, match="being written by process .* on another-host.example") as error:
+        with claim_output(tmp_path / "out.mp4"):
+            pass
+    assert "remove" not in str(error.value)
+    assert names(tmp_path) == [".out.mp4.lock"]
 
 
 RACE = """

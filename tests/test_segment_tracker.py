@@ -5,7 +5,11 @@ the mask's round trip through runtime.io.open_masks, and the finishing of masks 
 
 from __future__ import annotations
 
+import errno
+import io
 import os
+import subprocess
+import sys
 import tempfile
 from fractions import Fraction
 from pathlib import Path
@@ -16,9 +20,11 @@ import pytest
 import torch
 from scipy import ndimage
 
+import runtime.segment.files as segment_files
 from runtime.errors import RemoverError
 from runtime.io import open_clip, open_masks, read_clip, write_clip
-from runtime.segment import Prompt, Segmenter, SegmentOptions, describe_segmentation, segment_file
+from runtime.segment import Prompt, Segmenter, SegmentOptions, describe_segmentation, segment_file, tracker
+from runtime.segment.__main__ import main
 from runtime.segment.postprocess import finish_mask
 
 FRAMES, SIZE = 12, 64
@@ -203,6 +209,47 @@ def test_error_midway_leaves_nothing(clip: Path, tmp_path: Path, monkeypatch: py
             say=lambda line: None,
         )
     assert list(out.iterdir()) == [] and list(spills.iterdir()) == []
+
+
+def test_a_full_disk_while_spilling_is_one_line_and_leaves_nothing(
+    clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m runtime.segment` when the frames it spills fill the disk: exit 2, one error line, no
+    traceback, no output and no scratch left."""
+
+    class Full(io.BufferedRandom):
+        def write(self, data: object) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full_open(path: object, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        return Full(io.FileIO(path, "w+b")) if mode == "w+b" else open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(tracker, "open", full_open, raising=False)
+    monkeypatch.setattr(segment_files, "load_segmenter", lambda options: Segmenter(StandIn(), EXACT))
+    out = tmp_path / "out"
+    out.mkdir()
+    code = main(["--video", str(clip), "--out", str(out / "mask.mp4"), "--box", "11,9,23,21@4", "--quiet"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1, error
+    assert error[0].startswith("error: no space left on the device writing ")
+    assert list(out.iterdir()) == []
+
+
+def test_scratch_left_by_a_dead_process_is_removed_by_the_next_run(clip: Path, tmp_path: Path) -> None:
+    """SIGKILL leaves a run's `.segment-<pid>-*` scratch; the next run beside it removes it, never a
+    live process's."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f".segment-{dead_pid}-abcd1234"
+    stale.mkdir()
+    (stale / "frames").write_bytes(b"3 MB a frame")
+    live = tmp_path / f".segment-{os.getppid()}-efgh5678"
+    live.mkdir()
+    segment_file(
+        clip, tmp_path / "mask.mp4", PROMPTS, EXACT, segmenter=Segmenter(StandIn(), EXACT), progress=False,
+        say=lambda line: None,
+    )  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "mask.mp4"])
 
 
 def test_existing_output_is_kept(clip: Path, tmp_path: Path) -> None:

@@ -40,8 +40,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def serve(args: argparse.Namespace) -> str:
     if args.max_upload_mb < 1 or args.max_frames < 1 or args.max_seconds <= 0:
         raise RemoverError("--max-upload-mb, --max-frames and --max-seconds must be positive")
-    if args.workdir and Path(args.workdir).exists() and any(Path(args.workdir).iterdir()):
-        raise RemoverError(f"--workdir {args.workdir} is not empty (the app removes it when it stops)")
+    if args.workdir:
+        workdir = Path(args.workdir)
+        if workdir.exists() and not workdir.is_dir():
+            raise RemoverError(f"--workdir {workdir} is a file: name a new or an empty folder")
+        if workdir.is_dir() and any(workdir.iterdir()):
+            raise RemoverError(f"--workdir {workdir} is not empty (the app removes it when it stops)")
     root = AppRoot(Path(args.workdir) if args.workdir else None)
     # before gradio is imported: its uploads and caches go inside the root
     os.environ["GRADIO_TEMP_DIR"] = str(root.folder / "gradio")

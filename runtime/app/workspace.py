@@ -197,8 +197,11 @@ class AppRoot:
     """The server's folder: one workspace per session, created on first use, removed on close."""
 
     def __init__(self, folder: Path | None = None) -> None:
-        self.folder = Path(folder or tempfile.mkdtemp(prefix="remover-app-")).resolve()
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder = Path(folder or tempfile.mkdtemp(prefix="remover-app-")).resolve()
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RemoverError(f"cannot make the app's folder {folder or 'in the temporary folder'}: {exc}") from None
         self._sessions: dict[str, Workspace] = {}
         self._lock = threading.Lock()
 

@@ -9,8 +9,6 @@ another row's output is refused before anything runs.
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -18,6 +16,8 @@ from typing import Any
 
 from runtime.errors import RemoverError
 from runtime.io import overlaps
+from runtime.io.textfile import read_csv, read_json_lines
+from runtime.io.writer import output_kind
 from runtime.options import (
     ATTENTION_CHOICES,
     COMPILE_CHOICES,
@@ -131,6 +131,9 @@ def read_value(name: str, value: Any, column: Column) -> Any:
         if text not in TRUE + FALSE:
             raise RemoverError(f"{name}: expected true or false, got {value!r}")
         return (text in TRUE) != column.negate
+    if isinstance(value, bool) or (column.read is int and isinstance(value, float)):
+        kind = {int: "int", float: "float"}.get(column.read, "text")
+        raise RemoverError(f"argument {flag(name)}: invalid {kind} value: {value!r}")  # as the CLI refuses 1.5
     if column.read is str or isinstance(value, (int, float)) and column.read in (int, float):
         return column.read(value)
     try:
@@ -192,29 +195,17 @@ def _check_outputs(clips: list[Clip], path: Path) -> None:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(newline="", encoding="utf-8-sig") as file:  # -sig: the byte-order mark spreadsheets write
-        reader = csv.DictReader(file)
-        header = [_name(key) for key in reader.fieldnames or []]
-        _check_keys(header, f"{path}, line 1: ")
-        for column in REQUIRED:
-            if column not in header:
-                raise RemoverError(f"{path}, line 1: no {column!r} column")
-        for row in reader:
-            if None in row:
-                raise RemoverError(f"{path}, line {reader.line_num}: more cells than the header's {len(header)}")
-            yield reader.line_num, {_name(k): v for k, v in row.items() if v.strip()}
+    header, rows = read_csv(path, "the manifest", _name)
+    _check_keys(header, f"{path}, line 1: ")
+    for column in REQUIRED:
+        if column not in header:
+            raise RemoverError(f"{path}, line 1: no {column!r} column")
+    for line, row in rows:
+        yield line, {k: v for k, v in row.items() if v.strip()}
 
 
 def _json_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    for line, text in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
-        if not text.strip():
-            continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise RemoverError(f"{path}, line {line}: not JSON ({exc})") from None
-        if not isinstance(row, dict):
-            raise RemoverError(f"{path}, line {line}: expected an object, got {type(row).__name__}")
+    for line, row in read_json_lines(path, "the manifest"):
         row = {_name(k): v for k, v in row.items() if v is not None}
         _check_keys(row, f"{path}, line {line}: ")
         yield line, row
@@ -245,6 +236,7 @@ def _clip(line: int, row: dict[str, Any], defaults: dict[str, Any], folder: Path
         raise RemoverError(f"{where}no {' or '.join(missing)}")
     video, mask, output = ((folder / Path(str(row[name])).expanduser()).resolve() for name in REQUIRED)
     try:
+        output_kind(output)  # an output the writers cannot make (out.txt) fails here, not after the work
         given = {name: read_value(name, v, CLIP_COLUMNS[name]) for name, v in row.items() if name not in REQUIRED}
     except RemoverError as exc:
         raise RemoverError(f"{where}{exc}") from None

@@ -21,10 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 from runtime.clips.estimate import check_fits, describe_estimate, estimate
-from runtime.clips.plan import Plan, make_plan
+from runtime.clips.plan import NEARLY_FULL, Plan, make_plan
 from runtime.clips.plan import working_size as plan_working_size
 from runtime.clips.stream import LocalWindows, WindowRunner, mask_box, run_plan
-from runtime.errors import RemoverError
+from runtime.errors import RemoverError, RemoverWarning
 from runtime.io import ClipReader, MaskSource, check_output, copy_clip, open_clip, open_masks, open_writer
 from runtime.options import MaskOptions, OutputOptions, PlanOptions, RunOptions
 from runtime.pipeline.preprocess import resize_frames, shrink_masks
@@ -101,8 +101,17 @@ def open_job(
     scan = tqdm(
         _sized_masks(masks, working_size), total=info.frame_count, desc="scan masks", leave=False, disable=not progress
     )
-    boxes = [mask_box(m) for m in scan]
-    return Job(reader, masks, make_plan(info.frame_count, frame_size, boxes, options), working_size)
+    boxes, full = [], []
+    for index, mask in enumerate(scan):
+        box = mask_box(mask)
+        boxes.append(box)
+        if box is not None and box.height * box.width >= NEARLY_FULL * mask.size and mask.mean() >= NEARLY_FULL:
+            full.append(index)
+    plan = make_plan(info.frame_count, frame_size, boxes, options)
+    if full:
+        plan = replace(plan, nearly_full=(len(full), full[0]))
+        warnings.warn(plan.nearly_full_note(), RemoverWarning, stacklevel=2)
+    return Job(reader, masks, plan, working_size)
 
 
 def run_job(job: Job, out: str | Path, output: OutputOptions, windows: WindowRunner, progress: bool = True) -> Timings:

@@ -31,6 +31,8 @@ from runtime.pipeline.box import Box
 from runtime.pipeline.composite import DEFAULT_RESIZE, Compositing, pixel_unit
 from runtime.pipeline.preprocess import SIZE_MULTIPLE, output_size, padded_frame_count
 
+NEARLY_FULL = 0.98  # a frame's mask covering this share of it or more is noted in the plan and warned of
+
 
 @dataclass(frozen=True)
 class Window:
@@ -76,6 +78,17 @@ class Plan:
     options: PlanOptions
     cropped: bool
     not_upscaled: tuple[int, int] | None = None  # the 480p size a smaller clip was not upscaled to
+    nearly_full: tuple[int, int] | None = None  # (frames, first frame) whose mask covers nearly all of it
+
+    def nearly_full_note(self) -> str | None:
+        """One line when masks cover (nearly) whole frames: a mask read wrongly looks like that."""
+        if self.nearly_full is None:
+            return None
+        count, first = self.nearly_full
+        return (
+            f"the mask covers {NEARLY_FULL:.0%} or more of {count} of {self.frame_count} frame(s) (from frame "
+            f"{first}): they are regenerated whole (an inverted mask, or white where alpha was meant?)"
+        )
 
     @property
     def model_windows(self) -> tuple[Window, ...]:
@@ -100,6 +113,8 @@ class Plan:
                 f"; at the clip's own resolution, not upscaled to {self.not_upscaled[1]}x{self.not_upscaled[0]} "
                 "(--upscale allows it)"
             )
+        if self.nearly_full is not None:
+            lines.append(f"  note: {self.nearly_full_note()}")
         for w in self.windows:
             frames = f"window {w.index + 1}: frames {w.start}-{w.stop - 1}"
             if w.box is None:

@@ -6,14 +6,13 @@ averaged in as a number)."""
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.errors import RemoverError
 from runtime.evaluate.evaluation import Evaluation
+from runtime.io.textfile import read_csv, read_json_lines
 
 COLUMNS = ("result", "video", "mask", "truth", "name")
 REQUIRED = ("result", "video", "mask")
@@ -28,24 +27,10 @@ class ManifestClip:
     truth: Path | None
 
 
-def _rows(path: Path) -> list[dict]:
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RemoverError(f"cannot read the manifest {path}: {exc}") from None
+def _rows(path: Path) -> list[tuple[int, dict]]:
     if path.suffix.lower() == ".csv":
-        return list(csv.DictReader(text.splitlines()))
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RemoverError(f"{path}:{number}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise RemoverError(f"{path}:{number}: expected an object with {', '.join(REQUIRED)}")
-            rows.append(row)
-    return rows
+        return read_csv(path, "the manifest")[1]
+    return read_json_lines(path, "the manifest")
 
 
 def read_manifest(path: str | Path) -> list[ManifestClip]:
@@ -54,12 +39,12 @@ def read_manifest(path: str | Path) -> list[ManifestClip]:
     if not path.is_file():
         raise RemoverError(f"manifest not found: {path}")
     clips = []
-    for number, row in enumerate(_rows(path), 1):
+    for number, (line, row) in enumerate(_rows(path), 1):
         unknown = sorted(set(row) - set(COLUMNS))
         missing = [key for key in REQUIRED if not row.get(key)]
         if unknown or missing:
             problem = f"unknown column(s) {', '.join(unknown)}" if unknown else f"no {', '.join(missing)}"
-            raise RemoverError(f"{path}, clip {number}: {problem} (columns: {', '.join(COLUMNS)})")
+            raise RemoverError(f"{path}, line {line} (clip {number}): {problem} (columns: {', '.join(COLUMNS)})")
         where = {key: path.parent / str(row[key]) for key in COLUMNS[:4] if row.get(key)}
         clips.append(ManifestClip(str(row.get("name") or where["result"].stem), **{"truth": None, **where}))
     if not clips:

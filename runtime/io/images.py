@@ -81,11 +81,22 @@ def _has_alpha(image: Image.Image) -> bool:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """The pixels as uint8 [H, W, 3] RGB, or [H, W, 4] RGBA when the file has an alpha channel."""
+    """The pixels as uint8 [H, W, 3] RGB, or [H, W, 4] RGBA when the file has an alpha channel. Wider
+    pixels are scaled by their range, never cut: 16-bit by 65535 (to the high byte), float (32-bit
+    TIFF) from 0 to 1; a float image outside 0 to 1, or 32-bit integers past 65535, is refused."""
     try:
         with _open(path) as image:
+            if image.mode == "F":
+                gray = np.round(_unit_floats(np.asarray(image), path) * 255).astype(np.uint8)
+                return np.repeat(gray[..., None], 3, axis=-1)
             if image.mode in WIDE_GRAY_MODES:
-                gray = (np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+                values = np.asarray(image)
+                if values.size and (values.min() < 0 or values.max() > 65535):
+                    raise RemoverError(
+                        f"{path} holds 32-bit values ({values.min()} to {values.max()}) outside the 16-bit range "
+                        "0 to 65535: save the frames as 8- or 16-bit"
+                    )
+                gray = (values.astype(np.uint32) >> 8).astype(np.uint8)
                 return np.repeat(gray[..., None], 3, axis=-1)
             return np.asarray(image.convert("RGBA" if _has_alpha(image) else "RGB"))
     except OSError as exc:  # a header that opens over pixels that do not decode
@@ -127,6 +138,19 @@ def _palette_levels(image: Image.Image) -> np.ndarray:
     if not _has_alpha(image):
         return colours
     return np.concatenate([colours, np.asarray(image.convert("RGBA"))[..., 3:]], axis=-1)
+
+
+def _unit_floats(values: np.ndarray, path: Path) -> np.ndarray:
+    """A float frame's values, which must lie from 0 to 1 (the range float images are taken in)."""
+    if not np.isfinite(values).all():
+        raise RemoverError(f"{path} holds NaN or infinite values")
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if low < 0 or high > 1:
+        raise RemoverError(
+            f"{path} is a float image with values from {low:.4g} to {high:.4g}: float frames must lie from 0 to 1 "
+            "(or save them as 8- or 16-bit)"
+        )
+    return values
 
 
 def _float_levels(values: np.ndarray, path: Path) -> np.ndarray:

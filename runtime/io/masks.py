@@ -12,8 +12,9 @@
   reaching past the frame is cut to it; frames not listed have no mask. A tracker's per-frame xyxy
   boxes map onto it one to one.
 
-Pixels become masks by `value > threshold`, on the alpha channel where an image has a non-trivial
-one, else on the largest colour channel (`channel` forces "alpha" or "luma"). Default thresholds:
+Pixels become masks by `value > threshold`, on the alpha channel where an image or a video frame
+has a non-trivial one (some pixel not opaque), else on the largest colour channel (`channel` forces
+"alpha" or "luma"): white RGB with the object in alpha is the object, not the whole frame. Default thresholds:
 images 0 (any nonzero pixel at any bit depth, as the released pipeline: a 16-bit label map's 1 of
 65535 counts; a palette image's index with no palette entry counts), videos and JPEG images 127
 (lossy coding leaves noise in black). Thresholds are in 8-bit units (x 257 for 16-bit images).
@@ -37,8 +38,8 @@ import numpy as np
 
 from runtime.errors import RemoverError, RemoverWarning
 from runtime.io.images import IMAGE_SUFFIXES, JPEG_SUFFIXES, image_files, probe_images, read_levels
-from runtime.io.jsonfile import read_json
 from runtime.io.reader import ClipInfo, open_clip, orient
+from runtime.io.textfile import read_json
 
 CHANNELS = ("auto", "alpha", "luma")
 LOSSY_THRESHOLD = 127  # videos and JPEG images: lossy coding leaves faint noise in black areas
@@ -131,10 +132,10 @@ def _image_mask(
 
 
 def _video_masks(path: Path, video: ClipInfo, threshold: int | None, invert: bool, channel: str) -> MaskSource:
-    if channel == "alpha":
-        raise RemoverError(f"mask videos are read without alpha: use images for an alpha mask ({path})")
-    reader = open_clip(path)
+    reader = open_clip(path, alpha=True)
     info = reader.info
+    if channel == "alpha" and not info.has_alpha:
+        raise RemoverError(f"the mask video {path} has no alpha channel")
     if info.frame_count != video.frame_count:
         raise RemoverError(f"the mask video has {info.frame_count} frames, the video {video.frame_count}")
     fit = _fit((info.width, info.height), video, f"the mask video {path.name}")

@@ -3,10 +3,14 @@
 - Temporary names: a writer works under `.<stem>.partial-<pid><suffix>` beside the output; the pid
   says whose it is, so what a killed process left (`SIGKILL`, a power cut) is removed by the next run
   on that output (`remove_stale_partials`), and never what a live process is writing.
-- Claims: `claim_output` creates `.<name>.lock` exclusively (O_CREAT | O_EXCL) holding the pid, so of
-  two runs on one output one writes and the other gets a RemoverError at once; a lock whose process
-  is dead is reclaimed. A claim is the process's: claiming again inside it is a no-op (`open_writer`
-  claims its output, so the process that writes must be the one that claims).
+- Claims: `claim_output` puts `.<name>.lock` in place only once its owner is written in it (pid, host,
+  the process's start time: the record is written under `.<name>.lock.new-<pid>` and linked onto the
+  lock name, which fails when a lock exists), so of two runs on one output one writes and the other
+  gets a RemoverError at once, and a full disk never leaves a lock without an owner. A lock whose owner
+  is gone (no such process, or another one under a reused pid) or that names no owner (what an older
+  version left) is reclaimed by the next run: nobody is ever told to remove a file. A claim is the
+  process's: claiming again inside it is a no-op (`open_writer` claims its output, so the process that
+  writes must be the one that claims).
 - The final step, `publish`, renames the finished temporary onto the output and never replaces an
   output that appeared meanwhile unless overwriting was asked for: renameat2(RENAME_NOREPLACE), else
   a hard link (which fails on an existing name) and an unlink, else (a filesystem with neither) a
@@ -20,8 +24,11 @@ import errno
 import os
 import re
 import shutil
+import socket
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.errors import RemoverError
@@ -78,12 +85,38 @@ def remove_stale_partials(path: Path) -> list[Path]:
         else:
             remove_path(entry)
         cleaned.append(entry)
-    lock = _lock_name(path)
-    owner = _lock_owner(lock)
-    if owner is not None and not pid_alive(owner):
-        _reclaim(lock, owner)
-        cleaned.append(lock)
-    return cleaned
+    return cleaned + _reclaim_stale_lock(path)
+
+
+@contextmanager
+def scratch_folder(parent: str | Path | None, purpose: str) -> Iterator[Path]:
+    """A hidden folder `.<purpose>-<pid>-<random>` in `parent` (default the system's temporary folder)
+    for the block, removed when it ends however it ends. What processes now dead left there under the
+    same purpose (killed with SIGKILL, a power cut) is removed first, as `remove_stale_partials` does
+    for outputs."""
+    parent = Path(parent if parent is not None else tempfile.gettempdir())
+    remove_stale_scratch(parent, purpose)
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f".{purpose}-{os.getpid()}-", dir=parent))
+    except OSError as exc:
+        raise write_error(parent, exc) from None
+    try:
+        yield folder
+    finally:
+        remove_path(folder)
+
+
+def remove_stale_scratch(parent: Path, purpose: str) -> list[Path]:
+    """Remove the `scratch_folder`s of `purpose` in `parent` whose processes are no longer alive."""
+    pattern = re.compile(rf"\.{re.escape(purpose)}-(\d+)-\w+")
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return []
+    stale = [entry for entry in entries if (match := pattern.fullmatch(entry.name)) and not pid_alive(int(match[1]))]
+    for entry in stale:
+        remove_path(entry)
+    return stale
 
 
 def probe_writable(path: Path, folder: bool) -> None:
@@ -101,81 +134,169 @@ def probe_writable(path: Path, folder: bool) -> None:
         raise RemoverError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def write_error(target: Path, exc: OSError) -> RemoverError:
+    """The one line for a write of `target` that failed: a full disk says so."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return RemoverError(f"no space left on the device writing {target}; nothing was kept")
+    return RemoverError(f"cannot write {target}: {exc.strerror or exc}; nothing was kept")
+
+
+def _start_time(pid: int) -> str:
+    """When process `pid` started (clock ticks after boot, /proc/<pid>/stat's 22nd field); "" where
+    this system does not say."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat[stat.rfind(")") + 2 :].split()  # the name, in parentheses, may hold spaces
+    return fields[19] if len(fields) > 19 else ""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who holds a lock: a process on a host, with its start time (so a reused pid is not taken for
+    it). pid 0: a lock with no owner recorded."""
+
+    pid: int
+    host: str = ""
+    started: str = ""
+
+    @classmethod
+    def this_process(cls) -> Owner:
+        return cls(os.getpid(), socket.gethostname(), _start_time(os.getpid()))
+
+    @classmethod
+    def parse(cls, text: str) -> Owner:
+        fields = text.split()
+        if not fields or not fields[0].isdigit():
+            return cls(0)
+        return cls(int(fields[0]), *fields[1:3])
+
+    def record(self) -> str:
+        return f"{self.pid} {self.host} {self.started}\n"
+
+    def alive(self) -> bool:
+        """False when the owner is surely gone; a process on another host is taken as alive."""
+        if self.pid <= 0:
+            return False
+        if self.host and self.host != socket.gethostname():
+            return True
+        if not pid_alive(self.pid):
+            return False
+        started = _start_time(self.pid)
+        return not (self.started and started and started != self.started)
+
+    def describe(self) -> str:
+        on = f" on {self.host}" if self.host and self.host != socket.gethostname() else ""
+        return f"process {self.pid}{on}"
+
+
 def _lock_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.lock")
 
 
-def _lock_owner(lock: Path) -> int | None:
-    """The pid in a lock file; None when it is unreadable or not written yet."""
+def _lock_owner(lock: Path) -> Owner | None:
+    """Who a lock file names (pid 0 when it names nobody); None when there is no lock."""
     try:
-        text = lock.read_text().strip()
-    except OSError:
+        return Owner.parse(lock.read_text())
+    except FileNotFoundError:
         return None
-    return int(text) if text.isdigit() else None
+    except (OSError, UnicodeDecodeError):
+        return Owner(0)
 
 
-def _reclaim(lock: Path, dead: int) -> None:
-    """Remove `lock` if it still holds the dead pid `dead`: renamed to a name of our own first, so of
-    two runs reclaiming it at once only one removes it, and a fresh lock made meanwhile is put back."""
+def _reclaim(lock: Path, stale: Owner) -> None:
+    """Remove `lock` if it still names the gone owner `stale`: renamed to a name of our own first, so
+    of two runs reclaiming it at once only one removes it, and a fresh lock made meanwhile is put back."""
     aside = lock.with_name(f"{lock.name}.stale-{os.getpid()}")
     try:
         os.rename(lock, aside)
     except FileNotFoundError:
         return  # another run reclaimed it
-    if _lock_owner(aside) == dead:
+    if _lock_owner(aside) == stale:
         aside.unlink()
     elif not _link_no_replace(aside, lock):  # a live claim made between our read and our rename
         aside.unlink()
 
 
+def _reclaim_stale_lock(path: Path) -> list[Path]:
+    """Reclaim the lock on `path` when its owner is gone or unnamed, and remove what claims of `path`
+    by processes now dead left beside it (an owner record not yet linked, a lock set aside)."""
+    lock = _lock_name(path)
+    cleaned = []
+    leftovers = re.compile(rf"{re.escape(lock.name)}\.(new|stale)-(\d+)")
+    with suppress(OSError):
+        for entry in path.parent.iterdir():
+            match = leftovers.fullmatch(entry.name)
+            if match and not pid_alive(int(match[2])):
+                remove_path(entry)
+                cleaned.append(entry)
+    owner = _lock_owner(lock)
+    if owner is not None and not owner.alive():
+        _reclaim(lock, owner)
+        cleaned.append(lock)
+    return cleaned
+
+
 def claimed_by(path: str | Path) -> int | None:
     """The pid of the live process holding `path` (see `claim_output`), or None."""
     owner = _lock_owner(_lock_name(Path(path)))
-    return owner if owner is not None and pid_alive(owner) else None
+    return owner.pid if owner is not None and owner.alive() else None
 
 
 def release_dead_claim(path: str | Path, pid: int) -> None:
     """Remove the claim on `path` of process `pid`, known to be dead (a worker its parent saw die)."""
     lock = _lock_name(Path(path))
-    if _lock_owner(lock) == pid:
-        _reclaim(lock, pid)
+    owner = _lock_owner(lock)
+    if owner is not None and owner.pid == pid:
+        _reclaim(lock, owner)
+
+
+def _holds(lock: Path) -> bool:
+    return _lock_owner(lock) == Owner.this_process()
+
+
+def _take_lock(path: Path, lock: Path) -> None:
+    """Put this process's lock on `path` in place, its owner already written in it."""
+    record = lock.with_name(f"{lock.name}.new-{os.getpid()}")
+    try:
+        try:
+            descriptor = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(descriptor, Owner.this_process().record().encode())
+            finally:
+                os.close(descriptor)
+            for _ in range(5):  # each retry follows a reclaimed stale lock
+                if _link_no_replace(record, lock):
+                    return
+                owner = _lock_owner(lock)
+                if owner is not None and owner.alive():
+                    raise RemoverError(f"{path} is being written by {owner.describe()} (its lock is {lock})")
+                if owner is not None:
+                    _reclaim(lock, owner)
+        except OSError as exc:
+            raise write_error(path, exc) from None
+        raise RemoverError(f"cannot claim {path}: its lock {lock} keeps coming back")
+    finally:
+        with suppress(OSError):
+            record.unlink(missing_ok=True)
 
 
 @contextmanager
 def claim_output(path: str | Path) -> Iterator[Path]:
     """Hold `path` for this process while the block runs: a RemoverError at once when a live process
-    holds it (naming its pid and the lock file); a lock left by a dead process is reclaimed. The lock
+    holds it (naming its pid); a lock whose owner is gone, or that names none, is reclaimed. The lock
     goes when the block ends, however it ends. Inside a claim of the same process: nothing more."""
     path = Path(path)
     lock = _lock_name(path)
-    if _lock_owner(lock) == os.getpid():
+    if _holds(lock):
         yield path
         return
-    for _ in range(5):  # each retry follows a reclaimed stale lock
-        try:
-            descriptor = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            owner = _lock_owner(lock)
-            if owner is not None and not pid_alive(owner):
-                _reclaim(lock, owner)
-                continue
-            who = f"process {owner}" if owner is not None else "another process"
-            raise RemoverError(
-                f"{path} is being written by {who} (lock {lock}); remove the lock if no such run is active"
-            ) from None
-        except OSError as exc:
-            raise RemoverError(f"cannot write {path}: {exc.strerror or exc}") from None
-        break
-    else:
-        raise RemoverError(f"cannot claim {path}: its lock {lock} keeps coming back")
-    try:
-        os.write(descriptor, f"{os.getpid()}\n".encode())
-    finally:
-        os.close(descriptor)
+    _take_lock(path, lock)
     try:
         yield path
     finally:
-        if _lock_owner(lock) == os.getpid():
+        if _holds(lock):
             lock.unlink(missing_ok=True)
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from runtime.errors import RemoverError
+from runtime.io.outputs import probe_writable
 
 
 def same_file(a: str | Path, b: str | Path) -> bool:
@@ -76,5 +77,8 @@ def check_outputs(outputs: Iterable[str | Path | None], inputs: Iterable[str | P
             raise RemoverError(f"{out} exists (use --overwrite to replace it)")
         if not out.parent.is_dir():
             raise RemoverError(f"the folder of {out} does not exist")
-        if not os.access(out.parent, os.W_OK):
-            raise RemoverError(f"cannot write in {out.parent} (read-only or not yours): choose another output")
+        try:  # a file is made there and removed: os.access alone passes root on a folder it cannot write
+            probe_writable(out, folder=False)
+        except RemoverError:
+            why = f"cannot write in {out.parent} (read-only or not yours): choose another output"
+            raise RemoverError(why) from None

@@ -56,6 +56,7 @@ class ClipInfo:
     color: ColorInfo
     streams: tuple[StreamInfo, ...] = ()
     mirrored: bool = False
+    has_alpha: bool = False  # its frames carry an alpha channel (read by masks only: `open_clip(alpha=True)`)
 
     @property
     def coded_size(self) -> tuple[int, int]:
@@ -185,19 +186,35 @@ def _probe_video(path: Path) -> ClipInfo:
                 color=frame_color(first),
                 streams=tuple(_stream_info(s) for s in container.streams if s.index != stream.index),
                 mirrored=mirrored,
+                has_alpha=_format_has_alpha(first.format),
             )
     except av.FFmpegError as exc:
         raise RemoverError(f"cannot read video {path}: {exc}") from None
 
 
-def _decode_video(info: ClipInfo) -> Iterator[Frame]:
+def _format_has_alpha(pixel_format: av.VideoFormat) -> bool:
+    """A pixel format with an alpha component (rgba, argb, yuva420p, gbrap, ya8, ...)."""
+    return len(pixel_format.components) in (2, 4)
+
+
+def _with_alpha(frame: av.VideoFrame, rgb: np.ndarray) -> np.ndarray:
+    """RGB [H, W, 3] with the frame's own alpha added as a 4th channel when it has one."""
+    if not _format_has_alpha(frame.format):
+        return rgb
+    return np.concatenate([rgb, frame.reformat(format="rgba").to_ndarray()[..., 3:]], axis=-1)
+
+
+def _decode_video(info: ClipInfo, alpha: bool = False) -> Iterator[Frame]:
     count = 0
     try:
         with av.open(str(info.path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
-                yield Frame(count, orient(to_rgb(frame, info.color), info.rotation, info.mirrored), frame.pts)
+                image = to_rgb(frame, info.color)
+                if alpha:
+                    image = _with_alpha(frame, image)
+                yield Frame(count, orient(image, info.rotation, info.mirrored), frame.pts)
                 count += 1
     except av.FFmpegError as exc:
         raise RemoverError(f"cannot decode {info.path} after frame {count}: {exc}") from None
@@ -221,9 +238,10 @@ def _decode_images(files: list[Path]) -> Iterator[Frame]:
         yield Frame(index, np.ascontiguousarray(read_image(file)[..., :3]), None)
 
 
-def open_clip(path: str | Path) -> ClipReader:
+def open_clip(path: str | Path, *, alpha: bool = False) -> ClipReader:
     """A video file (mp4, mov, mkv, webm, ...), a folder of images (natural order) or one image, opened
-    for lazy reading. Input of more than 8 bits, and HDR, is read as 8-bit RGB with a warning."""
+    for lazy reading. Input of more than 8 bits, and HDR, is read as 8-bit RGB with a warning. `alpha`
+    (for mask videos): a video whose frames carry alpha gives RGBA [H, W, 4] frames."""
     path = Path(path)
     if path.is_dir():
         files = image_files(path)
@@ -236,7 +254,7 @@ def open_clip(path: str | Path) -> ClipReader:
         decode = partial(_decode_images, [path])
     else:
         info = _probe_video(path)
-        decode = partial(_decode_video, info)
+        decode = partial(_decode_video, info, alpha)
     if info.color.bit_depth > 8:
         warnings.warn(
             f"{path.name} has {info.color.bit_depth}-bit colour; it is processed and written as 8-bit",

@@ -27,7 +27,6 @@ Video outputs, from the source's `ClipInfo`:
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import warnings
@@ -54,6 +53,7 @@ from runtime.io.outputs import (
     remove_path,
     remove_stale_partials,
     temporary_name,
+    write_error,
 )
 from runtime.io.paths import check_not_input
 from runtime.io.reader import ClipInfo, StreamInfo
@@ -140,7 +140,7 @@ def _video_encoding(suffix: str, codec: str | None, crf: int | None, lossless: b
     return encoding
 
 
-def _output_kind(path: Path) -> str:
+def output_kind(path: Path) -> str:
     """The output's kind from its suffix: "video", "folder" (PNGs) or "image"; another suffix is an error."""
     suffix = path.suffix.lower()
     if suffix in CONTAINER_CODECS:
@@ -186,7 +186,7 @@ def _plan(path: Path, source: ClipInfo, options: _Options) -> tuple[str, Encodin
     overwrite, codec, crf, lossless = options.overwrite, options.codec, options.crf, options.lossless
     if not path.parent.is_dir():
         raise RemoverError(f"output folder {path.parent} does not exist")
-    kind = _output_kind(path)
+    kind = output_kind(path)
     check_not_input(path, (*options.inputs, *([source.path] if source.kind != "memory" else [])))
     _check_target(path, kind, overwrite)
     if kind == "video":
@@ -232,13 +232,6 @@ def remove_partial_output(path: str | Path, pid: int) -> None:
     release_dead_claim(path, pid)
 
 
-def _write_error(target: Path, exc: OSError) -> RemoverError:
-    """The one line for a write that failed: a full disk says so."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return RemoverError(f"no space left on the device writing {target}; nothing was kept")
-    return RemoverError(f"cannot write {target}: {exc.strerror or exc}; nothing was kept")
-
-
 class ClipWriter(ABC):
     """Takes finished frames one at a time (`write`) under a temporary name; `commit` renames the result
     onto the target, `abort` removes it. As a context manager: commit on a clean exit, abort on any
@@ -269,7 +262,7 @@ class ClipWriter(ABC):
             self._write(np.ascontiguousarray(image), pts)
         except OSError as exc:  # a full disk, a folder gone: nothing half-written stays
             self.abort()
-            raise _write_error(self.target, exc) from None
+            raise write_error(self.target, exc) from None
         self.frames_written += 1
 
     def commit(self) -> None:
@@ -283,7 +276,7 @@ class ClipWriter(ABC):
             self._release()
         except OSError as exc:
             self.abort()
-            raise _write_error(self.target, exc) from None
+            raise write_error(self.target, exc) from None
         except BaseException:
             self.abort()
             raise

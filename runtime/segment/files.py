@@ -10,7 +10,6 @@ clip with each object tinted in its own colour.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import RemoverError
+from runtime.io.outputs import scratch_folder
 from runtime.io.paths import check_distinct
 from runtime.io.reader import ClipInfo, open_clip
 from runtime.io.writer import CONTAINER_CODECS, ClipWriter, check_output, open_writer
@@ -189,7 +189,7 @@ def prompted_mask(
         segment_file(video, save_mask, prompts, options, overwrite=overwrite, **settings)
         yield Path(save_mask)
         return
-    with tempfile.TemporaryDirectory(prefix=".segment-mask-", dir=work_folder) as folder:
+    with scratch_folder(work_folder, "segment-mask") as folder:
         mask = Path(folder) / "mask.mkv"
         segment_file(video, mask, prompts, options, **settings)
         yield mask

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Literal
 
 from runtime.errors import RemoverError
-from runtime.io.jsonfile import read_json
 from runtime.io.reader import ClipInfo
+from runtime.io.textfile import read_json
 
 KINDS = ("box", "point", "negative")
 MAX_OBJECT_ID = 255  # the id video stores an object's id as an 8-bit grey level

@@ -28,7 +28,6 @@ object at 1024), removed at the end, on errors and on Ctrl-C.
 from __future__ import annotations
 
 import itertools
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +38,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from runtime.errors import RemoverError
+from runtime.io.outputs import scratch_folder, write_error
 from runtime.segment.prompts import Prompt, frame_inputs
 
 Output = dict[str, Any]  # SAM 2's per-frame output: "pred_masks" logits [1, 1, h, w] and its memory
@@ -84,11 +84,20 @@ class ArraySpill:
     def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
         self.shape, self.dtype = shape, np.dtype(dtype)
         self._size = int(np.prod(shape)) * self.dtype.itemsize
-        self._file = open(path, "w+b")  # noqa: SIM115 (closed by close(), the spill outlives one block)
+        self._path = path
+        try:
+            self._file = open(path, "w+b")  # noqa: SIM115 (closed by close(), the spill outlives one block)
+        except OSError as exc:
+            raise write_error(path, exc) from None
 
     def put(self, slot: int, array: np.ndarray) -> None:
-        self._file.seek(slot * self._size)
-        self._file.write(np.ascontiguousarray(array, dtype=self.dtype).tobytes())
+        """Write a slot; a full disk is one RemoverError line (the caller's scratch folder goes)."""
+        try:
+            self._file.seek(slot * self._size)
+            self._file.write(np.ascontiguousarray(array, dtype=self.dtype).tobytes())
+            self._file.flush()  # a full disk says so here, not at some later read
+        except OSError as exc:
+            raise write_error(self._path, exc) from None
 
     def get(self, slot: int) -> np.ndarray:
         array = np.empty(self.shape, self.dtype)
@@ -154,7 +163,7 @@ def propagate(
             raise RemoverError(f"the clip ended at frame {frame}, before its prompted frame {last_prompted}")
         return model_input(image, size)
 
-    with tempfile.TemporaryDirectory(prefix=".segment-", dir=spill_folder) as folder:
+    with scratch_folder(spill_folder, "segment") as folder:
         read = ArraySpill(Path(folder) / "frames", (size, size, 3), np.uint8)
         backward: ArraySpill | None = None
         forward = None
