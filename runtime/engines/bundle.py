@@ -91,11 +91,11 @@ class Manifest:
 
     @property
     def latent_frames(self) -> int:
-        return 1 + (self.frames - 1) // self.vae.temporal_factor
+        return self.vae.latent_shape(self.frames, self.height, self.width)[0]
 
     @property
     def latent_size(self) -> tuple[int, int]:
-        return self.height // self.vae.spatial_factor, self.width // self.vae.spatial_factor
+        return self.vae.latent_shape(self.frames, self.height, self.width)[1:]
 
     def key(self, tool: str, device: str) -> dict[str, Any]:
         """What an artifact built by `tool` for `device` must be rebuilt for when it changes."""

@@ -311,7 +311,7 @@ class Remover:
         through the VAE one after the other, not as a batch of two, so only one stream's causal cache
         (most of the encoder's memory) is held at a time.
         """
-        chunks = 1 + (video.shape[1] - 1) // self.stages.vae_config.temporal_factor
+        chunks = self.stages.vae_config.latent_shape(*video.shape[1:])[0]
         latents = []
         with tqdm(total=2 * chunks, desc="encode", leave=False, disable=not progress) as bar:
             for source in encoder_batch(video, mask).split(1):
@@ -382,13 +382,7 @@ class Remover:
     ) -> Tensor:
         """Standard normal latents from a CPU generator (same noise on every device), or `latents`."""
         z = self.stages.vae_config
-        shape = (
-            1,
-            z.z_dim,
-            1 + (frame_count - 1) // z.temporal_factor,
-            size[0] // z.spatial_factor,
-            size[1] // z.spatial_factor,
-        )
+        shape = (1, z.z_dim, *z.latent_shape(frame_count, *size))
         if latents is None:
             return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
         if isinstance(latents, np.ndarray):
