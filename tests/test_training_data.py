@@ -20,6 +20,7 @@ from PIL import Image
 
 from runtime.errors import RemoverError
 from runtime.io import open_clip, read_masks, write_clip
+from runtime.io.outputs import temporary_name
 from runtime.models.scheduler import RELEASED_SCHEDULER
 from runtime.models.vae import RELEASED_VAE, WanVAE
 from runtime.pipeline.remover import Remover
@@ -227,7 +228,7 @@ def test_clips_encoded_over_two_ranks_equal_one_rank_and_an_interrupted_encode_r
 
     resumed = tmp_path / "resumed"
     encode(resumed, [0, 2])
-    (resumed / ".clip-000001.pt.partial").write_bytes(b"cut off")  # a file being written when stopped
+    temporary_name(clip_path(resumed, 1)).write_bytes(b"cut off")  # a file being written when stopped
     written = {n: clip_path(resumed, n).stat().st_mtime_ns for n in (0, 2)}
     assert encode(resumed, range(4)) == [1, 3]
     assert {n: clip_path(resumed, n).stat().st_mtime_ns for n in (0, 2)} == written
@@ -266,7 +267,7 @@ def test_waiting_for_clips_returns_at_once_when_all_are_there_and_polls_for_the_
     def first() -> None:
         folder.mkdir()
         clip_path(folder, 0).write_bytes(b"done")
-        (folder / ".clip-000001.pt.partial").write_bytes(b"half")  # being written: not there yet
+        temporary_name(clip_path(folder, 1)).write_bytes(b"half")  # being written: not there yet
 
     writers = [threading.Timer(0.2, first), threading.Timer(0.5, lambda: clip_path(folder, 1).write_bytes(b"done"))]
     start = time.monotonic()
