@@ -42,7 +42,7 @@ from runtime.options import RunOptions, check_dilation
 from runtime.pipeline.box import Box
 from runtime.pipeline.composite import DEFAULT_FEATHER, DEFAULT_RESIZE, Compositing
 from runtime.pipeline.preprocess import as_frames, as_masks, output_size, padded_frame_count, resize
-from runtime.pipeline.samplers import make_sampler
+from runtime.pipeline.samplers import check_sampler, make_sampler
 from runtime.pipeline.stages import Stages, TorchStages, denoise_loop
 from runtime.pipeline.timing import Timings
 
@@ -133,7 +133,7 @@ class Remover:
         dtype = resolve_dtype(dtype, device)
         paths = locate_checkpoint(path, vae)
         scheduler = load_scheduler_config(paths.scheduler)
-        make_sampler(sampler, scheduler, 1)  # fail before loading on a bad sampler name or kernels choice
+        check_sampler(sampler)  # before loading anything
         kernel_ops = resolve_kernels(kernels, device)
         transformer = load_transformer(paths.transformer, device, dtype)
         config = transformer.config
@@ -185,7 +185,7 @@ class Remover:
         stages = BundleStages.load(Path(path), backend, device, expected_checkpoint=expected)
         manifest = stages.manifest
         sampler = sampler or manifest.sampler
-        make_sampler(sampler, manifest.scheduler, 1)  # fail early on a bad sampler name
+        check_sampler(sampler)  # before the first window
         return cls(stages, manifest.scheduler, device=device, dtype=DTYPES[manifest.precision], sampler=sampler)
 
     def _stage(self, name: str) -> AbstractContextManager[None]:
