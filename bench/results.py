@@ -305,7 +305,7 @@ def point_costs(workload: Workload, latent_frames: int, models: ModelConfigs) ->
             transformer, vae, workload.frames[0], workload.height, workload.width, workload.steps, element_bytes
         )
     video_frames = 1 + vae.temporal_factor * (latent_frames - 1)
-    latent = (latent_frames, workload.height // vae.spatial_factor, workload.width // vae.spatial_factor)
+    latent = vae.latent_shape(video_frames, workload.height, workload.width)
     return {
         "encode": cost_model.vae_encode(vae, video_frames, workload.height, workload.width, 2, element_bytes),
         "decode": cost_model.vae_decode(vae, *latent, element_bytes=element_bytes),

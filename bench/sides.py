@@ -28,6 +28,7 @@ from bench.results import STAGE_ORDER, Side, Stage
 from bench.workloads import MASK_DILATION, Workload, initial_noise
 from runtime.io import read_clip, read_masks, write_clip
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer
+from runtime.models.vae import RELEASED_VAE
 from runtime.models.weights import load_scheduler_config, load_vae, locate_checkpoint
 from runtime.pipeline.composite import to_uint8
 from runtime.pipeline.remover import Remover
@@ -111,10 +112,11 @@ def vae_call(side: str, model: Any, workload: Workload, latent_frames: int, stag
     """A function running one VAE stage on one clip length: "encode" (the masked video and the mask
     video) or "decode"."""
     generator = torch.Generator().manual_seed(0)
-    frames = 1 + 4 * (latent_frames - 1)
+    frames = 1 + RELEASED_VAE.temporal_factor * (latent_frames - 1)
     device, dtype = model.device, model.dtype
     if stage == "decode":
-        latents = torch.randn(1, 16, latent_frames, workload.height // 8, workload.width // 8, generator=generator)
+        shape = RELEASED_VAE.latent_shape(frames, workload.height, workload.width)
+        latents = torch.randn(1, RELEASED_VAE.z_dim, *shape, generator=generator)
         latents = latents.to(device)
         return lambda recorder: model.decode(latents)
     video = torch.rand(3, frames, workload.height, workload.width, generator=generator) * 2 - 1

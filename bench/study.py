@@ -4,11 +4,12 @@ lines, files written under a temporary name (JSON, a section of RESULTS.md), and
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from runtime.io.outputs import write_atomically
 
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -21,12 +22,7 @@ def log(line: str) -> None:
 def save_text(path: Path, text: str) -> Path:
     """Write `text` under a temporary name in the same folder, then rename: never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        partial.write_text(text)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_atomically(path, lambda to: to.write_text(text))
     return path
 
 

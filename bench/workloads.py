@@ -44,7 +44,7 @@ class Workload:
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         """(T', h, w) of the pipeline's latents."""
-        return 1 + (self.frames[0] - 1) // 4, self.height // 8, self.width // 8
+        return RELEASED_VAE.latent_shape(self.frames[0], self.height, self.width)
 
 
 WORKLOADS = {
@@ -162,7 +162,7 @@ def write_pipeline_inputs(workload: Workload, folder: Path) -> tuple[Path, Path]
     return video, masks
 
 
-def initial_noise(latent_shape: tuple[int, int, int], z_dim: int = 16) -> torch.Tensor:
+def initial_noise(latent_shape: tuple[int, int, int], z_dim: int = RELEASED_VAE.z_dim) -> torch.Tensor:
     """The seeded initial latents both sides start from."""
     generator = torch.Generator().manual_seed(NOISE_SEED)
     return torch.randn(1, z_dim, *latent_shape, generator=generator)

@@ -178,11 +178,7 @@ def build_bundle(
     config = vae_model.config
     if frames < 1 or (frames - 1) % config.temporal_factor:
         raise RemoverError(f"frames must be {config.temporal_factor}k+1 (e.g. 81), got {frames}")
-    latent_shape = (
-        1 + (frames - 1) // config.temporal_factor,
-        height // config.spatial_factor,
-        width // config.spatial_factor,
-    )
+    latent_shape = config.latent_shape(frames, height, width)
     latent_text = "x".join(map(str, latent_shape))
     log(f"exporting {weights} for {frames} frames at {width}x{height} (latents {latent_text}) in {precision}")
 

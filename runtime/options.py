@@ -16,15 +16,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runtime.errors import RemoverError
+from runtime.execution.attention import ATTENTION_CHOICES
+from runtime.execution.choices import KERNEL_CHOICES
 from runtime.models.config import SIZE_MULTIPLE
 from runtime.pipeline.composite import DEFAULT_DILATION, DEFAULT_FEATHER, DEFAULT_RESIZE, RESIZE_MODES
+from runtime.pipeline.samplers import SAMPLER_CHOICES
 
-# the choices, named once (runtime/execution and runtime/pipeline/samplers.py check that they match theirs)
+# The kernel, attention and sampler choices are owned where they are implemented (imported above); the
+# rest are the front doors' own.
 DTYPE_CHOICES = ("bf16", "fp16", "fp32")
-KERNEL_CHOICES = ("auto", "triton", "torch")
-ATTENTION_CHOICES = ("auto", "flash-attn", "sdpa", "math")
 COMPILE_CHOICES = ("cuda-graphs", "inductor", "off")
-SAMPLER_CHOICES = ("unipc", "euler")
 ENGINE_RUNTIMES = ("onnxruntime", "tensorrt", "aoti")
 DEVICE_TYPES = ("cpu", "cuda")
 MASK_CHANNELS = ("auto", "luma", "alpha")

@@ -90,6 +90,22 @@ def relative_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
     return float((actual - reference).norm() / reference.norm())
 
 
+def diamond_dilation(masks: np.ndarray, radius: int) -> np.ndarray:
+    """bool [F, H, W]: the pixels within city-block distance `radius` of a masked pixel of the same frame,
+    by brute force over the offsets of that diamond. It is the documented mask dilation (`radius` passes
+    of the 3x3 cross, scipy's binary_dilation, nothing outside the frame) written independently of it,
+    for tests that must know where the mask ends without asking the code under test."""
+    masks = np.asarray(masks, dtype=bool)
+    _, height, width = masks.shape
+    out = np.zeros_like(masks)
+    for dy in range(-radius, radius + 1):
+        reach = radius - abs(dy)
+        for dx in range(-reach, reach + 1):  # out[y, x] |= masks[y - dy, x - dx]
+            target = out[:, max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)]
+            target |= masks[:, max(-dy, 0) : height + min(-dy, 0), max(-dx, 0) : width + min(-dx, 0)]
+    return out
+
+
 # Seeds. Tests whose point is coverage (random configurations, exact or property checks that any draw
 # must pass) take `fresh_seed()`, new every run, so each run tries new cases. Tests that compare numbers
 # against a tolerance take `fixed_seed()`: a new draw adds no code path there, only a chance that CI

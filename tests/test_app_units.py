@@ -250,7 +250,11 @@ def test_a_job_path_inside_the_session_is_given_relative(session):
     assert _relative(Path("/elsewhere/w"), folder) == "/elsewhere/w"
 
 
-def test_the_plan_options_are_runtime_runs():
+def test_the_plan_options_are_runtime_runs(session, tmp_path):
+    """The plan the app measures its result with is the one runtime.run makes of the arguments the app
+    gives it: the session's own argv, parsed and mapped by runtime.run, for an uploaded clip and for the
+    demo run at its own size."""
+    from runtime import run
     from runtime.options import PlanOptions
 
     settings = RunSettings.from_page(0.0, 5.0, "crossfade", None, 0.0, 0.0, 6.0, None)
@@ -259,6 +263,22 @@ def test_the_plan_options_are_runtime_runs():
     assert settings.plan_options((144, 256)) == demo
     sized = RunSettings.from_page(None, None, None, None, 480.0, 832.0, None, None)
     assert sized.plan_options((144, 256)) == PlanOptions(height=480, width=832)
+
+    workspace = session.workspace
+    workspace.mask = workspace.clip  # any path: the mask's file plays no part in the plan's options
+    pages = [
+        settings,
+        sized,
+        RunSettings.from_page(*[None] * 8),
+        RunSettings.from_page(9.0, 2.0, "continue", "off", 0.0, 0.0, 3.0, 7.0),
+        RunSettings.from_page(None, None, None, "on", 0.0, 96.0, None, None),
+    ]
+    for demo_clip in (False, True):
+        workspace.demo = demo_clip
+        assert session._own_size() == ((32, 64) if demo_clip else None)
+        for page in pages:
+            argv = [str(arg) for arg in session._removal_args(page, tmp_path / "out.mp4", dry_run=True)]
+            assert page.plan_options(session._own_size()) == run.plan_options(run.parse_args(argv)), argv
 
 
 PEAK_SCRIPT = """

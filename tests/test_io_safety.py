@@ -373,3 +373,30 @@ def test_publishing_never_replaces_an_existing_output_on_any_filesystem(tmp_path
     (tmp_path / "out.mp4").unlink()
     outputs.publish(tmp_path / ".out.partial-1.mp4", tmp_path / "out.mp4", overwrite=False)
     assert names(tmp_path) == ["out.mp4"] and (tmp_path / "out.mp4").read_bytes() == b"new"
+
+
+# --- a file written whole at once ---------------------------------------------------------------
+
+
+def test_write_atomically_replaces_the_file_whole_or_leaves_it_as_it_was(tmp_path):
+    from runtime.io import write_atomically
+
+    target = tmp_path / "report.json"
+    seen = []
+
+    def write(to: Path) -> None:
+        seen.append(to.name)
+        assert not target.exists()  # the new content goes elsewhere until it is whole
+        to.write_text("new")
+
+    write_atomically(target, write)
+    assert target.read_text() == "new" and names(tmp_path) == ["report.json"]
+    assert seen == [f".report.partial-{os.getpid()}.json"]  # beside the target, named for this process
+
+    def fail(to: Path) -> None:
+        to.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(target, fail)
+    assert target.read_text() == "new" and names(tmp_path) == ["report.json"]  # the temporary is gone

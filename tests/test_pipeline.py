@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import PIXEL_TOLERANCE
+from conftest import PIXEL_TOLERANCE, diamond_dilation, fresh_seed
 from PIL import Image
 
 from runtime import Remover, RemoverError
@@ -59,11 +59,20 @@ def test_every_input_frame_gets_an_output_frame(remover, fixture_inputs, count):
     np.testing.assert_array_equal(out, explicit[:count])
 
 
+@pytest.mark.parametrize("radius", [0, 1, 2, 5])
+def test_dilate_is_the_cross_dilation_its_docstring_names(radius):
+    """`dilate` against the diamond written in conftest (the oracle the paste-back tests use)."""
+    rng = np.random.default_rng(fresh_seed())
+    masks = rng.random((3, 17, 23)) < 0.02
+    masks[0, 0, 0] = masks[1, -1, -1] = True  # the frame's corners: nothing spills in from outside
+    np.testing.assert_array_equal(dilate(torch.from_numpy(masks), radius).numpy(), diamond_dilation(masks, radius))
+
+
 def test_paste_back_keeps_everything_outside_the_mask_bit_exact(remover, fixture_inputs):
     frames, masks = fixture_inputs
     out = remover(frames, masks, height=64, width=96, progress=False)
     assert out.shape == frames.shape and out.dtype == np.float32
-    outside = ~dilate(torch.from_numpy(masks != 0), 6).numpy()
+    outside = ~diamond_dilation(masks != 0, 6)  # the default 6 px, computed here
     np.testing.assert_array_equal(out[outside], frames[outside].astype(np.float32) / 255.0)
     inside = masks != 0
     assert np.abs(out[inside] - frames[inside] / 255.0).mean() > 0.01  # the object region was regenerated

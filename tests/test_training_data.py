@@ -4,7 +4,6 @@ epoch order, metrics, baselines."""
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 import weakref
@@ -20,6 +19,7 @@ from PIL import Image
 
 from runtime.errors import RemoverError
 from runtime.io import open_clip, read_masks, write_clip
+from runtime.io.outputs import temporary_name
 from runtime.models.scheduler import RELEASED_SCHEDULER
 from runtime.models.vae import RELEASED_VAE, WanVAE
 from runtime.pipeline.remover import Remover
@@ -227,7 +227,7 @@ def test_clips_encoded_over_two_ranks_equal_one_rank_and_an_interrupted_encode_r
 
     resumed = tmp_path / "resumed"
     encode(resumed, [0, 2])
-    (resumed / ".clip-000001.pt.partial").write_bytes(b"cut off")  # a file being written when stopped
+    temporary_name(clip_path(resumed, 1)).write_bytes(b"cut off")  # a file being written when stopped
     written = {n: clip_path(resumed, n).stat().st_mtime_ns for n in (0, 2)}
     assert encode(resumed, range(4)) == [1, 3]
     assert {n: clip_path(resumed, n).stat().st_mtime_ns for n in (0, 2)} == written
@@ -266,7 +266,7 @@ def test_waiting_for_clips_returns_at_once_when_all_are_there_and_polls_for_the_
     def first() -> None:
         folder.mkdir()
         clip_path(folder, 0).write_bytes(b"done")
-        (folder / ".clip-000001.pt.partial").write_bytes(b"half")  # being written: not there yet
+        temporary_name(clip_path(folder, 1)).write_bytes(b"half")  # being written: not there yet
 
     writers = [threading.Timer(0.2, first), threading.Timer(0.5, lambda: clip_path(folder, 1).write_bytes(b"done"))]
     start = time.monotonic()
@@ -308,18 +308,43 @@ def test_psnr_and_temporal_psnr_on_known_errors():
     region[:, 2:5, 2:5] = True
     shifted = truth + 0.1 * region[..., None]
     assert psnr(shifted, truth, region) == pytest.approx(20.0)
-    assert psnr(shifted, truth, ~region) == math.inf
+    assert psnr(shifted, truth, ~region) is None  # exact: no PSNR, as runtime.evaluate reports it
     frozen = np.repeat(truth[:1], 3, axis=0)  # does not change while the truth brightens by 0.1 per frame
     assert temporal_psnr(frozen, truth, region) == pytest.approx(20.0)
+    assert temporal_psnr(truth, truth, region) is None
 
 
 def test_ssim_of_constant_images_has_the_closed_form():
     a, b = 0.3, 0.5
     x, y = np.full((1, 16, 16, 3), a, dtype=np.float32), np.full((1, 16, 16, 3), b, dtype=np.float32)
     expected = (2 * a * b + 0.01**2) / (a * a + b * b + 0.01**2)
-    assert np.allclose(ssim_map(x, y), expected, atol=1e-6)
+    assert ssim_map(x, y).shape == (1, 6, 6)  # the window centres 5 pixels in from the border
+    # runtime.evaluate computes SSIM in float32 on the 0..255 scale: the variances of a flat frame 50 levels
+    # from its centre cancel to about 1e-5 of SSIM (the former float64 copy in training reached 1e-6)
+    assert np.allclose(ssim_map(x, y), expected, rtol=0, atol=2e-5)
     noise = np.random.default_rng(0).random((2, 16, 16, 3)).astype(np.float32)
     assert masked_ssim(noise, noise, np.ones((2, 16, 16), dtype=bool)) == pytest.approx(1.0)
+    border = np.zeros((2, 16, 16), dtype=bool)
+    border[:, :5] = True
+    assert masked_ssim(noise, noise, border) is None  # no window centre lies in it
+
+
+def test_training_scores_are_runtime_evaluates_figures():
+    """Training's PSNR and SSIM on 8-bit frames scaled to [0, 1] are what runtime.evaluate reports on them."""
+    from runtime.evaluate.metrics import RegionFigures
+    from runtime.evaluate.metrics import ssim_map as frame_ssim_map
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 256, (3, 24, 32, 3), dtype=np.uint8)
+    output = np.clip(truth.astype(np.int16) + rng.integers(-20, 21, truth.shape), 0, 255).astype(np.uint8)
+    region = np.zeros((3, 24, 32), dtype=bool)
+    region[:, 4:18, 6:25] = True
+    figures = RegionFigures()
+    for a, b, r in zip(output, truth, region):
+        figures.add(a, b, r, frame_ssim_map(a, b))
+    scaled_output, scaled_truth = output.astype(np.float32) / 255, truth.astype(np.float32) / 255
+    assert psnr(scaled_output, scaled_truth, region) == pytest.approx(figures.psnr_db, rel=1e-9)
+    assert masked_ssim(scaled_output, scaled_truth, region) == pytest.approx(figures.ssim, abs=1e-5)
 
 
 def test_baselines_fill_only_the_region_and_median_recovers_a_static_background():

@@ -15,6 +15,7 @@ import torch
 
 from runtime import Remover
 from runtime.errors import RemoverError
+from runtime.io.outputs import temporary_name
 from runtime.models.vae import RELEASED_VAE, WanVAE
 from runtime.models.weights import load_transformer, load_vae
 from training.data import ClipSpec, SyntheticSource
@@ -236,7 +237,7 @@ def test_curation_takes_a_seeded_subset_and_resumes_after_an_interruption(tmp_pa
     assert curate(config, Path("stage1"), latents, CPU).clip == curated.clip
     assert scored == [] and FakeStage1.loaded == loaded
     clip_path(folder, chosen[1]).unlink()
-    (folder / f".{clip_path(folder, chosen[1]).name}.partial").write_bytes(b"cut off")  # being written when stopped
+    temporary_name(clip_path(folder, chosen[1])).write_bytes(b"cut off")  # being written when stopped
     assert curate(config, Path("stage1"), latents, CPU).clip == curated.clip and scored == [chosen[1]]
     assert all(clip_path(folder, clip).stat().st_mtime_ns == written[clip] for clip in chosen if clip != chosen[1])
 

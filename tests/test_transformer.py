@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from dataclasses import replace
@@ -10,6 +11,7 @@ import pytest
 import torch
 from conftest import fixed_seed, relative_error
 
+from kernels import TORCH_KERNELS
 from runtime.errors import RemoverError
 from runtime.models.transformer import RELEASED_TRANSFORMER, RemoverTransformer, apply_rope, rope_cos_sin
 from runtime.models.weights import load_transformer
@@ -75,14 +77,79 @@ def test_half_precision_stays_close_to_fp32(checkpoint, expected, dtype, toleran
 
 
 def test_random_config_runs_every_shape():
-    """Odd grids and a non-square patch shape still round-trip through patchify/unpatchify."""
-    config = replace(RELEASED_TRANSFORMER, num_attention_heads=3, attention_head_dim=16, ffn_dim=40, num_layers=1)
+    """Odd grids and a non-square patch shape run through the blocks to finite velocities of the input's shape
+    (the values of patchify and unpatchify: the next test)."""
+    config = replace(
+        RELEASED_TRANSFORMER,
+        patch_size=(1, 2, 3),
+        num_attention_heads=3,
+        attention_head_dim=16,
+        ffn_dim=40,
+        num_layers=1,
+    )
     model = RemoverTransformer(config)
-    latents = torch.randn(2, 48, 3, 6, 10)
+    latents = torch.randn(2, 48, 3, 6, 9)
     with torch.no_grad():
         out = model(latents, torch.tensor([999.0, 10.0]))
-    assert out.shape == (2, 16, 3, 6, 10)
+    assert out.shape == (2, 16, 3, 6, 9)
     assert torch.isfinite(out).all()
+
+
+def patchify(x: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
+    """[B, C, T, H, W] -> tokens [B, T' H' W', C pt ph pw], frame-major, written here from the layout: token
+    (t, h, w) holds patch x[:, :, t pt : (t + 1) pt, h ph : (h + 1) ph, w pw : (w + 1) pw] in (C, pt, ph, pw)
+    order, as a Conv3d with kernel = stride = patch reads it."""
+    batch, channels, frames, height, width = x.shape
+    pt, ph, pw = patch
+    tokens = torch.empty(batch, (frames // pt) * (height // ph) * (width // pw), channels * pt * ph * pw)
+    index = 0
+    for t in range(frames // pt):
+        for h in range(height // ph):
+            for w in range(width // pw):
+                block = x[:, :, t * pt : (t + 1) * pt, h * ph : (h + 1) * ph, w * pw : (w + 1) * pw]
+                tokens[:, index] = block.reshape(batch, -1)
+                index += 1
+    return tokens
+
+
+@pytest.mark.parametrize("patch", [(1, 2, 2), (1, 2, 3), (2, 3, 2)])
+def test_patchify_and_unpatchify_round_trip_value_by_value(patch):
+    """With the patch embedding copying each patch's values into its token, no blocks, the output norm
+    skipped and the projection reordering the token back, the model's tokens are the patchify written
+    above, value by value, and its output is its input's first out_channels channels, exactly."""
+    pt, ph, pw = patch
+    config = replace(
+        RELEASED_TRANSFORMER, patch_size=patch, in_channels=12, out_channels=4, num_attention_heads=4,
+        attention_head_dim=16, ffn_dim=8, num_layers=0,
+    )  # fmt: skip
+    model = RemoverTransformer(config)
+    elements = config.out_channels * pt * ph * pw  # 24 or 48 of the 64 token dims
+    with torch.no_grad():
+        model.patch_embedding.weight.zero_()
+        model.patch_embedding.bias.zero_()
+        embed = model.patch_embedding.weight.view(config.inner_dim, config.in_channels, pt, ph, pw)
+        for j, (c, t, h, w) in enumerate(
+            itertools.product(range(config.out_channels), range(pt), range(ph), range(pw))
+        ):
+            embed[j, c, t, h, w] = 1.0  # token dim j = element (c, t, h, w) of the patch: the noisy channels' values
+        model.proj_out.weight.zero_()
+        model.proj_out.bias.zero_()
+        for j, (c, t, h, w) in enumerate(
+            itertools.product(range(config.out_channels), range(pt), range(ph), range(pw))
+        ):
+            # output (t, h, w, c) of a token, the order the model unpatchifies, from token dim j
+            model.proj_out.weight[((t * ph + h) * pw + w) * config.out_channels + c, j] = 1.0
+    model.kernels = replace(TORCH_KERNELS, modulated_layer_norm=lambda x, shift, scale, eps: x)
+    seen = []
+    model.patch_embedding.register_forward_hook(lambda module, args, out: seen.append(out.flatten(2).transpose(1, 2)))
+
+    frames, height, width = 3 * pt, 2 * ph, 5 * pw  # odd grids
+    latents = torch.arange(2 * 12 * frames * height * width, dtype=torch.float32).reshape(2, 12, frames, height, width)
+    with torch.no_grad():
+        out = model(latents, torch.tensor([999.0, 10.0]))
+    noisy = latents[:, : config.out_channels]
+    assert torch.equal(seen[0][..., :elements], patchify(noisy, patch))
+    assert torch.equal(out, noisy)
 
 
 def _edited_checkpoint(checkpoint, tmp_path, **changes):

@@ -52,6 +52,15 @@ def test_decode_matches_reference_fixture(fixture_vae, expected, frames_per_step
     assert relative_error(video, expected["vae_decoded"]) < TOLERANCE
 
 
+def test_latent_shape_is_the_shape_the_encoder_makes(fixture_vae):
+    """The config's one statement of the latent shape agrees with what the encoder actually returns."""
+    config = fixture_vae.config
+    for frames, height, width in [(1, 16, 24), (5, 32, 16), (9, 24, 40)]:
+        with torch.no_grad():
+            latents = fixture_vae.encode(torch.zeros(1, 3, frames, height, width))
+        assert latents.shape == (1, config.z_dim, *config.latent_shape(frames, height, width))
+
+
 def test_chunk_size_does_not_change_the_result(fixture_vae):
     """Streaming is exact (up to fp32 rounding): one latent frame per chunk, two, or all at once."""
     generator = torch.Generator().manual_seed(fixed_seed())

@@ -13,7 +13,6 @@ Writes `<out>/results.md` (the table) and `<out>/results.json` (per-clip numbers
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,10 +52,12 @@ class EvalConfig:
 
 @dataclass
 class Scores:
-    psnr_in: float
-    ssim_in: float
-    psnr_out: float
-    tpsnr_in: float
+    """One method on one clip; a PSNR is None where the output matches the truth exactly."""
+
+    psnr_in: float | None
+    ssim_in: float | None
+    psnr_out: float | None
+    tpsnr_in: float | None
     seconds: float
 
 
@@ -106,8 +107,18 @@ def methods(config: EvalConfig, device: torch.device) -> dict[str, Callable[[Tra
     return chosen
 
 
+def mean_cell(values: list[float | None], digits: int, exact: str = "exact") -> str:
+    """The mean over clips of one figure; clips where it is None (exact) are counted, not averaged in."""
+    numbers = [v for v in values if v is not None]
+    if not numbers:
+        return exact
+    text = f"{np.mean(numbers):.{digits}f}"
+    return text if len(numbers) == len(values) else f"{text} ({len(values) - len(numbers)} exact)"
+
+
 def table(results: dict[str, list[Scores]], config: EvalConfig) -> str:
-    """The markdown table: means over clips (PSNR of each clip, then averaged)."""
+    """The markdown table: means over clips (PSNR of each clip, then averaged; an exact clip is counted
+    apart, and a method exact on every clip says so)."""
     lines = [
         f"{config.num_clips} held-out clips ({config.source}), {config.num_frames} frames at "
         f"{config.width}x{config.height}; region = object masks dilated {config.mask_dilation}x.",
@@ -117,14 +128,12 @@ def table(results: dict[str, list[Scores]], config: EvalConfig) -> str:
     ]
     for name, scores in results.items():
 
-        def mean(field: str, scores: list[Scores] = scores) -> float:
-            return float(np.mean([getattr(s, field) for s in scores]))
+        def cell(field: str, digits: int, exact: str = "exact", scores: list[Scores] = scores) -> str:
+            return mean_cell([getattr(s, field) for s in scores], digits, exact)
 
-        out = mean("psnr_out")
-        out_text = "exact (input kept)" if math.isinf(out) else f"{out:.2f}"
         lines.append(
-            f"| {name} | {mean('psnr_in'):.2f} | {mean('ssim_in'):.4f} | {out_text} | "
-            f"{mean('tpsnr_in'):.2f} | {mean('seconds'):.2f} |"
+            f"| {name} | {cell('psnr_in', 2)} | {cell('ssim_in', 4, 'none')} | "
+            f"{cell('psnr_out', 2, 'exact (input kept)')} | {cell('tpsnr_in', 2)} | {cell('seconds', 2)} |"
         )
     return "\n".join(lines) + "\n"
 

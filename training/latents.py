@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from runtime.errors import RemoverError
+from runtime.io.outputs import write_atomically
 from runtime.models.vae import WanVAE
 from training.data import ClipSource, clip_rng, random_shape_masks
 
@@ -58,13 +59,6 @@ class ClipLatents:
     @classmethod
     def load(cls, path: Path) -> ClipLatents:
         return cls(**torch.load(path, map_location="cpu", weights_only=True))
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """`write(temporary)`, then rename the temporary file to `path`: a file present is never half-written."""
-    temporary = path.with_name(f".{path.name}.partial")
-    write(temporary)
-    temporary.replace(path)
 
 
 def clip_path(folder: Path, clip: int) -> Path:

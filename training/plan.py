@@ -35,6 +35,7 @@ import torch
 from runtime.errors import RemoverError, exit_code
 from runtime.models.config import read_config
 from runtime.models.transformer import RemoverTransformer, TransformerConfig
+from runtime.models.vae import RELEASED_VAE, VAEConfig
 from training.flow import transformer_config
 from training.stage_config import Stage1Config, Stage2Config
 from training.trainer import ScaleSettings, load_config
@@ -69,9 +70,11 @@ class ClipShape:
     tokens: int
 
     @classmethod
-    def of(cls, model: TransformerConfig, num_frames: int, height: int, width: int) -> ClipShape:
-        """The latents of `num_frames` frames of `height` x `width` pixels (4x temporal, 8x spatial)."""
-        frames, h, w = 1 + (num_frames - 1) // 4, height // 8, width // 8
+    def of(
+        cls, model: TransformerConfig, num_frames: int, height: int, width: int, vae: VAEConfig = RELEASED_VAE
+    ) -> ClipShape:
+        """The latents `vae` makes of `num_frames` frames of `height` x `width` pixels."""
+        frames, h, w = vae.latent_shape(num_frames, height, width)
         pt, ph, pw = model.patch_size
         return cls(frames, h, w, (frames // pt) * (h // ph) * (w // pw))
 

@@ -34,6 +34,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from runtime.errors import RemoverError
+from runtime.io.outputs import write_atomically
 from runtime.models.scheduler import RELEASED_SCHEDULER
 from runtime.models.transformer import RemoverTransformer
 from runtime.pipeline.remover import Remover
@@ -49,7 +50,7 @@ from training.flow import (
     train_and_export,
     trainable_transformer,
 )
-from training.latents import LatentSet, clip_path, wait_for_clips, write_atomically
+from training.latents import LatentSet, clip_path, wait_for_clips
 from training.plan import check_memory, stage_shape
 from training.stage_config import Stage1Config, Stage2Config
 from training.trainer import (

@@ -225,7 +225,7 @@ def train_vae(config: VAETrainConfig, dist: Distributed) -> Path:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=0.0)
     spec = ClipSpec(config.num_frames, config.clip_height, config.clip_width, seed=config.seed)
     source = SyntheticSource(spec, FAMILIES[config.data_source])
-    latent_shape = (vae_config.z_dim, 1 + (config.num_frames - 1) // 4, config.crop // 8, config.crop // 8)
+    latent_shape = (vae_config.z_dim, *vae_config.latent_shape(config.num_frames, config.crop, config.crop))
 
     def step_loss(step: int, indices: list[int]) -> Tensor:
         video = torch.stack([training_video(config, source, step, i) for i in indices]).to(dist.device)

@@ -40,6 +40,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from tqdm.auto import tqdm
 
 from runtime.errors import RemoverError, exit_code
+from runtime.io.outputs import write_atomically
 from runtime.models.config import config_from_dict, write_config
 from runtime.models.weights import WEIGHTS_NAME
 
@@ -378,10 +379,8 @@ def save_state(run_dir: Path, trainee: Trainee, optimizer: torch.optim.Optimizer
         if dist.is_main:
             path = run_dir / STATE_NAME
             path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f".{path.name}.partial")
             state = {"model": trainee.module.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
-            torch.save(state, temporary)
-            os.replace(temporary, path)
+            write_atomically(path, lambda to: torch.save(state, to))
         return
     folder, temporary, previous = _sharded_state_paths(run_dir)
     if dist.is_main:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runtime.batch.manifest import REQUIRED, Clip
+from runtime.io.outputs import write_atomically
 
 
 @dataclass
@@ -70,10 +70,8 @@ class Summary:
 
     def write_json(self, path: str | Path) -> None:
         """The summary as JSON, written under a temporary name and renamed."""
-        path = Path(path)
-        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        partial.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
-        os.replace(partial, path)
+        text = json.dumps(self.as_dict(), indent=2) + "\n"
+        write_atomically(Path(path), lambda to: to.write_text(text))
 
 
 def is_summary(path: str | Path) -> bool:

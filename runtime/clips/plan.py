@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from runtime.errors import RemoverError
+from runtime.models.vae import RELEASED_VAE, VAEConfig
 from runtime.options import PlanOptions
 from runtime.pipeline.box import Box
 from runtime.pipeline.composite import DEFAULT_RESIZE, Compositing, pixel_unit
@@ -62,10 +63,11 @@ class Window:
     def frames(self) -> int:
         return self.stop - self.start
 
-    def tokens(self, temporal_factor: int = 4, patch: int = 2 * 8) -> int:
-        """Transformer tokens of this window: latent frames x (height / 16) x (width / 16)."""
-        latent_frames = 1 + (padded_frame_count(self.frames, temporal_factor) - 1) // temporal_factor
-        return latent_frames * (self.size[0] // patch) * (self.size[1] // patch)
+    def tokens(self, vae: VAEConfig = RELEASED_VAE, patch: tuple[int, int, int] = (1, 2, 2)) -> int:
+        """Transformer tokens of this window (its frames padded to the VAE's k * temporal_factor + 1): the
+        latents `vae` makes of it, in patches of `patch` (frames, height, width) latent elements."""
+        frames, height, width = vae.latent_shape(padded_frame_count(self.frames, vae.temporal_factor), *self.size)
+        return (frames // patch[0]) * (height // patch[1]) * (width // patch[2])
 
 
 @dataclass(frozen=True)

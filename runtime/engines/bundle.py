@@ -35,6 +35,7 @@ from torch import Tensor
 from runtime.engines.graph_spec import GraphSpec, TensorSpec
 from runtime.engines.graphs import BACKENDS, Graph, open_graph
 from runtime.errors import RemoverError
+from runtime.io.outputs import write_atomically
 from runtime.models.config import config_from_dict
 from runtime.models.scheduler import SchedulerConfig
 from runtime.models.transformer import TransformerConfig
@@ -91,11 +92,11 @@ class Manifest:
 
     @property
     def latent_frames(self) -> int:
-        return 1 + (self.frames - 1) // self.vae.temporal_factor
+        return self.vae.latent_shape(self.frames, self.height, self.width)[0]
 
     @property
     def latent_size(self) -> tuple[int, int]:
-        return self.height // self.vae.spatial_factor, self.width // self.vae.spatial_factor
+        return self.vae.latent_shape(self.frames, self.height, self.width)[1:]
 
     def key(self, tool: str, device: str) -> dict[str, Any]:
         """What an artifact built by `tool` for `device` must be rebuilt for when it changes."""
@@ -157,9 +158,8 @@ class Manifest:
 
     def write(self, folder: Path) -> None:
         """Write manifest.json (under a temporary name, then renamed)."""
-        temporary = folder / (MANIFEST + ".tmp")
-        temporary.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        temporary.replace(folder / MANIFEST)
+        text = json.dumps(self.to_json(), indent=2) + "\n"
+        write_atomically(folder / MANIFEST, lambda to: to.write_text(text))
 
 
 def _tensor_spec(raw: dict[str, Any]) -> TensorSpec:

@@ -5,25 +5,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-from collections.abc import Callable
 from pathlib import Path
+
+from runtime.io.outputs import write_atomically
 
 PLOTTED = (  # per-frame columns drawn, by panel
     ("PSNR (dB)", ("background_psnr_db", "truth_psnr_db", "masked_psnr_db")),
     ("SSIM", ("background_ssim", "truth_ssim", "masked_ssim")),
     ("warp error (levels)", ("warp_error", "warp_error_reference")),
 )
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """`write(temporary)` then rename onto `path`; the temporary is removed on any failure."""
-    temporary = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def write_json(path: Path, document: dict) -> None:

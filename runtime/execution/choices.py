@@ -23,6 +23,7 @@ import torch
 from kernels import TORCH_KERNELS, TRITON_KERNELS, KernelOps, triton_support
 from runtime.errors import RemoverError, RemoverWarning
 from runtime.execution.attention import MATH, SDPA, AttentionBackend
+from runtime.io.outputs import write_atomically
 from runtime.models.transformer import RemoverTransformer, TransformerConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -225,8 +226,6 @@ def _save(path: Path, verdicts: dict) -> None:
     """Write the verdicts file atomically (a cache: failing to write it only means checking again)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}")
-        partial.write_text(json.dumps(verdicts, indent=1))
-        partial.replace(path)
+        write_atomically(path, lambda to: to.write_text(json.dumps(verdicts, indent=1)))
     except OSError:
         pass

@@ -233,7 +233,7 @@ def pipeline_costs(
 ) -> dict[str, Cost]:
     """Cost of each heavy stage for a clip of `frames` (4k + 1) at height x width: the encode of the masked
     and the mask video, `steps` transformer calls, the decode."""
-    latent = (1 + (frames - 1) // vae.temporal_factor, height // vae.spatial_factor, width // vae.spatial_factor)
+    latent = vae.latent_shape(frames, height, width)
     return {
         "encode": vae_encode(vae, frames, height, width, batch=2, element_bytes=element_bytes),
         "denoise": dit_forward(transformer, latent, element_bytes=element_bytes).times(steps),
@@ -277,7 +277,7 @@ def window_device_bytes(
     pixels = height * width
     vae_peak = VAE_BYTES_PER_PIXEL_CHANNEL * vae.base_dim * pixels * element_bytes
     inputs = frames * pixels * (3 + 1 + 1) * 4
-    latent = (1 + (frames - 1) // vae.temporal_factor, height // vae.spatial_factor, width // vae.spatial_factor)
+    latent = vae.latent_shape(frames, height, width)
     tokens = math.prod(latent) // math.prod(transformer.patch_size[1:])
     dim = transformer.inner_dim
     dit_peak = tokens * ((transformer.ffn_dim + 6 * dim) * element_bytes + DIT_FP32_COPIES * dim * 4)

@@ -11,6 +11,8 @@
   version left) is reclaimed by the next run: nobody is ever told to remove a file. A claim is the
   process's: claiming again inside it is a no-op (`open_writer` claims its output, so the process that
   writes must be the one that claims).
+- A file written whole at once (a report, a cache, a checkpoint) goes through `write_atomically`:
+  written under its temporary name, renamed onto the target, the temporary removed on any failure.
 - The final step, `publish`, renames the finished temporary onto the output and never replaces an
   output that appeared meanwhile unless overwriting was asked for: renameat2(RENAME_NOREPLACE), else
   a hard link (which fails on an existing name) and an unlink, else (a filesystem with neither) a
@@ -26,7 +28,7 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,19 @@ def temporary_name(path: Path, purpose: str = "partial", pid: int | None = None)
     """A hidden sibling of `path` (same suffix, so a muxer still picks its format from it), named for
     the process writing it."""
     return path.with_name(f".{path.stem}.{purpose}-{pid or os.getpid()}{path.suffix}")
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(temporary)` on a `temporary_name` of `path`, then rename it onto `path`: a reader finds the
+    old file or the whole new one, never half of one. On any failure (Ctrl-C included) the temporary is
+    removed and `path` is left as it was. For a file written whole at once; a streamed output goes
+    through `claim_output` and `publish`."""
+    temporary = temporary_name(path)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def remove_path(path: Path) -> None:

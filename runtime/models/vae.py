@@ -63,6 +63,15 @@ class VAEConfig:
     def temporal_factor(self) -> int:
         return 2 ** sum(self.temperal_downsample)
 
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(T', h, w) of the latents of `frames` video frames of height x width pixels: the first frame is
+        one latent frame, each `temporal_factor` after it another; each `spatial_factor` pixels one."""
+        return (
+            1 + (frames - 1) // self.temporal_factor,
+            height // self.spatial_factor,
+            width // self.spatial_factor,
+        )
+
     def validate(self, source: str) -> None:
         """Reject configs whose shapes do not fit together."""
         if len(self.temperal_downsample) != len(self.dim_mult) - 1:

@@ -42,7 +42,7 @@ from runtime.options import RunOptions, check_dilation
 from runtime.pipeline.box import Box
 from runtime.pipeline.composite import DEFAULT_FEATHER, DEFAULT_RESIZE, Compositing
 from runtime.pipeline.preprocess import as_frames, as_masks, output_size, padded_frame_count, resize
-from runtime.pipeline.samplers import make_sampler
+from runtime.pipeline.samplers import check_sampler, make_sampler
 from runtime.pipeline.stages import Stages, TorchStages, denoise_loop
 from runtime.pipeline.timing import Timings
 
@@ -133,7 +133,7 @@ class Remover:
         dtype = resolve_dtype(dtype, device)
         paths = locate_checkpoint(path, vae)
         scheduler = load_scheduler_config(paths.scheduler)
-        make_sampler(sampler, scheduler, 1)  # fail before loading on a bad sampler name or kernels choice
+        check_sampler(sampler)  # before loading anything
         kernel_ops = resolve_kernels(kernels, device)
         transformer = load_transformer(paths.transformer, device, dtype)
         config = transformer.config
@@ -185,7 +185,7 @@ class Remover:
         stages = BundleStages.load(Path(path), backend, device, expected_checkpoint=expected)
         manifest = stages.manifest
         sampler = sampler or manifest.sampler
-        make_sampler(sampler, manifest.scheduler, 1)  # fail early on a bad sampler name
+        check_sampler(sampler)  # before the first window
         return cls(stages, manifest.scheduler, device=device, dtype=DTYPES[manifest.precision], sampler=sampler)
 
     def _stage(self, name: str) -> AbstractContextManager[None]:
@@ -311,7 +311,7 @@ class Remover:
         through the VAE one after the other, not as a batch of two, so only one stream's causal cache
         (most of the encoder's memory) is held at a time.
         """
-        chunks = 1 + (video.shape[1] - 1) // self.stages.vae_config.temporal_factor
+        chunks = self.stages.vae_config.latent_shape(*video.shape[1:])[0]
         latents = []
         with tqdm(total=2 * chunks, desc="encode", leave=False, disable=not progress) as bar:
             for source in encoder_batch(video, mask).split(1):
@@ -382,13 +382,7 @@ class Remover:
     ) -> Tensor:
         """Standard normal latents from a CPU generator (same noise on every device), or `latents`."""
         z = self.stages.vae_config
-        shape = (
-            1,
-            z.z_dim,
-            1 + (frame_count - 1) // z.temporal_factor,
-            size[0] // z.spatial_factor,
-            size[1] // z.spatial_factor,
-        )
+        shape = (1, z.z_dim, *z.latent_shape(frame_count, *size))
         if latents is None:
             return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
         if isinstance(latents, np.ndarray):

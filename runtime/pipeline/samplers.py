@@ -150,10 +150,17 @@ def _combine(c_x: float, x: Tensor, c_m: list[float], predictions: list[Tensor])
 
 
 SAMPLERS = {"unipc": UniPCSampler, "euler": EulerSampler}
+SAMPLER_CHOICES = tuple(SAMPLERS)  # the names the front doors offer (runtime.options)
+
+
+def check_sampler(kind: str) -> None:
+    """A RemoverError unless `kind` names a sampler: the library's one check of the name (the front
+    doors' ModelOptions refuses it first, naming --sampler)."""
+    if kind not in SAMPLERS:
+        raise RemoverError(f"unknown sampler {kind!r}; choose one of {sorted(SAMPLERS)}")
 
 
 def make_sampler(kind: str, config: SchedulerConfig, num_steps: int) -> FlowSampler:
     """A fresh sampler of `kind` ("unipc" or "euler") for `num_steps` steps."""
-    if kind not in SAMPLERS:
-        raise RemoverError(f"unknown sampler {kind!r}; choose one of {sorted(SAMPLERS)}")
+    check_sampler(kind)
     return SAMPLERS[kind](config, num_steps)
