@@ -427,3 +427,35 @@ def test_batch_json_never_replaces_the_manifest_a_row_file_or_an_existing_file(c
     assert code == 2 and stdout == "" and len(error_lines(stderr)) == 1, stderr
     assert stderr.strip() == error_lines(stderr)[0]
     assert {p: p.read_bytes() for p in clips.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.slow
+def test_a_chain_waits_for_the_row_it_reads_and_fails_in_one_line_with_it(clips, capsys):
+    """Line 3 reads line 2's output and line 5 line 4's: with 2 workers line 3 waited for line 2 (it
+    used to find no video), and line 5, whose maker failed, fails without running."""
+    manifest = write_csv(
+        clips / "chain.csv",
+        [
+            "in/a.mp4,in/a_mask.mp4,out/a.mkv",
+            "out/a.mkv,in/a_mask.mp4,out/a2.mkv",
+            "in/bad.mp4,in/a_mask.mp4,out/bad.mkv",
+            "out/bad.mkv,in/a_mask.mp4,out/bad2.mkv",
+        ],
+    )
+    code, _, stderr = run_batch_cli([str(manifest), "--workers", "2", "--lossless", *SIZE], capsys)
+    assert code == 1, stderr
+    assert sorted(p.name for p in (clips / "out").iterdir()) == ["a.mkv", "a2.mkv"], stderr
+    bad = clips / "out" / "bad.mkv"
+    assert f"failed  line 5 (bad.mkv): not run: its video {bad} is line 4's output, which failed" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_a_row_reading_its_own_or_a_later_rows_output_is_refused_before_running(clips, capsys):
+    for rows in (
+        ["out/x.mp4,in/a_mask.mp4,out/x.mp4"],
+        ["out/b.mp4,in/a_mask.mp4,out/c.mp4", GOOD.replace("a.mp4,", "b.mp4,", 1).replace("out/a.mp4", "out/b.mp4")],
+    ):
+        manifest = write_csv(clips / "m.csv", rows)
+        code, _, stderr = run_batch_cli([str(manifest), *SIZE], capsys)
+        assert code == 2 and "read before this row writes it" in error_lines(stderr)[0], stderr
+        assert list((clips / "out").iterdir()) == []

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from runtime.batch.manifest import Clip
+from runtime.batch.manifest import Clip, chains
 from runtime.batch.pools import LocalPool, Pool, RayPool, import_ray, local_devices
 from runtime.batch.summary import Outcome, Summary
 from runtime.batch.worker import Attempt, Died, Finished, LoadFailed, Ready
@@ -81,16 +81,46 @@ class Dispatch:
         self.loading = set(range(len(pool.devices)))
         self.pids: dict[int, int] = {}  # slot -> its worker's pid (the partial outputs carry it)
         self.frames, self.start = 0, time.perf_counter()
+        waiting = set(todo)  # a chained row waits for the rows it reads that run here (a skipped one has its file)
+        self.needs = {i: {m: what for m, what in makers.items() if m in waiting} for i, makers in chains(clips).items()}
+
+    def next_ready(self) -> int | None:
+        """Take the first queued clip whose makers (`manifest.chains`) are done; one whose maker failed
+        fails without running (one line saying why), and the rows waiting on it in turn. None while
+        every queued clip still waits."""
+        progressed = True
+        while progressed:
+            progressed = False
+            for index in list(self.queue):
+                makers = self.needs.get(index, {})
+                failed = [m for m in makers if m in self.outcomes and self.outcomes[m].status == "failed"]
+                if failed:
+                    self.queue.remove(index)
+                    self._not_run(index, failed[0], makers[failed[0]])
+                    progressed = True
+                elif all(m in self.outcomes for m in makers):
+                    self.queue.remove(index)
+                    return index
+        return None
+
+    def _not_run(self, index: int, maker: int, what: str) -> None:
+        clip, made = self.clips[index], self.clips[maker]
+        error = f"not run: its {what} {made.output} is line {made.line}'s output, which failed"
+        self.outcomes[index] = Outcome(clip, "failed", 0, error=error)
+        self.say(f"failed  line {clip.line} ({clip.video.name}): {error}")
+        self.bar.update()
 
     def run(self) -> dict[int, Outcome]:
         """Every clip's outcome, by its index."""
         try:
             while self.queue or self.busy:
-                while self.idle and self.queue:
-                    slot, index = self.idle.pop(), self.queue.popleft()
+                while self.idle and (index := self.next_ready()) is not None:
+                    slot = self.idle.pop()
                     self.attempts[index] += 1
                     self.busy[slot] = index, time.perf_counter()
                     self.pool.submit(slot, self.clips[index])
+                if not self.busy and not self.queue:
+                    break  # the last queued rows failed with their makers: nothing more will come
                 self.handle(self.pool.next_event())
         finally:
             self.pool.close(self.idle)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import RemoverError
-from runtime.io import overlaps
+from runtime.io import overlaps, same_file
 from runtime.io.textfile import read_csv, read_json_lines
 from runtime.io.writer import output_kind
 from runtime.options import (
@@ -180,18 +180,50 @@ def read_manifest(path: str | Path, defaults: dict[str, Any] | None = None) -> l
     return clips
 
 
+def _made_by(source: Path, output: Path) -> bool:
+    """Whether `source` (a row's video or mask) is the file writing `output` makes: the same path
+    (neither need exist yet), or the same file by another spelling."""
+    return source == output or same_file(output, source)
+
+
+def chains(clips: list[Clip]) -> dict[int, dict[int, str]]:
+    """For each row (by index) whose video or mask is an earlier row's output: that row's index -> what
+    it reads ("video" or "mask"). Such a row runs only once the earlier one is done (a chain,
+    `runtime.batch.dispatch`); reading a later row's output, or its own, is refused (`_check_outputs`)."""
+    needs: dict[int, dict[int, str]] = {}
+    for index, clip in enumerate(clips):
+        for other, maker in enumerate(clips[:index]):
+            for what in ("video", "mask"):
+                if _made_by(getattr(clip, what), maker.output):
+                    needs.setdefault(index, {}).setdefault(other, what)
+    return needs
+
+
 def _check_outputs(clips: list[Clip], path: Path) -> None:
-    """No two rows write one file, and no row writes over any row's input (a frames folder's files too)."""
+    """No two rows write one file, and no row writes over or into an input (a frames folder's files too),
+    its own or another row's, except a later row's video or mask that is exactly this output (a chain:
+    that row runs after this one has written it). A row reading its own output or a later row's is
+    refused even before the file exists: it would be read before it is written."""
     lines: dict[Path, int] = {}
-    inputs = {clip.video: clip.line for clip in clips} | {clip.mask: clip.line for clip in clips}
-    for clip in clips:
+    for number, clip in enumerate(clips):
         where = f"{path}, line {clip.line}: output {clip.output}"
         if clip.output in lines:
             raise RemoverError(f"{where} is line {lines[clip.output]}'s too")
         lines[clip.output] = clip.line
-        for source, line in inputs.items():
-            if overlaps(clip.output, source):
-                raise RemoverError(f"{where} is line {line}'s input: it would be replaced before it is read")
+        for later, reader in enumerate(clips):
+            for what in ("video", "mask"):
+                source = getattr(reader, what)
+                made = _made_by(source, clip.output)
+                if made and later > number:
+                    continue
+                if made and not source.exists():
+                    whose = "its own" if later == number else f"line {reader.line}'s"
+                    raise RemoverError(
+                        f"{where} is {whose} {what}, read before this row writes it: list the row that writes "
+                        "a file before the rows that read it"
+                    )
+                if overlaps(clip.output, source):
+                    raise RemoverError(f"{where} is line {reader.line}'s input: it would be replaced before it is read")
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
