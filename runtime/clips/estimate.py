@@ -46,15 +46,8 @@ def available_host_bytes() -> int | None:
     return None
 
 
-CLI_REMEDIES = ("use a smaller --height/--width or --window", "use a smaller --window, or a smaller --height/--width")
-CALL_REMEDIES = ("pass a smaller height/width, or fewer frames", "pass fewer frames, or a smaller height/width")
-
-
-def check_fits(
-    plan: Plan, device: torch.device, figures: RunEstimate, remedies: tuple[str, str] = CLI_REMEDIES
-) -> None:
-    """A RemoverError, before any work, when the plan cannot fit the device or the host. `remedies`
-    (device, host) name what to change: the CLI's flags, or a `Remover` call's arguments (CALL_REMEDIES)."""
+def check_fits(plan: Plan, device: torch.device, figures: RunEstimate) -> None:
+    """A RemoverError, before any work, when the plan cannot fit the device or the host."""
     biggest = max(plan.model_windows, key=lambda w: w.size[0] * w.size[1] * w.frames, default=None)
     if biggest is None:
         return
@@ -66,13 +59,14 @@ def check_fits(
         if figures.device_bytes > free:
             raise RemoverError(
                 f"this plan needs about {figures.device_bytes / GB:.1f} GB of GPU memory for a window of {shape}, "
-                f"and {free / GB:.1f} GB are free: {remedies[0]}"
+                f"and {free / GB:.1f} GB are free: use a smaller --height/--width or --window"
             )
     if host_free is not None and host_need > host_free:
         height, width = plan.frame_size
         raise RemoverError(
             f"this plan needs about {host_need / GB:.1f} GB of host memory (windows of {biggest.frames} frames of "
-            f"{width}x{height}, model work on {shape}) and {host_free / GB:.1f} GB are available: {remedies[1]}"
+            f"{width}x{height}, model work on {shape}) and {host_free / GB:.1f} GB are available: use a smaller "
+            "--window, or a smaller --height/--width"
         )
 
 

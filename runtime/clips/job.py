@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from runtime.clips.estimate import check_fits, describe_estimate, estimate
-from runtime.clips.plan import Plan, covers_nearly_all, make_plan
+from runtime.clips.plan import NEARLY_FULL, Plan, make_plan
 from runtime.clips.plan import working_size as plan_working_size
 from runtime.clips.stream import LocalWindows, WindowRunner, mask_box, run_plan
 from runtime.errors import RemoverError, RemoverWarning
@@ -105,7 +105,7 @@ def open_job(
     for index, mask in enumerate(scan):
         box = mask_box(mask)
         boxes.append(box)
-        if covers_nearly_all(mask, box):
+        if box is not None and box.height * box.width >= NEARLY_FULL * mask.size and mask.mean() >= NEARLY_FULL:
             full.append(index)
     plan = make_plan(info.frame_count, frame_size, boxes, options)
     if full:

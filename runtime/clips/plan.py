@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from runtime.errors import RemoverError
 from runtime.models.vae import RELEASED_VAE, VAEConfig
@@ -32,9 +31,6 @@ from runtime.options import PlanOptions
 from runtime.pipeline.box import Box
 from runtime.pipeline.composite import DEFAULT_RESIZE, Compositing, pixel_unit
 from runtime.pipeline.preprocess import SIZE_MULTIPLE, output_size, padded_frame_count
-
-if TYPE_CHECKING:
-    import numpy as np
 
 NEARLY_FULL = 0.98  # a frame's mask covering this share of it or more is noted in the plan and warned of
 
@@ -133,21 +129,6 @@ class Plan:
                 f"{w.tokens()} tokens, dilation {w.dilation} px, feather {w.feather} px"
             )
         return lines
-
-
-def covers_nearly_all(mask: np.ndarray, box: Box | None) -> bool:
-    """Whether a frame's mask (bool [H, W], its bounding box `box`) covers NEARLY_FULL of the frame or
-    more: the note and warning of a plan (`runtime.clips.job.open_job`) and of a `Remover` call."""
-    return box is not None and box.height * box.width >= NEARLY_FULL * mask.size and mask.mean() >= NEARLY_FULL
-
-
-def call_plan(frame_count: int, frame_size: tuple[int, int], size: tuple[int, int], compositing: Compositing) -> Plan:
-    """The plan of one `Remover` call: one window over the whole frames of `frame_size`, at `size`, so
-    the call's memory is checked and noted as a run's is."""
-    c = compositing
-    window = Window(0, 0, frame_count, 0, Box(0, 0, *frame_size), size, c.dilation, c.feather, c.resize)
-    options = PlanOptions(window=0, crop="off", height=size[0], width=size[1], resize=compositing.resize)
-    return Plan(frame_count, frame_size, (window,), options, cropped=False)
 
 
 def window_spans(frame_count: int, window: int, overlap: int, fixed: bool = False) -> list[tuple[int, int]]:

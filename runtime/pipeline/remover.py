@@ -16,7 +16,7 @@ import numbers
 import warnings
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +24,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from runtime.clips.estimate import CALL_REMEDIES, check_fits, estimate
-from runtime.clips.plan import call_plan, covers_nearly_all
-from runtime.clips.stream import mask_box
-from runtime.errors import RemoverError, RemoverWarning
+from runtime.errors import RemoverError
 from runtime.execution.attention import select_attention
 from runtime.execution.choices import (
     COMPILE_MODES,
@@ -239,7 +236,6 @@ class Remover:
         if not masks.any():
             warnings.warn("the mask is empty: returning the input unchanged", EmptyMaskWarning, stacklevel=2)
             return self._unchanged(frames, size, paste_back, compositing.resize)
-        self._check_call(frames.shape[:3], masks, size, compositing, int(num_inference_steps))  # before any work
         out = self.run_window(
             frames,
             masks,
@@ -258,26 +254,6 @@ class Remover:
         pixels = np.stack(out.frames).astype(np.float32)
         pixels /= np.float32(255.0)
         return pixels
-
-    def _check_call(
-        self,
-        shape: tuple[int, int, int],
-        masks: np.ndarray,
-        size: tuple[int, int],
-        compositing: Compositing,
-        steps: int,
-    ) -> None:
-        """What `remove_file` says and checks of its plan, for a call's one window over frames of `shape`
-        (count, height, width): a RemoverWarning when masks cover (nearly) whole frames, and a RemoverError
-        when the call cannot fit this device or host, before any work."""
-        count, frame_size = shape[0], tuple(shape[1:])
-        self.stages.check_size(padded_frame_count(count, self.stages.vae_config.temporal_factor), *size)
-        plan = call_plan(count, frame_size, size, compositing)
-        full = [index for index, mask in enumerate(masks) if covers_nearly_all(mask, mask_box(mask))]
-        if full:
-            plan = replace(plan, nearly_full=(len(full), full[0]))
-            warnings.warn(plan.nearly_full_note(), RemoverWarning, stacklevel=3)
-        check_fits(plan, self.device, estimate(plan, self, steps), CALL_REMEDIES)
 
     @torch.inference_mode()
     def run_window(
