@@ -1,8 +1,8 @@
 """What gets exported: the six bundle graphs as modules with sample inputs (demoDiffusion-style descriptors).
 
 Every graph wraps the one model definition in runtime/models and the one sampler loop in
-runtime/stages; nothing here re-implements the model. Inputs and outputs are fp32 and each wrapper
-casts to the weights' dtype exactly where the PyTorch pipeline does, so the graphs compute what
+runtime/pipeline/stages.py; nothing here re-implements the model. Inputs and outputs are fp32 and each
+wrapper casts to the weights' dtype exactly where the PyTorch pipeline does, so the graphs compute what
 `Remover` computes in that dtype. Graph names, shapes and the cache order are described in
 runtime/engines/bundle.py.
 """

@@ -1,24 +1,9 @@
-"""The single attention entry point of the runtime: softmax(q k^T / sqrt(d)) v, no mask, on
-q [B, Lq, heads, d] and K, V [B, Lk, heads, d], through one of these backends (best first):
-
-- flash-attn: FlashAttention 3 on Hopper when `flash_attn_interface` is installed, else
-  FlashAttention 2 (`flash_attn`); CUDA, fp16/bf16, head_dim a multiple of 8 up to 256.
-- sdpa: PyTorch's fused SDPA kernels (flash / cuDNN / memory-efficient on CUDA, flash on the CPU).
-- math: PyTorch's unfused SDPA (any device and dtype; it materializes the score matrix).
-
-`select_attention` takes the first whose requirements hold ("auto"), or the named one, which is a
-RemoverError saying why when its requirements fail. RUNTIME_ATTENTION sets the choice when the
-caller does not. flash_attn is imported only here, lazily, and is never needed on the CPU.
-
-Condition tokens make the key length Lk = L + n (n = 6) while queries stay L. That knocks no fast
-kernel off: K and V are dense [B, L + n, heads, d] buffers (the Triton kernel writes them so; the
-PyTorch path's cat makes them so), which keeps every stride the kernels check (last stride 1, head
-stride d, token stride heads * d, storage offset 0: the layout cuDNN requires and the 16-byte
-alignment the memory-efficient kernel requires); only the length changes, and FA2, FA3 and SDPA's
-flash and memory-efficient kernels take any key length for non-causal attention. cuDNN wanted a key
-length divisible by 64 before cuDNN 8.9.6, and PyTorch ranks cuDNN first only from cuDNN 9.15.1 on
-(its fix for lengths not divisible by 128), so no padding of K/V to a multiple is done or needed.
-The backend chosen is probed with that exact layout and key length offset.
+"""The runtime's one attention entry point: softmax(q k^T / sqrt(d)) v, no mask, on q [B, Lq, heads, d]
+and K, V [B, Lk, heads, d] (Lk = Lq + the condition tokens), through one backend: flash-attn, sdpa or
+math. `select_attention` takes the first whose requirements hold ("auto") or the one named, a
+RemoverError saying why when it cannot run; RUNTIME_ATTENTION sets the choice when the caller does not.
+flash_attn is imported only here, lazily. The backends, their requirements and why the longer K/V needs
+no padding: docs/kernels.md.
 """
 
 from __future__ import annotations

@@ -1,18 +1,10 @@
 """Host memory that stays flat over a long clip, at the speed of glibc's default allocator.
 
-glibc, by default, raises its mmap threshold each time a large block is freed (up to 32 MB), after which
-frame-sized buffers come from the heap, and what is freed there stays resident. A threshold fixed at
-128 KiB for the whole run gives frames back, but makes every model temporary over 128 KiB a fresh mapping,
-faulted in page by page. So the command fixes the threshold at 128 KiB (`bound_host_heap`), and the stream
-raises it to 32 MB only while the model computes (`model_temporaries_on_heap`): frames, masks and encoder
-buffers, made while reading and compositing, are mapped and given back when freed; the model's
-temporaries come from the heap and are reused call after call.
-
-`python -m bench.heap` (bench/RESULTS.md), the CLI's peak resident set on a 640x360 clip at a 64x112
-working size with the demo weights, 81 and 321 frames, on the CPU: glibc's default 799 and 920 MB (1.15x,
-and 983 MB at 641 frames in an earlier run: still climbing); fixed 719 and 785 MB (1.09x) but 1.28x and
-1.35x slower; this policy 724 and 809 MB (1.12x) at the default's speed. A process that did not call
-`bound_host_heap` (a library caller, the app) keeps its allocator as it was.
+The command fixes glibc's mmap threshold at 128 KiB (`bound_host_heap`), so frame-sized buffers are
+mapped and given back when freed, and raises it to 32 MB only while the model computes
+(`model_temporaries_on_heap`), so the model's temporaries come from the heap and are reused call after
+call. A process that did not call `bound_host_heap` (a library caller, the app) keeps its allocator as
+it was. Why, and the three policies measured: bench/RESULTS.md, "Host allocator" (`python -m bench.heap`).
 """
 
 from __future__ import annotations

@@ -32,8 +32,9 @@ ROPE_THETA = 10000.0
 
 
 class SequenceSplit(Protocol):
-    """How a model shares one sequence with other processes (runtime/distributed/parallel.py has the
-    torchrun one): this process's share of the tokens, attention across the shares, the whole output."""
+    """How a model shares one sequence with other processes (runtime/distributed/sequence.py's
+    SequenceParallel is the torchrun one): this process's share of the tokens, attention across the
+    shares, the whole output."""
 
     def shard(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]: ...
 

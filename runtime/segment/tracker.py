@@ -149,83 +149,129 @@ def propagate(
     """(frame, object id -> mask logits [1, 1, h, w] on the CPU) for every frame in order, from display
     frames uint8 [H, W, 3] (`display` = (W, H)) and prompts already checked against the clip. See the
     module's docstring for the passes and what they keep."""
-    inputs = frame_inputs(prompts)
-    ids = sorted(inputs)
-    first = {object_id: min(inputs[object_id]) for object_id in ids}
-    last_prompted = max(max(frames_of) for frames_of in inputs.values())
-    keep, size = model.memory_frames, model.image_size
-    banks = {object_id: new_bank() for object_id in ids}
-    frames = iter(frames)
-
-    def next_input(frame: int) -> np.ndarray:
-        image = next(frames, None)
-        if image is None:
-            raise RemoverError(f"the clip ended at frame {frame}, before its prompted frame {last_prompted}")
-        return model_input(image, size)
-
     with scratch_folder(spill_folder, "segment") as folder:
-        read = ArraySpill(Path(folder) / "frames", (size, size, 3), np.uint8)
-        backward: ArraySpill | None = None
-        forward = None
+        run = _Propagation(model, iter(frames), frame_count, frame_inputs(prompts), Path(folder))
         try:
-            # 1. frames up to the last prompted one, to disk; conditioning outputs on the prompted frames
-            for frame in _bar(range(last_prompted + 1), "reading to the last prompt", progress and last_prompted > 0):
-                image = next_input(frame)
-                read.put(frame, image)
-                prompted = [object_id for object_id in ids if frame in inputs[object_id]]
-                if prompted:
-                    features = model.features(image)
-                    for object_id in prompted:
-                        points, labels = prompt_points(inputs[object_id][frame], display, size)
-                        output = model.conditioned(features, frame, points, labels, frame_count)
-                        banks[object_id]["cond_frame_outputs"][frame] = output
+            run.read_to_last_prompt(display, progress)
+            run.track_backward(progress)
+            yield from run.track_forward(progress)
+        finally:
+            run.close()
 
-            # 2. backward from each object's first prompt to frame 0, the logits to disk
-            latest_first = max(first.values())
-            for frame in _bar(range(latest_first - 1, -1, -1), "tracking backward", progress and latest_first > 0):
-                features = model.features(read.get(frame))
-                for slot, object_id in enumerate(ids):
-                    if frame < first[object_id]:
-                        output = model.tracked(features, frame, banks[object_id], frame_count, reverse=True)
-                        if backward is None:
-                            shape = tuple(output["pred_masks"].shape)
-                            backward = ArraySpill(Path(folder) / "backward", shape, np.float32)
-                        backward.put(frame * len(ids) + slot, _logits(output).numpy())
-                        remember(banks[object_id], frame, output, keep)
-            for bank in banks.values():
-                bank["non_cond_frame_outputs"].clear()
 
-            # 3. forward over the whole clip, in order (to its last decoded frame)
-            forward = _bar(None, "tracking forward", progress, total=frame_count)
+class _Propagation:
+    """The state the three passes of `propagate` share: the frames still to decode, each object's
+    prompts and memory bank, and the two spill files in the scratch folder."""
+
+    def __init__(
+        self,
+        model: TrackingModel,
+        frames: Iterator[np.ndarray],
+        frame_count: int,
+        inputs: dict[int, dict[int, list[Prompt]]],
+        folder: Path,
+    ) -> None:
+        self.model, self.frames, self.frame_count, self.inputs, self.folder = model, frames, frame_count, inputs, folder
+        self.ids = sorted(inputs)
+        self.first = {object_id: min(inputs[object_id]) for object_id in self.ids}
+        self.last_prompted = max(max(frames_of) for frames_of in inputs.values())
+        self.keep, self.size = model.memory_frames, model.image_size
+        self.banks = {object_id: new_bank() for object_id in self.ids}
+        self.read = ArraySpill(folder / "frames", (self.size, self.size, 3), np.uint8)
+        self.backward: ArraySpill | None = None  # made on the first backward output (its shape is the model's)
+
+    def read_to_last_prompt(self, display: tuple[int, int], progress: bool) -> None:
+        """Pass 1: frames 0 to the last prompted one to disk, and every object's conditioning output on
+        its prompted frames."""
+        shown = progress and self.last_prompted > 0
+        for frame in _bar(range(self.last_prompted + 1), "reading to the last prompt", shown):
+            image = self._next_input(frame)
+            self.read.put(frame, image)
+            prompted = [object_id for object_id in self.ids if frame in self.inputs[object_id]]
+            if prompted:
+                self._condition(image, frame, prompted, display)
+
+    def _next_input(self, frame: int) -> np.ndarray:
+        """The next decoded frame at the model's input size; the clip ending before its last prompt is an error."""
+        image = next(self.frames, None)
+        if image is None:
+            raise RemoverError(f"the clip ended at frame {frame}, before its prompted frame {self.last_prompted}")
+        return model_input(image, self.size)
+
+    def _condition(self, image: np.ndarray, frame: int, prompted: list[int], display: tuple[int, int]) -> None:
+        """The conditioning outputs of the objects prompted on `frame`, into their banks."""
+        features = self.model.features(image)
+        for object_id in prompted:
+            points, labels = prompt_points(self.inputs[object_id][frame], display, self.size)
+            output = self.model.conditioned(features, frame, points, labels, self.frame_count)
+            self.banks[object_id]["cond_frame_outputs"][frame] = output
+
+    def track_backward(self, progress: bool) -> None:
+        """Pass 2: from the frame before the latest first prompt down to frame 0, each object tracked in
+        reverse before its first prompt, the logits to disk; the tracked memory is then dropped so the
+        forward pass starts from the prompts alone."""
+        latest_first = max(self.first.values())
+        for frame in _bar(range(latest_first - 1, -1, -1), "tracking backward", progress and latest_first > 0):
+            features = self.model.features(self.read.get(frame))
+            for slot, object_id in enumerate(self.ids):
+                if frame < self.first[object_id]:
+                    output = self.model.tracked(features, frame, self.banks[object_id], self.frame_count, reverse=True)
+                    self._spill_backward(frame * len(self.ids) + slot, output)
+                    remember(self.banks[object_id], frame, output, self.keep)
+        for bank in self.banks.values():
+            bank["non_cond_frame_outputs"].clear()
+
+    def _spill_backward(self, slot: int, output: Output) -> None:
+        """One backward output's logits to the backward spill, made at the first one's shape."""
+        if self.backward is None:
+            shape = tuple(output["pred_masks"].shape)
+            self.backward = ArraySpill(self.folder / "backward", shape, np.float32)
+        self.backward.put(slot, _logits(output).numpy())
+
+    def track_forward(self, progress: bool) -> Iterator[tuple[int, dict[int, torch.Tensor]]]:
+        """Pass 3: every frame in order to the clip's last decoded one, with each object's logits."""
+        forward = _bar(None, "tracking forward", progress, total=self.frame_count)
+        try:
             for frame in itertools.count():
-                if frame <= last_prompted:
+                if frame <= self.last_prompted:
                     image = None  # read from disk when a frame needs tracking
                 else:
-                    image = next(frames, None)
+                    image = next(self.frames, None)
                     if image is None:
                         return
-                    image = model_input(image, size)
-                features = None
-                logits: dict[int, torch.Tensor] = {}
-                for slot, object_id in enumerate(ids):
-                    if frame < first[object_id]:
-                        logits[object_id] = torch.from_numpy(backward.get(frame * len(ids) + slot))
-                    elif frame in banks[object_id]["cond_frame_outputs"]:
-                        logits[object_id] = _logits(banks[object_id]["cond_frame_outputs"][frame])
-                    else:
-                        if features is None:
-                            features = model.features(read.get(frame) if image is None else image)
-                        output = model.tracked(features, frame, banks[object_id], frame_count, reverse=False)
-                        logits[object_id] = _logits(output)
-                        remember(banks[object_id], frame, output, keep)
+                    image = model_input(image, self.size)
+                logits = self._frame_logits(frame, image)
                 forward.update()
                 yield frame, logits
         finally:
-            if forward is not None:
-                forward.close()
-            read.close()
-            if backward is not None:
-                backward.close()
+            forward.close()
+
+    def _frame_logits(self, frame: int, image: np.ndarray | None) -> dict[int, torch.Tensor]:
+        """Each object's logits on `frame`: its backward result before its first prompt, its prompt's
+        result on a prompted frame, else tracked forward (features computed once, only if needed;
+        `image` None means read the frame from disk)."""
+        features = None
+        logits: dict[int, torch.Tensor] = {}
+        for slot, object_id in enumerate(self.ids):
+            bank = self.banks[object_id]
+            if frame < self.first[object_id]:
+                assert self.backward is not None  # the backward pass wrote every frame before a first prompt
+                logits[object_id] = torch.from_numpy(self.backward.get(frame * len(self.ids) + slot))
+            elif frame in bank["cond_frame_outputs"]:
+                logits[object_id] = _logits(bank["cond_frame_outputs"][frame])
+            else:
+                if features is None:
+                    features = self.model.features(self.read.get(frame) if image is None else image)
+                output = self.model.tracked(features, frame, bank, self.frame_count, reverse=False)
+                logits[object_id] = _logits(output)
+                remember(bank, frame, output, self.keep)
+        return logits
+
+    def close(self) -> None:
+        """Close the spill files (the scratch folder that holds them is removed by its owner)."""
+        self.read.close()
+        if self.backward is not None:
+            self.backward.close()
 
 
 def _bar(items: Iterable[int] | None, description: str, shown: bool, total: int | None = None) -> tqdm:
