@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from conftest import diamond_dilation
 
 from runtime.evaluate.__main__ import main as evaluate_main
 from runtime.io import read_clip
@@ -24,15 +25,7 @@ def test_the_clips_truths_and_baselines_are_written_losslessly_and_evaluate_scor
     np.testing.assert_array_equal(frames_of(out / "clip_1" / "video"), clip.frames)
     np.testing.assert_array_equal(frames_of(out / "clip_1" / "truth"), clip.background)
     telea = frames_of(out / "clip_1" / "telea")
-    # the region, dilated in the test (the 3x3 cross, DEFAULT_DILATION times), is all a baseline changes
-    region = clip.masks.copy()
-    for _ in range(DEFAULT_DILATION):
-        grown = region.copy()
-        grown[:, 1:] |= region[:, :-1]
-        grown[:, :-1] |= region[:, 1:]
-        grown[:, :, 1:] |= region[:, :, :-1]
-        grown[:, :, :-1] |= region[:, :, 1:]
-        region = grown
+    region = diamond_dilation(clip.masks, DEFAULT_DILATION)  # all a baseline may change
     np.testing.assert_array_equal(telea[~region], clip.frames[~region])
     assert (telea[region] != clip.frames[region]).any()
     assert (out / "ours.batch.csv").read_text().splitlines()[1] == "clip_0/video,clip_0/mask,clip_0/ours.mkv"

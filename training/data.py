@@ -28,7 +28,7 @@ from torch import Tensor
 from runtime.errors import RemoverError
 from runtime.io import IMAGE_SUFFIXES, ClipInfo, open_clip, open_masks
 from runtime.pipeline.preprocess import dilate, resize
-from training.synthetic import FAMILIES, TRAIN_SHAPES, Family, object_mask, render_clip
+from training.synthetic import FAMILIES, TRAIN_SHAPES, Family, object_mask
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
 SOURCES = (*FAMILIES, "folder", "manifest")
@@ -102,17 +102,13 @@ class SyntheticSource:
     def __call__(self, index: int) -> TrainingClip:
         spec = self.spec
         rng = clip_rng(spec.seed, index)
-        clip = render_clip(
+        clip = self.family.render(
             int(rng.integers(2**31)),
             spec.num_frames,
             spec.height,
             spec.width,
             num_objects=int(rng.integers(1, 3)),
-            background=self.family.background,
-            shapes=self.family.shapes,
             frame_stride=int(rng.choice(spec.frame_strides)),
-            motion=self.family.motion,
-            object_scales=self.family.object_scales,
         )
         masks = dilate_masks(clip.masks, int(rng.integers(0, spec.max_dilation + 1)))
         return TrainingClip(clip.with_objects, masks, clip.background)

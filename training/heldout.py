@@ -45,7 +45,7 @@ def write_heldout(out: Path, source: str, clips: int, frames: int, height: int, 
     """Write the clips, their truths, the baselines and the manifests; returns a summary line."""
     clip_source = make_source(source, ClipSpec(frames, height, width, seed))
     out.mkdir(parents=True, exist_ok=True)
-    rows: dict[str, list[str]] = {name: [] for name in ("ours", *BASELINES)}
+    rows: dict[str, list[str]] = {name: [] for name in ("ours", *BASELINES)}  # evaluate manifests
     batch_rows = []
     for index in range(clips):
         clip = clip_source(index)
@@ -57,11 +57,12 @@ def write_heldout(out: Path, source: str, clips: int, frames: int, height: int, 
         region = dilate(torch.from_numpy(clip.masks), DEFAULT_DILATION).numpy()
         for name, baseline in BASELINES.items():
             write_frames(folder / name, np.round(baseline(clip.frames, region) * 255).astype(np.uint8))
-        files = {name: f"clip_{index}/{name}" for name in ("video", "mask", "truth")}
-        batch_rows.append(f"{files['video']},{files['mask']},clip_{index}/ours.mkv")
-        for name in rows:
-            result = f"clip_{index}/ours.mkv" if name == "ours" else f"clip_{index}/{name}"
-            rows[name].append(f"{result},{files['video']},{files['mask']},{files['truth']},clip_{index}")
+        clip_name = f"clip_{index}"
+        inputs = f"{clip_name}/video,{clip_name}/mask"
+        results = {"ours": f"{clip_name}/ours.mkv", **{name: f"{clip_name}/{name}" for name in BASELINES}}
+        batch_rows.append(f"{inputs},{results['ours']}")
+        for name, result in results.items():
+            rows[name].append(f"{result},{inputs},{clip_name}/truth,{clip_name}")
     (out / "ours.batch.csv").write_text("\n".join(["video,mask,output", *batch_rows]) + "\n")
     for name, lines in rows.items():
         (out / f"{name}.csv").write_text("\n".join(["result,video,mask,truth,name", *lines]) + "\n")

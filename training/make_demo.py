@@ -20,9 +20,9 @@ import torch
 
 from runtime.demo import DEMO_CLIP, DEMO_MASK, DEMO_WEIGHTS
 from runtime.errors import exit_code
-from runtime.io import read_clip, write_clip
+from runtime.io import read_clip, write_atomically, write_clip
 from runtime.models.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint, save_checkpoint
-from training.synthetic import FAMILIES, render_clip
+from training.synthetic import FAMILIES
 
 DEMO_SEED, DEMO_FRAMES, DEMO_HEIGHT, DEMO_WIDTH, DEMO_FPS = 7, 21, 144, 256, Fraction(16)
 DEMO_FAMILY = "synthetic-soft-held-out"
@@ -31,18 +31,7 @@ DEMO_FAMILY = "synthetic-soft-held-out"
 def write_demo_clip(clip_path: Path, mask_path: Path) -> None:
     """Render the demo clip and write it and its mask as videos: one object over a panning background of
     the held-out family (a generator the model never trained on), which it reveals as it moves."""
-    family = FAMILIES[DEMO_FAMILY]
-    clip = render_clip(
-        DEMO_SEED,
-        DEMO_FRAMES,
-        DEMO_HEIGHT,
-        DEMO_WIDTH,
-        num_objects=1,
-        background=family.background,
-        shapes=family.shapes,
-        motion=family.motion,
-        object_scales=family.object_scales,
-    )
+    clip = FAMILIES[DEMO_FAMILY].render(DEMO_SEED, DEMO_FRAMES, DEMO_HEIGHT, DEMO_WIDTH)
     write_clip(clip_path, clip.with_objects, DEMO_FPS)
     write_clip(mask_path, np.repeat(clip.masks[..., None] * np.uint8(255), 3, axis=-1), DEMO_FPS)
 
@@ -86,9 +75,7 @@ def write_picture(path: Path, frame: int = DEMO_FRAMES // 2) -> None:
     for i, (name, image) in enumerate(panels.items()):
         sheet.paste(Image.fromarray(image), (i * DEMO_WIDTH, label))
         draw.text((i * DEMO_WIDTH + 4, 1), name, fill="black")
-    temporary = path.with_name(f".{path.name}.partial")
-    sheet.save(temporary, format="PNG")
-    temporary.replace(path)
+    write_atomically(path, lambda to: sheet.save(to, format="PNG"))
 
 
 def make_demo(checkpoint: Path) -> None:

@@ -105,6 +105,23 @@ class Family:
     motion: str = "linear"
     object_scales: tuple[int, ...] = (2, 4)
 
+    def render(
+        self, seed: int, num_frames: int, height: int, width: int, num_objects: int = 1, frame_stride: int = 1
+    ) -> SyntheticClip:
+        """`render_clip` with this family's background, shapes, motion and object scales."""
+        return render_clip(
+            seed,
+            num_frames,
+            height,
+            width,
+            num_objects=num_objects,
+            background=self.background,
+            shapes=self.shapes,
+            frame_stride=frame_stride,
+            motion=self.motion,
+            object_scales=self.object_scales,
+        )
+
 
 FAMILIES = {  # data source name -> family
     "synthetic": Family("noise", TRAIN_SHAPES),
