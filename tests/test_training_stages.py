@@ -20,7 +20,7 @@ from runtime.models.vae import RELEASED_VAE, WanVAE
 from runtime.models.weights import load_transformer, load_vae
 from training.data import ClipSpec, SyntheticSource
 from training.evaluate import EvalConfig, evaluate
-from training.flow import new_transformer
+from training.flow import flow_matching_loss, new_transformer
 from training.latents import ClipLatents, LatentSet, clip_path
 from training.stage1 import stage1_sample, train_stage1
 from training.stage2 import (
@@ -169,6 +169,29 @@ def test_bad_noise_follows_the_sign_of_the_gradient():
             assert np.sign(float(pushed.flatten()[flat])) == -np.sign(slope)
             checked += 1
     assert checked >= 10
+
+
+def test_hole_weight_counts_the_positions_the_hole_changed_that_many_times_more():
+    """A model with a known velocity error at each latent position: the weighted loss is the
+    hand-computed weighted mean, where the hole positions are the ones whose masked latent moved."""
+    shape = (1, 16, 1, 2, 2)
+    target, noise = torch.zeros(shape), torch.zeros(shape)
+    masked = target.clone()
+    masked[..., 0, 0] = 1.0  # the hole moved one of the four positions by 1 (> HOLE_CHANGE)
+    masked[..., 1, 1] = 0.05  # and another by less than HOLE_CHANGE: not a hole position
+    context = torch.cat([masked, torch.zeros(shape)], dim=1)
+    error = torch.tensor([[2.0, 1.0], [1.0, 1.0]]).expand(shape)  # velocity error at each position
+
+    def model(x, timestep, condition):
+        return error
+
+    sigma = torch.zeros(1)
+    plain = flow_matching_loss(model, target, context, noise, sigma, sigma, None)
+    weighted = flow_matching_loss(model, target, context, noise, sigma, sigma, None, hole_weight=4.0)
+    assert plain.item() == pytest.approx((4 + 1 + 1 + 1) / 4)
+    assert weighted.item() == pytest.approx((5 * 4 + 1 + 1 + 1) / (5 + 1 + 1 + 1))
+    with pytest.raises(RemoverError, match="hole_weight"):
+        Stage1Config(out="x", vae="y", steps=1, hole_weight=-1.0).validate("c.json")
 
 
 def test_curated_samples_are_spread_over_the_batch():

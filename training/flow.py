@@ -73,14 +73,30 @@ def flow_matching_loss(
     sigma: Tensor,
     timestep: Tensor,
     condition: Tensor | None,
+    hole_weight: float = 0.0,
 ) -> Tensor:
-    """|| model(x_sigma | context, timestep, condition) - (noise - target) ||^2, averaged.
+    """|| model(x_sigma | context, timestep, condition) - (noise - target) ||^2, averaged, each latent
+    position weighted 1 + hole_weight where the hole changed it (see hole_positions).
 
     target and noise [B, z, T, h, w], context [B, 2 z, T, h, w], sigma and timestep [B]."""
     s = sigma.view(-1, 1, 1, 1, 1)
     noisy = s * noise + (1.0 - s) * target
     velocity = model(torch.cat([noisy, context], dim=1), timestep, condition)
-    return (velocity.float() - (noise - target)).square().mean()
+    error = (velocity.float() - (noise - target)).square()
+    if hole_weight == 0.0:
+        return error.mean()
+    weight = 1.0 + hole_weight * hole_positions(target, context).float()
+    return (error * weight).mean() / weight.mean()
+
+
+HOLE_CHANGE = 0.1  # mean |masked - target| over channels, in normalized latent units, that marks a hole position
+
+
+def hole_positions(target: Tensor, context: Tensor) -> Tensor:
+    """[B, 1, T, h, w] bool: the latent positions where the masked video's latent differs from the
+    target's, i.e. where the hole (and the decoder's reach around it) changed the latent."""
+    masked = context[:, : target.shape[1]].float()
+    return (masked - target.float()).abs().mean(dim=1, keepdim=True) > HOLE_CHANGE
 
 
 def crop_size(seed: int, step: int, full: tuple[int, int], min_crop: int) -> tuple[int, int]:

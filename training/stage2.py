@@ -263,7 +263,9 @@ def train_stage2(config: Stage2Config, dist: Distributed) -> Path:
                 alpha[rows],
                 fresh[rows],
             )
-        return flow_matching_loss(trainee, target, context, noise, sigma, timestep.float(), condition)
+        return flow_matching_loss(
+            trainee, target, context, noise, sigma, timestep.float(), condition, config.hole_weight
+        )
 
     return train_and_export(config, trainee, optimizer, step_loss, vae, dist, "stage 2")
 

@@ -45,6 +45,7 @@ class Stage1Config(ScaleSettings):  # + precision, activation_checkpointing, par
     negative_fraction: float = 0.5
     condition_dropout: float = 0.1
     timestep_shift: float = 3.0
+    hole_weight: float = 0.0  # extra loss weight on latent positions the hole changed (training.flow.hole_positions)
     min_crop: int = 0  # smallest random latent crop side (0 = whole clips)
     log_every: int = 10
     checkpoint_every: int = 200
@@ -67,6 +68,17 @@ class Stage1Config(ScaleSettings):  # + precision, activation_checkpointing, par
         )
 
 
+    def validate(self, source: str) -> None:
+        super().validate(source)
+        check_hole_weight(self.hole_weight, source)
+
+
+def check_hole_weight(hole_weight: float, source: str) -> None:
+    """hole_weight is a finite number >= 0."""
+    if not 0.0 <= hole_weight < float("inf"):
+        raise RemoverError(f"{source}: hole_weight must be a finite number >= 0, not {hole_weight!r}")
+
+
 @dataclass(frozen=True)
 class Stage2Config(ScaleSettings):  # + precision, activation_checkpointing, parallelism, micro_batch_size
     out: str  # run folder: curated/, state.pt, log.jsonl, config.json, checkpoint/
@@ -84,6 +96,7 @@ class Stage2Config(ScaleSettings):  # + precision, activation_checkpointing, par
     curated_fraction: float = 1 / 3
     bad_noise: bool = True  # False: curated samples get plain random noise (the paper's ablation)
     condition_tokens: str = "positive"  # positive | none
+    hole_weight: float = 0.0  # as in Stage1Config
     batch_size: int = 6
     lr: float = 1e-4
     weight_decay: float = 1e-4
@@ -97,6 +110,7 @@ class Stage2Config(ScaleSettings):  # + precision, activation_checkpointing, par
 
     def validate(self, source: str) -> None:
         super().validate(source)
+        check_hole_weight(self.hole_weight, source)
         if self.condition_tokens not in ("positive", "none"):
             raise RemoverError(f"{source}: condition_tokens must be 'positive' or 'none'")
         if self.curation_clips < 0:
