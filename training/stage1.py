@@ -113,7 +113,8 @@ def train_stage1(config: Stage1Config, dist: Distributed) -> Path:
         batch = batch.to(dist.device)
         timestep = 1000.0 * batch.sigma
         return flow_matching_loss(
-            trainee, batch.target, batch.context, batch.noise, batch.sigma, timestep, batch.condition, config.hole_weight
+            trainee, batch.target, batch.context, batch.noise, batch.sigma, timestep, batch.condition,
+            config.hole_weight,
         )
 
     return train_and_export(config, trainee, optimizer, step_loss, vae, dist, "stage 1")
