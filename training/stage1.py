@@ -113,7 +113,13 @@ def train_stage1(config: Stage1Config, dist: Distributed) -> Path:
         batch = batch.to(dist.device)
         timestep = 1000.0 * batch.sigma
         return flow_matching_loss(
-            trainee, batch.target, batch.context, batch.noise, batch.sigma, timestep, batch.condition,
+            trainee,
+            batch.target,
+            batch.context,
+            batch.noise,
+            batch.sigma,
+            timestep,
+            batch.condition,
             config.hole_weight,
         )
 
