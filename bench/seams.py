@@ -32,12 +32,13 @@ import numpy as np
 import torch
 
 from runtime.clips.plan import make_plan
-from runtime.clips.stream import LocalWindows, mask_box, run_plan
+from runtime.clips.stream import LocalWindows, run_plan
 from runtime.demo import DEMO_WEIGHTS
 from runtime.errors import exit_code
 from runtime.evaluate.temporal import boundary_transitions, seam_ratio, transition_change
 from runtime.io import read_clip, read_masks
 from runtime.options import PlanOptions, RunOptions
+from runtime.pipeline.coverage import mask_box
 from runtime.pipeline.preprocess import dilate, resize_frames, shrink_masks
 from runtime.pipeline.remover import Remover
 from training.synthetic import HELD_OUT_SHAPES, render_clip

@@ -19,10 +19,10 @@ from PIL import Image
 from bench.child import run_child, runtime_cli
 from runtime import Remover, run
 from runtime.clips.plan import make_plan
-from runtime.clips.stream import mask_box
 from runtime.evaluate.temporal import boundary_transitions, seam_ratios, transition_change
 from runtime.io import open_clip, read_clip, write_clip
 from runtime.options import PlanOptions
+from runtime.pipeline.coverage import mask_box
 from runtime.pipeline.preprocess import dilate
 from training.synthetic import HELD_OUT_SHAPES, render_clip
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import time
+import tracemalloc
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +14,7 @@ from conftest import PIXEL_TOLERANCE, diamond_dilation, fresh_seed
 from PIL import Image
 
 from runtime import Remover, RemoverError
+from runtime.errors import RemoverWarning
 from runtime.pipeline.preprocess import dilate, output_size, padded_frame_count
 from runtime.pipeline.remover import EmptyMaskWarning
 
@@ -187,6 +193,50 @@ def test_a_dilation_the_cli_refuses_is_refused_the_same_way(remover, fixture_inp
 def test_steps_the_cli_refuses_are_refused_the_same_way(remover, fixture_inputs, steps):
     with pytest.raises(RemoverError, match=r"--steps must be a whole number from 1 to 1000"):
         remover(*fixture_inputs, height=32, width=48, num_inference_steps=steps, progress=False)
+
+
+def test_a_call_too_big_for_this_host_fails_fast_before_any_work(remover, fixture_inputs, monkeypatch):
+    """height=width=16000 (issue 31's OOM at 23.8 GB): the memory check runtime.run's plan makes, one line
+    before anything of the working size is made (run_window never starts). The figure (hundreds of GB
+    for 9 frames on the CPU) is beyond any host this runs on."""
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the call started its window")
+
+    monkeypatch.setattr(remover, "run_window", no_work)
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(RemoverError) as caught:
+            remover(*fixture_inputs, height=16000, width=16000, progress=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - start < 3.0
+    assert peak < 64 * 2**20  # the working-size video alone would be 9 x 16000 x 16000 x 3 fp32 (27 GB)
+    message = str(caught.value)
+    frame_h, frame_w = fixture_inputs[0].shape[1:3]
+    assert re.fullmatch(
+        rf"this plan needs about [\d.]+ GB of host memory \(windows of 9 frames of {frame_w}x{frame_h}, model work on "
+        r"9 frames at 16000x16000\) and [\d.]+ GB are available: pass fewer frames, or a smaller height/width",
+        message,
+    ), message
+
+
+def test_a_mask_covering_whole_frames_is_one_warning_as_in_a_plan(remover, fixture_inputs):
+    """The note runtime.run prints and warns (test_cli), from the call: once, naming the frames."""
+    frames, masks = fixture_inputs[0][:5], fixture_inputs[1][:5]
+    full = np.ones(masks.shape, np.uint8)
+    full[3] = masks[3]  # one frame of the fixture's own mask: 4 of the 5 are covered, from frame 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        remover(frames, full, height=32, width=48, progress=False)
+    warned = [str(w.message) for w in caught if issubclass(w.category, RemoverWarning)]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith("the mask covers 98% or more of 4 of 5 frame(s) (from frame 0)"), warned
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RemoverWarning)
+        remover(frames, masks, height=32, width=48, progress=False)  # the fixture's own mask: no warning
 
 
 def test_bad_latents_are_a_clear_error(remover, fixture_inputs):

@@ -14,11 +14,12 @@ from torch import Tensor
 
 from runtime import Remover
 from runtime.clips.plan import make_plan
-from runtime.clips.stream import LocalWindows, mask_box, run_plan
+from runtime.clips.stream import LocalWindows, run_plan
 from runtime.models.scheduler import RELEASED_SCHEDULER
 from runtime.models.transformer import TransformerConfig
 from runtime.models.vae import VAEConfig
 from runtime.options import PlanOptions, RunOptions
+from runtime.pipeline.coverage import mask_box
 from runtime.pipeline.stages import Stages
 
 

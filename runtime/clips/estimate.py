@@ -3,21 +3,19 @@ this machine's device and host memory (a RemoverError before any work when it do
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from runtime.clips.plan import Plan
 from runtime.clips.stream import host_bytes
-from runtime.errors import RemoverError
 from runtime.execution.cost_model import RunEstimate, achievable_flops, estimate_run
+from runtime.execution.memory_fit import GB
+from runtime.execution.memory_fit import check_fits as fits_here
 from runtime.pipeline.preprocess import padded_frame_count
 
 if TYPE_CHECKING:
     from runtime.pipeline.remover import Remover
-
-GB = 1e9
 
 
 def estimate(plan: Plan, remover: Remover, steps: int) -> RunEstimate:
@@ -35,39 +33,12 @@ def estimate(plan: Plan, remover: Remover, steps: int) -> RunEstimate:
     )
 
 
-def available_host_bytes() -> int | None:
-    """Memory the host can still give (MemAvailable on Linux), or None where that is unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def check_fits(plan: Plan, device: torch.device, figures: RunEstimate) -> None:
-    """A RemoverError, before any work, when the plan cannot fit the device or the host."""
+    """A RemoverError, before any work, when the plan cannot fit the device or the host (the check a
+    `Remover` call makes too: `runtime.execution.memory_fit`)."""
     biggest = max(plan.model_windows, key=lambda w: w.size[0] * w.size[1] * w.frames, default=None)
-    if biggest is None:
-        return
-    shape = f"{biggest.frames} frames at {biggest.size[1]}x{biggest.size[0]}"
-    host_need = figures.host_bytes + (figures.device_bytes if device.type == "cpu" else 0)
-    host_free = available_host_bytes()
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        if figures.device_bytes > free:
-            raise RemoverError(
-                f"this plan needs about {figures.device_bytes / GB:.1f} GB of GPU memory for a window of {shape}, "
-                f"and {free / GB:.1f} GB are free: use a smaller --height/--width or --window"
-            )
-    if host_free is not None and host_need > host_free:
-        height, width = plan.frame_size
-        raise RemoverError(
-            f"this plan needs about {host_need / GB:.1f} GB of host memory (windows of {biggest.frames} frames of "
-            f"{width}x{height}, model work on {shape}) and {host_free / GB:.1f} GB are available: use a smaller "
-            "--window, or a smaller --height/--width"
-        )
+    if biggest is not None:
+        fits_here(device, figures, (biggest.frames, *biggest.size), plan.frame_size)
 
 
 def describe_estimate(figures: RunEstimate, device: torch.device) -> str:

@@ -21,12 +21,13 @@ import torch
 from tqdm.auto import tqdm
 
 from runtime.clips.estimate import check_fits, describe_estimate, estimate
-from runtime.clips.plan import NEARLY_FULL, Plan, make_plan
+from runtime.clips.plan import Plan, make_plan
 from runtime.clips.plan import working_size as plan_working_size
-from runtime.clips.stream import LocalWindows, WindowRunner, mask_box, run_plan
+from runtime.clips.stream import LocalWindows, WindowRunner, run_plan
 from runtime.errors import RemoverError, RemoverWarning
 from runtime.io import ClipReader, MaskSource, check_output, copy_clip, open_clip, open_masks, open_writer
 from runtime.options import MaskOptions, OutputOptions, PlanOptions, RunOptions
+from runtime.pipeline.coverage import covers_nearly_all, mask_box
 from runtime.pipeline.preprocess import resize_frames, shrink_masks
 from runtime.pipeline.remover import EmptyMaskWarning, Remover
 from runtime.pipeline.stages import Stages
@@ -105,7 +106,7 @@ def open_job(
     for index, mask in enumerate(scan):
         box = mask_box(mask)
         boxes.append(box)
-        if box is not None and box.height * box.width >= NEARLY_FULL * mask.size and mask.mean() >= NEARLY_FULL:
+        if covers_nearly_all(mask, box):
             full.append(index)
     plan = make_plan(info.frame_count, frame_size, boxes, options)
     if full:

@@ -30,9 +30,8 @@ from runtime.models.vae import RELEASED_VAE, VAEConfig
 from runtime.options import PlanOptions
 from runtime.pipeline.box import Box
 from runtime.pipeline.composite import DEFAULT_RESIZE, Compositing, pixel_unit
+from runtime.pipeline.coverage import nearly_full_note
 from runtime.pipeline.preprocess import SIZE_MULTIPLE, output_size, padded_frame_count
-
-NEARLY_FULL = 0.98  # a frame's mask covering this share of it or more is noted in the plan and warned of
 
 
 @dataclass(frozen=True)
@@ -87,10 +86,7 @@ class Plan:
         if self.nearly_full is None:
             return None
         count, first = self.nearly_full
-        return (
-            f"the mask covers {NEARLY_FULL:.0%} or more of {count} of {self.frame_count} frame(s) (from frame "
-            f"{first}): they are regenerated whole (an inverted mask, or white where alpha was meant?)"
-        )
+        return nearly_full_note(count, first, self.frame_count)
 
     @property
     def model_windows(self) -> tuple[Window, ...]:

@@ -22,7 +22,9 @@ from tqdm.auto import tqdm
 
 from runtime.clips.plan import Box, Plan, Window
 from runtime.errors import RemoverError
+from runtime.execution.memory_fit import working_bytes
 from runtime.pipeline.composite import to_uint8
+from runtime.pipeline.coverage import mask_box
 from runtime.pipeline.preprocess import CHUNK_PIXELS
 from runtime.pipeline.timing import Timings
 
@@ -34,14 +36,6 @@ ENCODER_QUEUE_FRAMES = 50  # x264 at its default preset: a 40-frame lookahead, B
 
 # (finished frame uint8 [H, W, 3], its presentation timestamp or None)
 Sink = Callable[[np.ndarray, "int | None"], None]
-
-
-def mask_box(mask: np.ndarray) -> Box | None:
-    """The bounding box of a bool mask [H, W], or None if it is empty."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not len(rows):
-        return None
-    return Box(int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
 
 
 @dataclass
@@ -100,7 +94,7 @@ def host_bytes(plan: Plan) -> int:
     native = longest * height * width * (3 + 1)
     if plan.options.blend == "crossfade":
         native += plan.options.overlap * height * width * 3
-    working = max((w.frames * w.size[0] * w.size[1] * (3 + 1 + 3 * 4) for w in plan.model_windows), default=0)
+    working = max((working_bytes(w.frames, *w.size) for w in plan.model_windows), default=0)
     encoder = ENCODER_QUEUE_FRAMES * height * width * 3 // 2
     return native + working + 6 * CHUNK_PIXELS * 3 * 4 + encoder
 

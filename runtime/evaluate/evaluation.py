@@ -36,7 +36,6 @@ import torch
 from tqdm.auto import tqdm
 
 from runtime.clips.plan import Plan, Window, make_plan
-from runtime.clips.stream import mask_box
 from runtime.errors import RemoverError
 from runtime.evaluate.clip import ClipFeatures
 from runtime.evaluate.lpips import Lpips
@@ -44,6 +43,7 @@ from runtime.evaluate.metrics import RegionFigures, ssim_map
 from runtime.evaluate.temporal import FlowWarp, seam_ratio, transition_change
 from runtime.io import ClipReader, MaskSource, open_clip, open_masks
 from runtime.options import DEFAULT_DILATION, MaskOptions, PlanOptions
+from runtime.pipeline.coverage import mask_box
 from runtime.pipeline.preprocess import resize, resize_frames, shrink_masks
 
 MIN_SIDE = 11  # the SSIM window

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from runtime.errors import RemoverError
+from runtime.errors import RemoverError, RemoverWarning
 from runtime.execution.attention import select_attention
 from runtime.execution.choices import (
     COMPILE_MODES,
@@ -35,12 +35,15 @@ from runtime.execution.choices import (
     resolve_kernels,
     verified_backends,
 )
+from runtime.execution.cost_model import estimate_run
 from runtime.execution.host_memory import model_temporaries_on_heap
+from runtime.execution.memory_fit import CALL_REMEDIES, check_fits, working_bytes
 from runtime.models.scheduler import SchedulerConfig
 from runtime.models.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint
 from runtime.options import RunOptions, check_dilation
 from runtime.pipeline.box import Box
 from runtime.pipeline.composite import DEFAULT_FEATHER, DEFAULT_RESIZE, Compositing
+from runtime.pipeline.coverage import covers_nearly_all, mask_box, nearly_full_note
 from runtime.pipeline.preprocess import as_frames, as_masks, output_size, padded_frame_count, resize
 from runtime.pipeline.samplers import check_sampler, make_sampler
 from runtime.pipeline.stages import Stages, TorchStages, denoise_loop
@@ -236,6 +239,7 @@ class Remover:
         if not masks.any():
             warnings.warn("the mask is empty: returning the input unchanged", EmptyMaskWarning, stacklevel=2)
             return self._unchanged(frames, size, paste_back, compositing.resize)
+        self._check_call(frames.shape[:3], masks, size, int(num_inference_steps), paste_back)  # before any work
         out = self.run_window(
             frames,
             masks,
@@ -254,6 +258,29 @@ class Remover:
         pixels = np.stack(out.frames).astype(np.float32)
         pixels /= np.float32(255.0)
         return pixels
+
+    def _check_call(
+        self, shape: tuple[int, int, int], masks: np.ndarray, size: tuple[int, int], steps: int, paste_back: bool
+    ) -> None:
+        """What a run checks and says of its plan, for a call's one window over frames of `shape` (count,
+        height, width) at `size`: a RemoverWarning when masks cover (nearly) whole frames, and a RemoverError
+        when the call cannot fit this device or host, before anything of the working size is made."""
+        count, frame_size = shape[0], shape[1:]
+        full = [index for index, mask in enumerate(masks) if covers_nearly_all(mask, mask_box(mask))]
+        if full:
+            warnings.warn(nearly_full_note(len(full), full[0], count), RemoverWarning, stacklevel=3)
+        padded = padded_frame_count(count, self.stages.vae_config.temporal_factor)
+        self.stages.check_size(padded, *size)
+        result = count * frame_size[0] * frame_size[1] * (3 + 3 * 4) if paste_back else 0  # uint8 frames, fp32 copy
+        figures = estimate_run(
+            [(padded, *size)],
+            self.stages.transformer_config,
+            self.stages.vae_config,
+            steps,
+            torch.finfo(self.dtype).bits // 8,
+            working_bytes(count, *size) + result,
+        )
+        check_fits(self.device, figures, (count, *size), frame_size, CALL_REMEDIES)
 
     @torch.inference_mode()
     def run_window(
