@@ -140,9 +140,10 @@ class TAEHVDecoder(nn.Module):
         layers += [nn.ReLU(), conv3x3(w[3], 3)]
         self.decoder = nn.Sequential(*layers)
 
-    def decode_chunk(self, latents: Tensor, memory: DecoderMemory) -> Tensor:
+    def decode_chunk(self, latents: Tensor, memory: DecoderMemory, clamp: bool = True) -> Tensor:
         """Latent frames [B, z, t, h, w] (normalized) -> all their frames [B, 3, 4t, 8h, 8w] in [-1, 1]
-        (fp32), continuing the video `memory` holds."""
+        (fp32), continuing the video `memory` holds; `clamp=False` keeps the raw output (distillation,
+        so the loss has gradients beyond the range)."""
         z = latents.float()
         if self.config.latents_mean is not None:
             shape = (1, -1, 1, 1, 1)
@@ -159,8 +160,8 @@ class TAEHVDecoder(nn.Module):
                 x = layer(x, past)
             else:
                 x = layer(x)
-        video = x.unflatten(0, (batch, -1)).transpose(1, 2).float()  # [B, 3, 4t, H, W]
-        return video.clamp(0.0, 1.0) * 2.0 - 1.0
+        video = x.unflatten(0, (batch, -1)).transpose(1, 2).float() * 2.0 - 1.0  # [B, 3, 4t, H, W]
+        return video.clamp(-1.0, 1.0) if clamp else video
 
     def iter_decode(self, latents: Tensor, latents_per_chunk: int = 1) -> Iterator[Tensor]:
         """Stream normalized latents [B, z, T, h, w] -> video chunks [B, 3, t, 8h, 8w] in [-1, 1]: the
