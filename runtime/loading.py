@@ -10,6 +10,7 @@ import torch
 from runtime.demo import DEMO_WEIGHTS
 from runtime.execution.choices import resolve_device
 from runtime.hub import is_hub_id, resolve
+from runtime.models.taehv import VAE_DECODER
 from runtime.options import ModelOptions
 from runtime.pipeline.remover import Remover
 
@@ -49,10 +50,13 @@ def load_remover(options: ModelOptions, device: torch.device | None = None) -> R
         kernels=options.kernels,
         attention=options.attention,
         compile_mode=options.compile,
+        decoder=options.decoder,
+        decoder_weights=options.decoder_weights,
     )
 
 
 def describe_loaded(remover: Remover, options: ModelOptions) -> str:
     """The line a run prints once the model is loaded: what it is, where and in which dtype."""
     source = f"bundle {options.engine}" if options.engine else f"weights {options.weights or DEMO_WEIGHTS}"
-    return f"{source} on {remover.device} in {str(remover.dtype).removeprefix('torch.')}"
+    decoder = "" if options.decoder == VAE_DECODER else f", decoder {options.decoder}"
+    return f"{source}{decoder} on {remover.device} in {str(remover.dtype).removeprefix('torch.')}"

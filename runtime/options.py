@@ -19,6 +19,7 @@ from runtime.errors import RemoverError
 from runtime.execution.attention import ATTENTION_CHOICES
 from runtime.execution.choices import KERNEL_CHOICES
 from runtime.models.config import SIZE_MULTIPLE
+from runtime.models.taehv import DECODER_CHOICES, VAE_DECODER
 from runtime.pipeline.composite import DEFAULT_DILATION, DEFAULT_FEATHER, DEFAULT_RESIZE, RESIZE_MODES
 from runtime.pipeline.samplers import SAMPLER_CHOICES
 
@@ -111,7 +112,9 @@ def check_dilation(name: str, value: object) -> None:
 class ModelOptions:
     """Which model and how it runs (the CLI's "model" flags). `weights` None: the bundled demo weights;
     `engine`: an engine bundle folder run by `engine_runtime` (the CLI's --backend) instead of the
-    PyTorch modules, which fixes dtype, kernels, attention and compilation."""
+    PyTorch modules, which fixes dtype, kernels, attention and compilation. `decoder` "vae" decodes
+    with the checkpoint's VAE, "taew2_1" or "lighttaew2_1" with a light TAEHV decoder read from
+    `decoder_weights` (a .safetensors file or a hub id; None: the published file)."""
 
     weights: str | None = None
     vae: str | None = None
@@ -123,9 +126,16 @@ class ModelOptions:
     attention: str | None = None  # None: $RUNTIME_ATTENTION or auto
     compile: str = "off"
     sampler: str = "unipc"
+    decoder: str = VAE_DECODER
+    decoder_weights: str | None = None
 
     def __post_init__(self) -> None:
         _choice("--backend", self.engine_runtime, ENGINE_RUNTIMES)
+        _choice("--decoder", self.decoder, DECODER_CHOICES)
+        if self.decoder_weights is not None and self.decoder == VAE_DECODER:
+            raise RemoverError("--decoder-weights names a light decoder's file: give --decoder taew2_1 or lighttaew2_1")
+        if self.engine is not None and self.decoder != VAE_DECODER:
+            raise RemoverError(f"--decoder {self.decoder}: not with --engine (the bundle has its own decoder)")
         _choice("--dtype", self.dtype, DTYPE_CHOICES)
         _choice("--kernels", self.kernels, KERNEL_CHOICES)
         _choice("--attention", self.attention, ATTENTION_CHOICES)

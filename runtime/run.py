@@ -22,6 +22,7 @@ from runtime.options import (
     BLEND_MODES,
     COMPILE_CHOICES,
     CROP_MODES,
+    DECODER_CHOICES,
     DEFAULT_CONTEXT,
     DEFAULT_DILATION,
     DEFAULT_FEATHER,
@@ -33,6 +34,7 @@ from runtime.options import (
     KERNEL_CHOICES,
     MASK_CHANNELS,
     SAMPLER_CHOICES,
+    VAE_DECODER,
     MaskOptions,
     ModelOptions,
     OutputOptions,
@@ -158,6 +160,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="what runs the --engine bundle (default: TensorRT, else AOTInductor on a GPU; ONNX Runtime, else "
         "AOTInductor on the CPU; the first the bundle was built for)",
     )
+    model.add_argument(
+        "--decoder",
+        choices=DECODER_CHOICES,
+        default=VAE_DECODER,
+        help="what decodes the latents: the VAE (default) or a light TAEHV decoder, taew2_1 (normalized "
+        "latents; also what training.distill_decoder writes) or lighttaew2_1 (raw latents); see docs/usage.md",
+    )
+    model.add_argument(
+        "--decoder-weights",
+        help="the light decoder's .safetensors file or a hub id (default: taew2_1 from OzzyGT/taew2_1, "
+        "lighttaew2_1 from lightx2v/Autoencoders)",
+    )
     model.add_argument("--steps", type=int, default=6, help="sampling steps (default 6)")
     model.add_argument("--sampler", choices=SAMPLER_CHOICES, default="unipc", help="default: unipc, as released")
     model.add_argument("--seed", type=int, default=42)
@@ -197,6 +211,8 @@ def model_options(args: argparse.Namespace) -> ModelOptions:
         attention=args.attention,
         compile=args.compile,
         sampler=args.sampler,
+        decoder=args.decoder,
+        decoder_weights=args.decoder_weights,
     )
 
 

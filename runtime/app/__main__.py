@@ -14,6 +14,7 @@ from runtime.app.jobs import let_jobs_take_ctrl_c
 from runtime.app.segmentation import SegmentSettings
 from runtime.app.workspace import AppRoot, Limits
 from runtime.errors import RemoverError, exit_code
+from runtime.options import DECODER_CHOICES
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -25,6 +26,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=7860, help="default 7860")
     parser.add_argument("--weights", help="remover weights (runtime.run --weights); default: the bundled demo")
     parser.add_argument("--device", help="device of the jobs (runtime.run --device); default: cuda if available")
+    parser.add_argument("--decoder", choices=DECODER_CHOICES, help="what decodes (runtime.run --decoder); default: vae")
+    parser.add_argument("--decoder-weights", help="the light decoder's file or hub id (runtime.run --decoder-weights)")
     segment = parser.add_argument_group("segmentation (SAM 2.1, runtime.segment)")
     segment.add_argument("--checkpoint", help="SAM 2.1 checkpoint: a local .pt or a hub id (default: the small one)")
     segment.add_argument("--model-config", help="its model config (name or YAML path)")
@@ -58,6 +61,8 @@ def serve(args: argparse.Namespace) -> str:
     settings = AppSettings(
         weights=args.weights,
         device=args.device,
+        decoder=args.decoder,
+        decoder_weights=args.decoder_weights,
         segment=SegmentSettings(args.checkpoint, args.model_config, args.image_size, args.device),
         limits=limits,
     )

@@ -70,6 +70,8 @@ class AppSettings:
 
     weights: str | None = None  # runtime.run --weights; None: the bundled demo weights
     device: str | None = None
+    decoder: str | None = None  # runtime.run --decoder and --decoder-weights; None: their defaults
+    decoder_weights: str | None = None
     segment: SegmentSettings = SegmentSettings()
     limits: Limits = Limits()
 
@@ -293,6 +295,10 @@ class Session:
             args += ["--height", size[0], "--width", size[1]]
         if self.settings.device:
             args += ["--device", self.settings.device]
+        if self.settings.decoder:
+            args += ["--decoder", self.settings.decoder]
+        if self.settings.decoder_weights:
+            args += ["--decoder-weights", self.settings.decoder_weights]
         return args + options.argv() + (["--dry-run"] if dry_run else [])
 
     async def make_plan(self, options: RunSettings) -> AsyncIterator[Status]:

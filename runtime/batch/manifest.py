@@ -21,6 +21,7 @@ from runtime.io.writer import output_kind
 from runtime.options import (
     ATTENTION_CHOICES,
     COMPILE_CHOICES,
+    DECODER_CHOICES,
     DTYPE_CHOICES,
     ENGINE_RUNTIMES,
     KERNEL_CHOICES,
@@ -100,6 +101,8 @@ MODEL_COLUMNS = {
     "attention": Column(ModelOptions, "attention", _choice(*ATTENTION_CHOICES)),
     "compile": Column(ModelOptions, "compile", _choice(*COMPILE_CHOICES)),
     "sampler": Column(ModelOptions, "sampler", _choice(*SAMPLER_CHOICES)),
+    "decoder": Column(ModelOptions, "decoder", _choice(*DECODER_CHOICES)),
+    "decoder_weights": Column(ModelOptions, "decoder_weights"),
 }
 
 

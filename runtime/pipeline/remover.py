@@ -39,6 +39,7 @@ from runtime.execution.cost_model import estimate_run
 from runtime.execution.host_memory import model_temporaries_on_heap
 from runtime.execution.memory_fit import CALL_REMEDIES, check_fits, working_bytes
 from runtime.models.scheduler import SchedulerConfig
+from runtime.models.taehv import VAE_DECODER, decoder_file, load_light_decoder
 from runtime.models.weights import load_scheduler_config, load_transformer, load_vae, locate_checkpoint
 from runtime.options import RunOptions, check_dilation
 from runtime.pipeline.box import Box
@@ -123,8 +124,14 @@ class Remover:
         kernels: str | None = None,
         attention: str | None = None,
         compile_mode: str = "off",
+        decoder: str = VAE_DECODER,
+        decoder_weights: str | Path | None = None,
     ) -> Remover:
         """Load a released checkpoint folder, or a single-file repack with `vae` naming the VAE's folder.
+
+        `decoder` "vae" decodes with the VAE; "taew2_1" or "lighttaew2_1" with that light TAEHV decoder
+        (runtime/models/taehv.py), from `decoder_weights` (a .safetensors file or a hub id; default the
+        published file on the hub). The VAE still encodes.
 
         `kernels` ("auto", "triton", "torch"; default $RUNTIME_KERNELS or "auto") and `attention`
         ("auto", "flash-attn", "sdpa", "math"; default $RUNTIME_ATTENTION or "auto") choose what runs
@@ -137,6 +144,7 @@ class Remover:
         paths = locate_checkpoint(path, vae)
         scheduler = load_scheduler_config(paths.scheduler)
         check_sampler(sampler)  # before loading anything
+        light_file = None if decoder == VAE_DECODER else decoder_file(decoder, decoder_weights)
         kernel_ops = resolve_kernels(kernels, device)
         transformer = load_transformer(paths.transformer, device, dtype)
         config = transformer.config
@@ -151,8 +159,10 @@ class Remover:
         if device.type == "cuda":  # the fast paths, checked against the references on this GPU first
             kernel_ops, attention_backend = verified_backends(kernel_ops, attention_backend, config, device, dtype)
         transformer.use_backends(kernel_ops, attention_backend)
+        vae_model = load_vae(paths.vae, device, dtype)
+        light = None if light_file is None else load_light_decoder(decoder, light_file, vae_model.config, device, dtype)
         return cls(
-            TorchStages(transformer, load_vae(paths.vae, device, dtype)),
+            TorchStages(transformer, vae_model, light),
             scheduler,
             device=device,
             dtype=dtype,

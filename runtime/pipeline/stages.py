@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from runtime.models.taehv import TAEHVDecoder
 from runtime.models.transformer import RemoverTransformer, TransformerConfig
 from runtime.models.vae import VAEConfig, WanVAE
 from runtime.pipeline.samplers import FlowSampler
@@ -84,11 +85,13 @@ class Stages(ABC):
 
 
 class TorchStages(Stages):
-    """The stages on the PyTorch modules (any shape, condition tokens and guidance supported)."""
+    """The stages on the PyTorch modules (any shape, condition tokens and guidance supported); with
+    `decoder`, a light decoder (runtime/models/taehv.py) decodes instead of the VAE's own."""
 
-    def __init__(self, transformer: RemoverTransformer, vae: WanVAE) -> None:
+    def __init__(self, transformer: RemoverTransformer, vae: WanVAE, decoder: TAEHVDecoder | None = None) -> None:
         self.transformer = transformer
         self.vae = vae
+        self.decoder = decoder
         self.transformer_config = transformer.config
         self.vae_config = vae.config
 
@@ -99,9 +102,11 @@ class TorchStages(Stages):
         return self.transformer(model_input, timestep, condition)
 
     def iter_decode(self, latents: Tensor) -> Iterator[Tensor]:
-        return self.vae.iter_decode(latents)
+        return (self.vae if self.decoder is None else self.decoder).iter_decode(latents)
 
     @property
     def backends(self) -> str:
-        """The transformer's attention backend and kernels: "attention sdpa (flash), kernels torch"."""
-        return f"attention {self.transformer.attention_backend.name}, kernels {self.transformer.kernels.name}"
+        """The transformer's attention backend and kernels: "attention sdpa (flash), kernels torch", and
+        ", light decoder" when one decodes."""
+        summary = f"attention {self.transformer.attention_backend.name}, kernels {self.transformer.kernels.name}"
+        return summary if self.decoder is None else f"{summary}, light decoder"
