@@ -76,6 +76,17 @@ def data_dir() -> Path:
 
 
 @pytest.fixture
+def tennis(data_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The first 9 tennis frames and masks (links, so nothing is copied)."""
+    frames, masks = tmp_path / "frames", tmp_path / "masks"
+    frames.mkdir(), masks.mkdir()
+    for name in sorted(p.name for p in (data_dir / "tennis" / "frames").iterdir())[:9]:
+        (frames / name).symlink_to(data_dir / "tennis" / "frames" / name)
+        (masks / name).symlink_to(data_dir / "tennis" / "masks" / name)
+    return frames, masks
+
+
+@pytest.fixture
 def one_torch_thread():
     """Tiny models gain nothing from more threads, and a shared CPU makes them far slower."""
     threads = torch.get_num_threads()

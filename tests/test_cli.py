@@ -25,17 +25,6 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     return run_main(run.main, args, capsys)
 
 
-@pytest.fixture
-def tennis(data_dir, tmp_path):
-    """The first 9 tennis frames and masks (links, so nothing is copied)."""
-    frames, masks = tmp_path / "frames", tmp_path / "masks"
-    frames.mkdir(), masks.mkdir()
-    for name in sorted(p.name for p in (data_dir / "tennis" / "frames").iterdir())[:9]:
-        (frames / name).symlink_to(data_dir / "tennis" / "frames" / name)
-        (masks / name).symlink_to(data_dir / "tennis" / "masks" / name)
-    return frames, masks
-
-
 @pytest.mark.slow
 def test_demo_runs_end_to_end_as_a_subprocess(tmp_path):
     """The README's demo command, from a fresh process: exit 0, a summary line, a playable video."""

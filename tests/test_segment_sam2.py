@@ -258,27 +258,16 @@ def test_clip_frame_rate_kept(segmenter, tmp_path: Path, one_torch_thread) -> No
         assert reader.info.frame_count == 5 and reader.info.fps == 30
 
 
-@pytest.fixture
-def tennis9(data_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """The first 9 tennis frames and masks (links, so nothing is copied)."""
-    frames, masks = tmp_path / "frames", tmp_path / "masks"
-    frames.mkdir(), masks.mkdir()
-    for name in sorted(p.name for p in (data_dir / "tennis" / "frames").iterdir())[:9]:
-        (frames / name).symlink_to(data_dir / "tennis" / "frames" / name)
-        (masks / name).symlink_to(data_dir / "tennis" / "masks" / name)
-    return frames, masks
-
-
 @pytest.mark.slow
 def test_segment_then_remove_in_one_command(
-    tiny_checkpoint: Path, tennis9, checkpoint: Path, tmp_path: Path, capsys, one_torch_thread
+    tiny_checkpoint: Path, tennis, checkpoint: Path, tmp_path: Path, capsys, one_torch_thread
 ):
     """`runtime.run --video CLIP --box ... --checkpoint ...`: segment, then remove, one command. The dry run
     shows the segmentation and writes nothing; the run writes the clip, --save-mask keeps the mask (the
     mask runtime.run --mask then reads as it is), and no temporary mask or spill is left."""
     from runtime import run
 
-    frames, masks = tennis9
+    frames, masks = tennis
     with open_clip(frames) as reader:
         first = next(iter(open_masks(masks, reader.info)))
     ys, xs = np.nonzero(first)

@@ -160,16 +160,6 @@ def test_lighttaew2_1_decodes_raw_latents(released_file: Path, fixture_vae) -> N
     assert not torch.allclose(torch.cat(list(plain.iter_decode(z)), dim=2), expected, atol=1e-3)
 
 
-@pytest.fixture
-def tennis(data_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
-    frames, masks = tmp_path / "frames", tmp_path / "masks"
-    frames.mkdir(), masks.mkdir()
-    for name in sorted(p.name for p in (data_dir / "tennis" / "frames").iterdir())[:9]:
-        (frames / name).symlink_to(data_dir / "tennis" / "frames" / name)
-        (masks / name).symlink_to(data_dir / "tennis" / "masks" / name)
-    return frames, masks
-
-
 def test_the_run_with_a_light_decoder_end_to_end(tennis, checkpoint, released_file, tmp_path, capsys) -> None:
     frames, masks = tennis
     out = tmp_path / "out.mp4"

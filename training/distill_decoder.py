@@ -124,16 +124,7 @@ def distill_decoder(config: DistillConfig, dist: Distributed) -> Path:
         latents, targets = zip(*(teacher_sample(config, vae, source, step, i) for i in indices))
         return objective(torch.stack(latents), torch.stack(targets))
 
-    settings = LoopSettings(
-        run_dir,
-        config.steps,
-        config.lr,
-        config.warmup,
-        config.log_every,
-        config.checkpoint_every,
-        config.batch_size,
-        desc="distill decoder",
-    )
+    settings = LoopSettings.of(config, run_dir, "distill decoder")
     run_steps(settings, objective, optimizer, step_loss, dist)
     path = run_dir / DECODER_NAME
     if dist.is_main:

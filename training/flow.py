@@ -183,16 +183,6 @@ def train_and_export(
         if whole is not None:
             save_checkpoint(folder, whole, vae, RELEASED_SCHEDULER, torch.float32)
 
-    settings = LoopSettings(
-        run_dir,
-        config.steps,
-        config.lr,
-        config.warmup,
-        config.log_every,
-        config.checkpoint_every,
-        config.batch_size,
-        config.micro_batch_size,
-        desc=desc,
-    )
+    settings = LoopSettings.of(config, run_dir, desc)
     run_steps(settings, trainee, optimizer, step_loss, dist, on_checkpoint=export)
     return folder

@@ -67,7 +67,6 @@ class Stage1Config(ScaleSettings):  # + precision, activation_checkpointing, par
             self.cache_dir,
         )
 
-
     def validate(self, source: str) -> None:
         super().validate(source)
         check_hole_weight(self.hole_weight, source)

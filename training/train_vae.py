@@ -235,16 +235,7 @@ def train_vae(config: VAETrainConfig, dist: Distributed) -> Path:
         ).to(dist.device)
         return objective(video, noise)
 
-    settings = LoopSettings(
-        run_dir,
-        config.steps,
-        config.lr,
-        config.warmup,
-        config.log_every,
-        config.checkpoint_every,
-        config.batch_size,
-        desc="vae",
-    )
+    settings = LoopSettings.of(config, run_dir, "vae")
     run_steps(settings, objective, optimizer, step_loss, dist)
 
     folder = run_dir / "vae"

@@ -308,6 +308,22 @@ class LoopSettings:
     grad_clip: float = 1.0
     desc: str = "train"
 
+    @classmethod
+    def of(cls, config: Any, run_dir: Path, desc: str) -> LoopSettings:
+        """The loop settings a training config names (steps, lr, warmup, log_every, checkpoint_every,
+        batch_size and, where it has one, micro_batch_size), for the run folder `run_dir`."""
+        return cls(
+            run_dir,
+            config.steps,
+            config.lr,
+            config.warmup,
+            config.log_every,
+            config.checkpoint_every,
+            config.batch_size,
+            getattr(config, "micro_batch_size", 0),
+            desc=desc,
+        )
+
 
 def micro_batches(batch_size: int, micro_batch_size: int, dist: Distributed) -> list[list[int]]:
     """This rank's sample indices of a step, in the groups that go through the model together."""
